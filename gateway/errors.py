@@ -1,0 +1,98 @@
+"""The one exception tree; each error renders the one JSON envelope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import orjson
+from aiohttp import web
+
+from gateway.headers import REQUEST_ID, SERVER_NAME
+
+
+class GatewayError(Exception):
+    """An error the gateway answers itself: a status, a stable code and a message for people."""
+
+    status: int = 500
+    code: str = "internal_error"
+    message: str = "The gateway failed to handle the request."
+    # Close the client connection after answering: its unread body must not be parsed as the
+    # next request, nor drained at length.
+    close_connection: bool = False
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        close_connection: bool | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.headers: tuple[tuple[str, str], ...] = tuple(headers)
+        if close_connection is not None:
+            self.close_connection = close_connection
+        super().__init__(self.message)
+
+    def render(
+        self, request_id: str, extra_headers: Iterable[tuple[str, str]] = ()
+    ) -> web.Response:
+        body = orjson.dumps(
+            {"error": {"code": self.code, "message": self.message, "request_id": request_id}}
+        )
+        response = web.Response(status=self.status, body=body, content_type="application/json")
+        headers = response.headers
+        headers[REQUEST_ID] = request_id
+        headers["Cache-Control"] = "no-store"
+        headers["Server"] = SERVER_NAME
+        for name, value in self.headers:
+            headers[name] = value
+        for name, value in extra_headers:
+            headers.add(name, value)
+        if self.close_connection:
+            response.force_close()
+        return response
+
+
+class BadRequest(GatewayError):
+    status, code, message = 400, "bad_request", "The request is malformed."
+
+
+class RouteNotFound(GatewayError):
+    status, code, message = 404, "route_not_found", "No route matches this path."
+
+
+class MethodNotAllowed(GatewayError):
+    status, code = 405, "method_not_allowed"
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        allow = ", ".join(sorted(set(allowed)))
+        super().__init__(f"This route accepts {allow}.", headers=[("Allow", allow)])
+
+
+class PayloadTooLarge(GatewayError):
+    status, code, close_connection = 413, "payload_too_large", True
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The request body exceeds the limit of {limit} bytes.")
+
+
+class RequestTimeout(GatewayError):
+    # Answered when the client stops sending its body; the connection is not reused.
+    status, code, message = 408, "request_timeout", "The request body did not arrive in time."
+    close_connection = True
+
+
+class BadGateway(GatewayError):
+    status, code, message = 502, "bad_gateway", "The upstream service failed to answer."
+
+
+class Unavailable(GatewayError):
+    status, code, message = 503, "unavailable", "The service is unavailable; try again later."
+
+
+class GatewayTimeout(GatewayError):
+    status, code, message = 504, "gateway_timeout", "The upstream service did not answer in time."
+
+
+class InternalError(GatewayError):
+    """Unexpected failure: the traceback goes to the log, never to the client."""

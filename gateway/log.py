@@ -1,0 +1,153 @@
+"""structlog set-up: JSON lines through orjson, written in buffered batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from typing import IO, Any
+
+import orjson
+import structlog
+
+from gateway.config.models import LogConfig
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class BufferedWriter:
+    """Collects log lines and writes them in batches: one write per tick, not one per request.
+
+    Lines are flushed when the buffer passes ``max_buffer`` bytes, every ``interval`` seconds
+    while a loop runs, and on ``flush()`` (called at shutdown), so nothing is lost on SIGTERM.
+    """
+
+    def __init__(
+        self, stream: IO[bytes], *, max_buffer: int = 64 * 1024, interval: float = 0.1
+    ) -> None:
+        self._stream = stream
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._max_buffer = max_buffer
+        self._interval = interval
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, line: bytes) -> None:
+        self._parts.append(line)
+        self._size += len(line)
+        if self._size >= self._max_buffer:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()  # no loop (CLI, start-up): write at once
+                return
+            self._timer = loop.call_later(self._interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            data = b"".join(self._parts)
+            self._parts.clear()
+            self._size = 0
+            # A closed stdout (a pipe that went away) must never fail a request.
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.write(data)
+                self._stream.flush()
+
+
+class _Logger:
+    """The structlog 'logger' at the end of the chain: takes a rendered line, writes it."""
+
+    def __init__(self, writer: BufferedWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: bytes | str) -> None:
+        if isinstance(message, str):
+            message = message.encode("utf-8", "replace")
+        self._writer.write(message + b"\n")
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class _LoggerFactory:
+    def __init__(self, writer: BufferedWriter) -> None:
+        self._logger = _Logger(writer)
+
+    def __call__(self, *args: Any) -> _Logger:
+        return self._logger
+
+
+_writer: BufferedWriter | None = None
+
+
+def configure_logging(config: LogConfig, stream: IO[bytes] | None = None) -> BufferedWriter:
+    """Set up structlog (and route the standard library's records through it)."""
+    global _writer
+    if _writer is not None:
+        _writer.flush()
+    writer = BufferedWriter(stream if stream is not None else sys.stdout.buffer)
+    _writer = writer
+    renderer: Any
+    if config.format == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[config.level]),
+        logger_factory=_LoggerFactory(writer),
+        cache_logger_on_first_use=True,
+    )
+    # aiohttp and asyncio log through the standard library: same stream, same format.
+    handler = logging.StreamHandler(_TextAdapter(writer))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer()
+                if config.format == "json"
+                else structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(_LEVELS[config.level], logging.INFO))
+    return writer
+
+
+def flush_logs() -> None:
+    if _writer is not None:
+        _writer.flush()
+
+
+class _TextAdapter:
+    """A text stream for logging.StreamHandler that feeds the shared buffered writer."""
+
+    def __init__(self, writer: BufferedWriter) -> None:
+        self._writer = writer
+
+    def write(self, text: str) -> int:
+        self._writer.write(text.encode("utf-8", "replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        """Flushing is the writer's job (per tick and at shutdown)."""

@@ -1,0 +1,78 @@
+"""The plugin interface and the per-route chain, composed once per config snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.forwarded import Forwarded
+    from gateway.snapshot import CompiledRoute
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one request carries through the chain; plugins read and add to it."""
+
+    request: web.BaseRequest
+    request_id: str
+    method: str
+    path: str  # raw, exactly as matched and as forwarded
+    query: str  # raw, without the '?'
+    forwarded: Forwarded  # client address and the X-Forwarded-* to send
+    started: float  # time.perf_counter() at arrival
+    route: CompiledRoute | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    # Headers a plugin wants on the upstream request; names here are also stripped from the
+    # client's request in every case and '_' variant, so a client can never supply them.
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    # Headers a plugin wants on the response, the gateway's own error responses included.
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    # Extra access-log fields (e.g. "rate_limited": True).
+    log_fields: dict[str, object] = field(default_factory=dict)
+    upstream_target: str | None = None
+    upstream_seconds: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    @property
+    def client_ip(self) -> str:
+        return self.forwarded.client_ip
+
+
+Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
+
+
+class Plugin(Protocol):
+    """A request plugin: the module's name is its config key and metric label.
+
+    Higher priority runs first (outermost). ``startup`` and ``shutdown`` bracket the snapshot
+    that uses the plugin; ``__call__`` must call ``call_next`` to continue, or answer itself.
+    """
+
+    name: ClassVar[str]
+    priority: ClassVar[int]
+
+    async def startup(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse: ...
+
+
+def build_chain(plugins: Sequence[Plugin], terminal: Handler) -> Handler:
+    """Compose plugins around the terminal handler, highest priority outermost."""
+    handler = terminal
+    for plugin in sorted(plugins, key=lambda p: p.priority):
+        handler = _link(plugin, handler)
+    return handler
+
+
+def _link(plugin: Plugin, call_next: Handler) -> Handler:
+    async def step(ctx: RequestContext) -> web.StreamResponse:
+        return await plugin(ctx, call_next)
+
+    return step

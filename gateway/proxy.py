@@ -1,0 +1,327 @@
+"""Forward a request to an upstream target and stream the answer back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayError,
+    GatewayTimeout,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from gateway.headers import (
+    FORWARDED_FOR,
+    FORWARDED_HOST,
+    FORWARDED_PROTO,
+    HOP_BY_HOP,
+    REQUEST_ID,
+    SERVER_NAME,
+    connection_tokens,
+    normalize,
+    strip_set,
+)
+from gateway.metrics import UpstreamMetrics
+from gateway.pipeline import RequestContext
+
+log = structlog.get_logger("gateway.proxy")
+
+# Methods that may be sent to a second target after a connect failure: they are safe to repeat.
+_RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# SECURITY: what the client sent under any of these names (any case, '_' for '-', duplicates)
+# is dropped; the gateway sets the ones it owns. Forwarded and X-Real-IP are dropped because a
+# backend might believe them instead of our X-Forwarded-For.
+_ALWAYS_STRIPPED = strip_set(
+    [
+        "Host",
+        "Content-Length",
+        "Expect",
+        REQUEST_ID,
+        FORWARDED_FOR,
+        FORWARDED_PROTO,
+        FORWARDED_HOST,
+        "Forwarded",
+        "X-Real-Ip",
+    ]
+)
+_RESPONSE_STRIPPED = strip_set(["Content-Length", REQUEST_ID])
+
+
+class UpstreamPool:
+    """One upstream: its targets in round robin, one pooled client session, its timeouts."""
+
+    def __init__(
+        self,
+        name: str,
+        targets: Sequence[str],
+        *,
+        max_connections: int,
+        preserve_host: bool,
+        metrics: UpstreamMetrics,
+    ) -> None:
+        self.name = name
+        self.targets = tuple(t.rstrip("/") for t in targets)
+        self.preserve_host = preserve_host
+        self.metrics = metrics
+        self._max_connections = max_connections
+        self._cursor = itertools.cycle(range(len(self.targets)))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def startup(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=self._max_connections, ttl_dns_cache=10
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Bodies pass through as the backend encoded them; the client asked for that encoding.
+            auto_decompress=False,
+            # Send only what the client sent: no default Accept, Accept-Encoding, User-Agent or
+            # Content-Type invented by the HTTP library.
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def shutdown(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"upstream {self.name} is not started")
+        return self._session
+
+    def first_target(self) -> int:
+        return next(self._cursor)
+
+
+class Proxy:
+    """The terminal handler of a route's chain: everything per route is bound here once."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        body_timeout: float,
+        max_body_size: int,
+        injected_headers: Sequence[str] = (),
+    ) -> None:
+        self.pool = pool
+        self.max_body_size = max_body_size
+        self.body_timeout = body_timeout
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
+        )
+        self._stripped = _ALWAYS_STRIPPED | strip_set(injected_headers)
+
+    async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
+        request = ctx.request
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_size:
+            raise PayloadTooLarge(self.max_body_size)
+        has_body = request.body_exists
+        headers = self._upstream_headers(ctx, declared if has_body else None)
+        pool = self.pool
+        index = pool.first_target()
+        attempts = (
+            2 if ctx.method in _RETRYABLE_METHODS and not has_body and len(pool.targets) > 1 else 1
+        )
+        body_failure: list[GatewayError] = []
+        for attempt in range(attempts):
+            target = pool.targets[(index + attempt) % len(pool.targets)]
+            ctx.upstream_target = target
+            url = f"{target}{ctx.path}?{ctx.query}" if ctx.query else f"{target}{ctx.path}"
+            body = self._stream_body(ctx, body_failure) if has_body else None
+            started = time.perf_counter()
+            try:
+                return await self._exchange(ctx, url, headers, body, started)
+            except _UpstreamFailure as failure:
+                if body_failure:
+                    raise body_failure[0] from None
+                pool.metrics.error(failure.kind)
+                log.warning(
+                    "upstream_failed",
+                    upstream=pool.name,
+                    target=target,
+                    kind=failure.kind,
+                    attempt=attempt + 1,
+                    error=failure.detail,
+                )
+                if failure.retryable and attempt + 1 < attempts:
+                    continue
+                raise failure.answer from None
+        raise BadGateway()  # unreachable: the loop returns or raises
+
+    def _upstream_headers(self, ctx: RequestContext, body_length: int | None) -> CIMultiDict[str]:
+        request = ctx.request
+        inbound = request.headers
+        dropped = self._stripped | connection_tokens(inbound.getall("Connection", ()))
+        if ctx.upstream_headers:
+            dropped |= strip_set(ctx.upstream_headers)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in inbound.items():
+            key = normalize(name)
+            if key in HOP_BY_HOP or key in dropped:
+                continue
+            headers.add(name, value)
+        fwd = ctx.forwarded
+        if self.pool.preserve_host and fwd.host:
+            headers["Host"] = fwd.host
+        if body_length is not None:
+            headers["Content-Length"] = str(body_length)
+        headers[REQUEST_ID] = ctx.request_id
+        headers[FORWARDED_FOR] = fwd.forwarded_for
+        headers[FORWARDED_PROTO] = fwd.proto
+        if fwd.host:
+            headers[FORWARDED_HOST] = fwd.host
+        headers.update(ctx.upstream_headers)
+        return headers
+
+    async def _stream_body(
+        self, ctx: RequestContext, failure: list[GatewayError]
+    ) -> AsyncIterator[bytes]:
+        """The client's body, chunk by chunk, counted against the route's limit.
+
+        A failure is recorded before raising: the HTTP client wraps whatever the body raises,
+        and the answer to the client must name the real cause (413, 408), not a 502.
+        """
+        content = ctx.request.content
+        limit = self.max_body_size
+        while True:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                failure.append(RequestTimeout())
+                raise
+            except (aiohttp.ClientError, ConnectionError, web.HTTPException):
+                failure.append(BadRequest("The request body was cut off.", close_connection=True))
+                raise
+            if not chunk:
+                return
+            ctx.bytes_in += len(chunk)
+            if ctx.bytes_in > limit:
+                failure.append(PayloadTooLarge(limit))
+                raise _BodyRefused()
+            yield chunk
+
+    async def _exchange(
+        self,
+        ctx: RequestContext,
+        url: str,
+        headers: CIMultiDict[str],
+        body: AsyncIterator[bytes] | None,
+        started: float,
+    ) -> web.StreamResponse:
+        try:
+            upstream = await self.pool.session.request(
+                ctx.method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=self.timeout,
+            )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise _UpstreamFailure("connect_timeout", GatewayTimeout(), True, exc) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise _UpstreamFailure("connect", BadGateway(), True, exc) from None
+        except aiohttp.ServerTimeoutError as exc:
+            raise _UpstreamFailure("read_timeout", GatewayTimeout(), False, exc) from None
+        except aiohttp.ServerDisconnectedError as exc:
+            raise _UpstreamFailure("disconnected", BadGateway(), False, exc) from None
+        except (aiohttp.ClientError, _BodyRefused, TimeoutError, ConnectionError) as exc:
+            raise _UpstreamFailure("protocol", BadGateway(), False, exc) from None
+        try:
+            ctx.upstream_seconds = time.perf_counter() - started
+            self.pool.metrics.observe(ctx.upstream_seconds)
+            response = self._response_head(ctx, upstream)
+            await response.prepare(ctx.request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    ctx.bytes_out += len(chunk)
+                    await response.write(chunk)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # SECURITY/correctness: the status line is already sent. Close the client's
+                # connection without the final chunk so it can never take a truncated body for
+                # a complete one (a Content-Length response is short; a chunked one unterminated).
+                kind = "read_timeout" if isinstance(exc, TimeoutError) else "body_truncated"
+                self.pool.metrics.error(kind)
+                log.warning(
+                    "upstream_body_failed",
+                    upstream=self.pool.name,
+                    target=ctx.upstream_target,
+                    kind=kind,
+                    error=repr(exc),
+                    bytes_sent=ctx.bytes_out,
+                )
+                ctx.log_fields["truncated"] = True
+                _abort(ctx.request)
+                return response
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()
+
+    def _response_head(
+        self, ctx: RequestContext, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        out = response.headers
+        dropped = _RESPONSE_STRIPPED | connection_tokens(upstream.headers.getall("Connection", ()))
+        for name, value in upstream.headers.items():
+            key = normalize(name)
+            if key in HOP_BY_HOP or key in dropped:
+                continue
+            out.add(name, value)
+        if (
+            upstream.content_length is not None
+            and "chunked" not in upstream.headers.get("Transfer-Encoding", "").lower()
+        ):
+            response.content_length = upstream.content_length
+        out[REQUEST_ID] = ctx.request_id
+        if "Server" not in out:
+            out["Server"] = SERVER_NAME
+        for name, value in ctx.response_headers:
+            out.add(name, value)
+        return response
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+class _BodyRefused(Exception):
+    """The client's body broke a rule; the reason is in the recorded failure."""
+
+
+class _UpstreamFailure(Exception):
+    def __init__(
+        self, kind: str, answer: GatewayError, retryable: bool, cause: BaseException
+    ) -> None:
+        self.kind = kind
+        self.answer = answer
+        self.retryable = retryable
+        self.detail = repr(cause)
+        super().__init__(kind)

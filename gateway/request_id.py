@@ -1,0 +1,24 @@
+"""Request ids: keep a client's id when it is safe, else make a sortable one."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+_SAFE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+
+
+def new_request_id() -> str:
+    """28 hex characters: milliseconds since the epoch, then 64 random bits; sorts by time."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
+
+
+def accept_request_id(values: list[str]) -> str:
+    """The client's X-Request-Id if there is exactly one and it is plain and short, else a new one.
+
+    SECURITY: the id is echoed in headers and logs, so CR/LF, quotes or megabytes never pass.
+    """
+    if len(values) == 1 and _SAFE.match(values[0]):
+        return values[0]
+    return new_request_id()

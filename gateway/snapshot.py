@@ -1,0 +1,93 @@
+"""An immutable, fully built view of one config: routes, chains, upstream pools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.config import LoadedConfig, RouteConfig
+from gateway.forwarded import ForwardedResolver
+from gateway.metrics import Metrics, RouteMetrics, UpstreamMetrics
+from gateway.pipeline import Handler, Plugin, build_chain
+from gateway.proxy import Proxy, UpstreamPool
+from gateway.router import Router
+
+# Builds the plugins of one route; the chain is composed from them once per snapshot.
+PluginFactory = Callable[[RouteConfig], Sequence[Plugin]]
+
+
+@dataclass(slots=True, frozen=True)
+class CompiledRoute:
+    config: RouteConfig
+    label: str
+    handler: Handler  # the plugin chain ending in the proxy
+    metrics: RouteMetrics
+
+
+class Snapshot:
+    """Everything a request needs, built once per config; a reload builds a new one.
+
+    Requests hold on to the snapshot they started with, so swapping the reference is atomic.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        metrics: Metrics,
+        *,
+        builtin_targets: Mapping[str, Sequence[str]],
+        plugins_for: PluginFactory | None = None,
+    ) -> None:
+        config = loaded.config
+        self.loaded = loaded
+        self.config = config
+        self.resolver = ForwardedResolver(config.trusted_proxies)
+        self.upstreams: dict[str, UpstreamPool] = {}
+        for name, upstream in config.upstreams.items():
+            targets = builtin_targets[name] if upstream.builtin else upstream.targets
+            self.upstreams[name] = UpstreamPool(
+                name,
+                targets,
+                max_connections=upstream.max_connections,
+                preserve_host=upstream.preserve_host,
+                metrics=UpstreamMetrics(metrics, name),
+            )
+        self.plugins: list[Plugin] = []
+        entries: list[tuple[str, Sequence[str] | None, str | None, CompiledRoute]] = []
+        for route in config.routes:
+            upstream_config = config.upstreams[route.upstream]
+            plugins = list(plugins_for(route)) if plugins_for else []
+            self.plugins.extend(plugins)
+            proxy = Proxy(
+                self.upstreams[route.upstream],
+                connect_timeout=_override(route.timeouts.connect, upstream_config.timeouts.connect),
+                read_timeout=_override(route.timeouts.read, upstream_config.timeouts.read),
+                body_timeout=config.server.body_timeout,
+                max_body_size=route.max_body_size,
+            )
+            compiled = CompiledRoute(
+                config=route,
+                label=route.label,
+                handler=build_chain(plugins, proxy),
+                metrics=RouteMetrics(metrics, route.label),
+            )
+            entries.append((route.path, route.methods, route.host, compiled))
+        self.router: Router[CompiledRoute] = Router(entries)
+        self.unmatched_metrics = RouteMetrics(metrics, "unmatched")
+
+    async def startup(self) -> None:
+        for pool in self.upstreams.values():
+            await pool.startup()
+        for plugin in self.plugins:
+            await plugin.startup()
+
+    async def shutdown(self) -> None:
+        """Release what startup took; safe after a partial startup."""
+        for plugin in self.plugins:
+            await plugin.shutdown()
+        for pool in self.upstreams.values():
+            await pool.shutdown()
+
+
+def _override(route_value: float | None, upstream_value: float) -> float:
+    return upstream_value if route_value is None else route_value

@@ -1,0 +1,134 @@
+"""``workers: N``: N gateway processes on one port (SO_REUSEPORT) and one admin listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, multiprocess
+
+from gateway.admin import build_admin_app, redacted_config
+from gateway.config import LoadedConfig
+from gateway.log import flush_logs
+from gateway.server import WORKER_ENV, ListenError, listen
+
+log = structlog.get_logger("gateway.supervisor")
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_RESTART_DELAY = 1.0
+
+
+class Supervisor:
+    """Starts the workers, restarts one that dies, passes SIGTERM on and waits for the drain.
+
+    Metrics of all workers are merged with prometheus_client's multiprocess mode, so one scrape
+    of the admin listener sees the whole gateway.
+    """
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+        self._env = {**os.environ, _MULTIPROC_ENV: self.metrics_dir, WORKER_ENV: "1"}
+        self._command = [sys.executable, "-m", "gateway", "run", "-c", loaded.source]
+        self._workers: list[asyncio.subprocess.Process] = []
+        self._draining = False
+        self._admin: web.AppRunner | None = None
+
+    def readiness(self) -> dict[str, Any]:
+        alive = sum(1 for w in self._workers if w.returncode is None)
+        configured = self.loaded.config.workers
+        status = "ready" if alive == configured else "degraded"
+        if self._draining:
+            status = "draining"
+        return {
+            "status": status,
+            "workers": {"configured": configured, "alive": alive},
+            "config_hash": self.loaded.digest,
+        }
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(*self._command, env=self._env)
+
+    async def run(self, stop: asyncio.Event) -> int:
+        config = self.loaded.config
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call] # untyped upstream
+        app = build_admin_app(
+            registry=registry,
+            token=config.admin.token,
+            readiness=self.readiness,
+            config_view=lambda: redacted_config(self.loaded),
+        )
+        self._admin = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+        await self._admin.setup()
+        try:
+            await listen(self._admin, config.admin.host, config.admin.port, "admin", False)
+        except ListenError as exc:
+            log.error("gateway_start_failed", error=str(exc))
+            return 1
+        self._workers = [await self._spawn() for _ in range(config.workers)]
+        log.info("supervisor_started", workers=config.workers, pid=os.getpid())
+        stopping = asyncio.ensure_future(stop.wait())
+        while not stop.is_set():
+            exits = {asyncio.ensure_future(w.wait()): i for i, w in enumerate(self._workers)}
+            done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+            for future in exits:
+                if future not in done:
+                    future.cancel()
+            if stop.is_set():
+                break
+            for future in done - {stopping}:
+                index = exits[future]
+                dead = self._workers[index]
+                multiprocess.mark_process_dead(dead.pid, self.metrics_dir)  # type: ignore[no-untyped-call] # untyped upstream
+                log.error("worker_exited", pid=dead.pid, code=dead.returncode)
+                await asyncio.sleep(_RESTART_DELAY)  # a worker that cannot start must not spin
+                if not stop.is_set():
+                    self._workers[index] = await self._spawn()
+        return 0
+
+    async def shutdown(self) -> None:
+        self._draining = True
+        for worker in self._workers:
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGTERM)
+        grace = self.loaded.config.server.drain_timeout + 5
+        for worker in self._workers:
+            try:
+                await asyncio.wait_for(worker.wait(), timeout=grace)
+            except TimeoutError:
+                log.error("worker_killed", pid=worker.pid, reason="drain timeout")
+                with contextlib.suppress(ProcessLookupError):
+                    worker.kill()
+                await worker.wait()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        log.info("supervisor_stopped")
+        flush_logs()
+
+
+async def supervise(loaded: LoadedConfig) -> int:
+    if not hasattr(socket, "SO_REUSEPORT"):
+        log.error(
+            "gateway_start_failed", error="workers > 1 needs SO_REUSEPORT (Linux, BSD, macOS)"
+        )
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor = Supervisor(loaded)
+    try:
+        return await supervisor.run(stop)
+    finally:
+        await supervisor.shutdown()
