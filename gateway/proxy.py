@@ -145,18 +145,25 @@ class Proxy:
         attempts = (
             2 if ctx.method in _RETRYABLE_METHODS and not has_body and len(pool.targets) > 1 else 1
         )
-        body_failure: list[GatewayError] = []
         for attempt in range(attempts):
             target = pool.targets[(index + attempt) % len(pool.targets)]
             ctx.upstream_target = target
             url = f"{target}{ctx.path}?{ctx.query}" if ctx.query else f"{target}{ctx.path}"
-            body = self._stream_body(ctx, body_failure) if has_body else None
-            started = time.perf_counter()
+            pump = _BodyPump(ctx, self.max_body_size, self.body_timeout) if has_body else None
             try:
-                return await self._exchange(ctx, url, headers, body, started)
+                return await self._exchange(ctx, url, headers, pump)
+            except asyncio.CancelledError:
+                # The body pump cancels us when the client's body fails before any response
+                # started: answer with its reason. Any other cancellation goes on up.
+                if pump is None or pump.failure is None or not pump.cancelled_handler:
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                raise pump.failure from None
             except _UpstreamFailure as failure:
-                if body_failure:
-                    raise body_failure[0] from None
+                if pump is not None and pump.failure is not None:
+                    raise pump.failure from None
                 pool.metrics.error(failure.kind)
                 log.warning(
                     "upstream_failed",
@@ -196,48 +203,20 @@ class Proxy:
         headers.update(ctx.upstream_headers)
         return headers
 
-    async def _stream_body(
-        self, ctx: RequestContext, failure: list[GatewayError]
-    ) -> AsyncIterator[bytes]:
-        """The client's body, chunk by chunk, counted against the route's limit.
-
-        A failure is recorded before raising: the HTTP client wraps whatever the body raises,
-        and the answer to the client must name the real cause (413, 408), not a 502.
-        """
-        content = ctx.request.content
-        limit = self.max_body_size
-        while True:
-            try:
-                async with asyncio.timeout(self.body_timeout):
-                    chunk = await content.readany()
-            except TimeoutError:
-                failure.append(RequestTimeout())
-                raise
-            except (aiohttp.ClientError, ConnectionError, web.HTTPException):
-                failure.append(BadRequest("The request body was cut off.", close_connection=True))
-                raise
-            if not chunk:
-                return
-            ctx.bytes_in += len(chunk)
-            if ctx.bytes_in > limit:
-                failure.append(PayloadTooLarge(limit))
-                raise _BodyRefused()
-            yield chunk
-
     async def _exchange(
         self,
         ctx: RequestContext,
         url: str,
         headers: CIMultiDict[str],
-        body: AsyncIterator[bytes] | None,
-        started: float,
+        pump: _BodyPump | None,
     ) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
             upstream = await self.pool.session.request(
                 ctx.method,
                 URL(url, encoded=True),
                 headers=headers,
-                data=body,
+                data=pump.chunks() if pump is not None else None,
                 allow_redirects=False,
                 timeout=self.timeout,
             )
@@ -251,6 +230,8 @@ class Proxy:
             raise _UpstreamFailure("disconnected", BadGateway(), False, exc) from None
         except (aiohttp.ClientError, _BodyRefused, TimeoutError, ConnectionError) as exc:
             raise _UpstreamFailure("protocol", BadGateway(), False, exc) from None
+        if pump is not None:
+            pump.response_started = True
         try:
             ctx.upstream_seconds = time.perf_counter() - started
             self.pool.metrics.observe(ctx.upstream_seconds)
@@ -313,7 +294,63 @@ def _abort(request: web.BaseRequest) -> None:
 
 
 class _BodyRefused(Exception):
-    """The client's body broke a rule; the reason is in the recorded failure."""
+    """The client's body broke a rule; the reason is in the pump's failure."""
+
+
+class _BodyPump:
+    """Feeds the client's body to the upstream request, counted against the route's limit.
+
+    The HTTP client sends the body from a task of its own and, when the body fails, neither
+    aborts the exchange nor says why. So the pump records the reason (413, 408, a client that
+    went away) and cancels the handler that waits for the upstream's answer, unless that answer
+    has already begun.
+    """
+
+    __slots__ = (
+        "_ctx",
+        "_handler",
+        "_limit",
+        "_timeout",
+        "cancelled_handler",
+        "failure",
+        "response_started",
+    )
+
+    def __init__(self, ctx: RequestContext, limit: int, timeout: float) -> None:
+        self._ctx = ctx
+        self._limit = limit
+        self._timeout = timeout
+        self._handler = asyncio.current_task()
+        self.failure: GatewayError | None = None
+        self.response_started = False
+        self.cancelled_handler = False
+
+    def _fail(self, failure: GatewayError) -> None:
+        self.failure = failure
+        if not self.response_started and self._handler is not None:
+            self.cancelled_handler = True
+            self._handler.cancel()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        ctx = self._ctx
+        content = ctx.request.content
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self._fail(RequestTimeout())
+                raise
+            except (aiohttp.ClientError, ConnectionError, web.HTTPException):
+                self._fail(BadRequest("The request body was cut off.", close_connection=True))
+                raise
+            if not chunk:
+                return
+            ctx.bytes_in += len(chunk)
+            if ctx.bytes_in > self._limit:
+                self._fail(PayloadTooLarge(self._limit))
+                raise _BodyRefused()
+            yield chunk
 
 
 class _UpstreamFailure(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Coroutine
@@ -15,6 +16,7 @@ from gateway.admin import build_admin_app, redacted_config
 from gateway.app import DataPlane
 from gateway.config import LoadedConfig
 from gateway.demo_upstream import EchoServer
+from gateway.http_server import EnvelopeServer
 from gateway.log import flush_logs
 from gateway.metrics import Metrics
 from gateway.snapshot import PluginFactory, Snapshot
@@ -22,6 +24,8 @@ from gateway.snapshot import PluginFactory, Snapshot
 log = structlog.get_logger("gateway")
 
 WORKER_ENV = "GATEWAY_WORKER"
+# A worker tells its supervisor that its listener is open by writing a line to this fd.
+READY_FD_ENV = "GATEWAY_READY_FD"
 
 
 class ListenError(Exception):
@@ -68,7 +72,7 @@ class GatewayProcess:
         self.metrics.set_config(self.loaded.digest)
         self.plane = DataPlane(snapshot, self.metrics, access_log_enabled=config.log.access_log)
         server = config.server
-        data_server = web.Server(
+        data_server = EnvelopeServer(
             self.plane.handle,
             keepalive_timeout=server.idle_timeout,
             max_line_size=server.max_header_size,
@@ -164,6 +168,13 @@ def run_gateway(loaded: LoadedConfig, *, worker: bool = False) -> int:
     return run_loop(_serve(loaded, worker=worker))
 
 
+def _report_listening() -> None:
+    fd = os.environ.get(READY_FD_ENV)
+    if fd and fd.isdigit():
+        with contextlib.suppress(OSError), os.fdopen(int(fd), "wb") as pipe:
+            pipe.write(b"listening\n")
+
+
 async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -176,6 +187,7 @@ async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
         log.error("gateway_start_failed", error=str(exc))
         await process.stop()
         return 1
+    _report_listening()
     await stop.wait()
     await process.stop()
     return 0

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from gateway.admin import build_admin_app, redacted_config
 from gateway.config import LoadedConfig
 from gateway.log import flush_logs
-from gateway.server import WORKER_ENV, ListenError, listen
+from gateway.server import READY_FD_ENV, WORKER_ENV, ListenError, listen
 
 log = structlog.get_logger("gateway.supervisor")
 
@@ -40,11 +40,13 @@ class Supervisor:
         self._env = {**os.environ, _MULTIPROC_ENV: self.metrics_dir, WORKER_ENV: "1"}
         self._command = [sys.executable, "-m", "gateway", "run", "-c", loaded.source]
         self._workers: list[asyncio.subprocess.Process] = []
+        self._listening: set[int] = set()  # pids that reported their listeners open
+        self._watchers: set[asyncio.Task[None]] = set()
         self._draining = False
         self._admin: web.AppRunner | None = None
 
     def readiness(self) -> dict[str, Any]:
-        alive = sum(1 for w in self._workers if w.returncode is None)
+        alive = sum(1 for w in self._workers if w.returncode is None and w.pid in self._listening)
         configured = self.loaded.config.workers
         status = "ready" if alive == configured else "degraded"
         if self._draining:
@@ -56,7 +58,31 @@ class Supervisor:
         }
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(*self._command, env=self._env)
+        """Start a worker; it writes one line to a pipe once its listener is open."""
+        read_fd, write_fd = os.pipe()
+        env = {**self._env, READY_FD_ENV: str(write_fd)}
+        try:
+            worker = await asyncio.create_subprocess_exec(
+                *self._command, env=env, pass_fds=(write_fd,)
+            )
+        finally:
+            os.close(write_fd)
+        watcher = asyncio.ensure_future(self._await_listening(worker.pid, read_fd))
+        self._watchers.add(watcher)  # the loop keeps only weak references to tasks
+        watcher.add_done_callback(self._watchers.discard)
+        return worker
+
+    async def _await_listening(self, pid: int, read_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb")
+        )
+        try:
+            if await reader.readline():
+                self._listening.add(pid)
+        finally:
+            transport.close()
 
     async def run(self, stop: asyncio.Event) -> int:
         config = self.loaded.config
@@ -90,6 +116,7 @@ class Supervisor:
                 index = exits[future]
                 dead = self._workers[index]
                 multiprocess.mark_process_dead(dead.pid, self.metrics_dir)  # type: ignore[no-untyped-call] # untyped upstream
+                self._listening.discard(dead.pid)
                 log.error("worker_exited", pid=dead.pid, code=dead.returncode)
                 await asyncio.sleep(_RESTART_DELAY)  # a worker that cannot start must not spin
                 if not stop.is_set():

@@ -1,0 +1,345 @@
+"""Shared fixtures: real upstream servers, in-process and subprocess gateways, raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+
+from gateway.config import parse_config
+from gateway.config.models import LogConfig
+from gateway.log import configure_logging, flush_logs
+from gateway.server import GatewayProcess
+from gateway.snapshot import PluginFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs: one process-wide stream, cleared per test, so tests can read what was logged.
+
+
+class _LogCapture(io.RawIOBase):
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.data += bytes(b)
+        return len(b)
+
+
+_CAPTURE = _LogCapture()
+configure_logging(LogConfig(level="debug"), stream=_CAPTURE)  # type: ignore[arg-type]
+
+
+class LogLines:
+    def __init__(self) -> None:
+        _CAPTURE.data.clear()
+
+    def raw(self) -> bytes:
+        flush_logs()
+        return bytes(_CAPTURE.data)
+
+    def events(self, event: str | None = None) -> list[dict[str, Any]]:
+        lines = [orjson.loads(line) for line in self.raw().splitlines() if line.strip()]
+        return [line for line in lines if event is None or line.get("event") == event]
+
+
+@pytest.fixture
+def logs() -> LogLines:
+    return LogLines()
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstreams: real aiohttp servers on 127.0.0.1 that record what reached them.
+
+
+@dataclass
+class Seen:
+    method: str
+    raw_path: str
+    headers: list[tuple[str, str]]
+    body_size: int
+    body_sha256: str
+
+
+@dataclass
+class Upstream:
+    url: str
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+
+    def header_values(self, index: int, name: str) -> list[str]:
+        return [v for k, v in self.seen[index].headers if k.lower() == name.lower()]
+
+
+UpstreamHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+async def _default_upstream(request: web.BaseRequest) -> web.StreamResponse:
+    return web.json_response({"ok": True, "path": request.raw_path})
+
+
+@pytest.fixture
+async def upstream_factory() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
+    runners: list[web.ServerRunner] = []
+
+    async def start(
+        handler: UpstreamHandler = _default_upstream, *, record: bool = True
+    ) -> Upstream:
+        upstream: Upstream
+
+        async def recording(request: web.BaseRequest) -> web.StreamResponse:
+            if record:
+                digest = hashlib.sha256()
+                size = 0
+                # Read the body only when the test's handler will not.
+                if handler is _default_upstream:
+                    async for chunk in request.content.iter_any():
+                        size += len(chunk)
+                        digest.update(chunk)
+                upstream.seen.append(
+                    Seen(
+                        request.method,
+                        request.raw_path,
+                        list(request.headers.items()),
+                        size,
+                        digest.hexdigest(),
+                    )
+                )
+            return await handler(request)
+
+        runner = web.ServerRunner(web.Server(recording, access_log=None), shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        upstream = Upstream(url=f"http://127.0.0.1:{port}", port=port)
+        return upstream
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def upstream(upstream_factory: Callable[..., Awaitable[Upstream]]) -> Upstream:
+    return await upstream_factory()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (connection refused at once)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The gateway in this process, on real sockets.
+
+
+@dataclass
+class RunningGateway:
+    process: GatewayProcess
+    url: str
+    admin_url: str
+    session: aiohttp.ClientSession
+
+    @property
+    def port(self) -> int:
+        return self.process.data_address[1]
+
+
+def make_config(
+    upstreams: dict[str, Any], routes: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0, "token": "test-admin-token-0123456789"},
+        "upstreams": upstreams,
+        "routes": routes,
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture
+async def gateway_factory() -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    running: list[RunningGateway] = []
+
+    async def start(
+        config: dict[str, Any], *, plugins_for: PluginFactory | None = None
+    ) -> RunningGateway:
+        loaded = parse_config(yaml.safe_dump(config).encode(), source="test.yaml", env=os.environ)
+        process = GatewayProcess(loaded, plugins_for=plugins_for)
+        await process.start()
+        session = aiohttp.ClientSession(auto_decompress=False)
+        _host, port = process.data_address
+        gw = RunningGateway(
+            process=process,
+            url=f"http://127.0.0.1:{port}",
+            admin_url=f"http://127.0.0.1:{process.admin_address[1]}",
+            session=session,
+        )
+        running.append(gw)
+        return gw
+
+    yield start
+    for gw in running:
+        await gw.session.close()
+        await gw.process.stop()
+
+
+@pytest.fixture
+async def gateway(
+    gateway_factory: Callable[..., Awaitable[RunningGateway]], upstream: Upstream
+) -> RunningGateway:
+    """A gateway with a catch-all route to the recording upstream."""
+    return await gateway_factory(
+        make_config(
+            {"app": {"targets": [upstream.url]}},
+            [
+                {"path": "/v1/items", "upstream": "app", "methods": ["GET", "POST"]},
+                {"path": "/v1/{rest:.*}", "upstream": "app", "name": "v1"},
+            ],
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw HTTP: exact bytes on the wire, for what an HTTP client library would tidy up.
+
+
+async def raw_request(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send bytes, return everything the server sends until it closes (or the timeout)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks = []
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        writer.close()
+
+
+async def read_one_response(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """One response with a Content-Length body, without waiting for the connection to close."""
+    async with asyncio.timeout(timeout):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = parse_response(head)[1].get("content-length", "0")
+        return head + await reader.readexactly(int(length))
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+# ---------------------------------------------------------------------------------------------
+# The gateway as a separate process, started through the CLI.
+
+
+@dataclass
+class GatewayProc:
+    proc: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text()
+
+
+def wait_until_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited early with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+@pytest.fixture
+def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProc]]:
+    procs: list[GatewayProc] = []
+
+    def spawn(config: dict[str, Any], *, env: dict[str, str] | None = None) -> GatewayProc:
+        port, admin_port = free_port(), free_port()
+        config = {
+            **config,
+            "listen": {"host": "127.0.0.1", "port": port},
+            "admin": {**config.get("admin", {}), "host": "127.0.0.1", "port": admin_port},
+        }
+        path = tmp_path / f"gateway-{len(procs)}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log_path = tmp_path / f"gateway-{len(procs)}.log"
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env={**os.environ, **(env or {})},
+            )
+        gp = GatewayProc(proc, port, admin_port, log_path)
+        procs.append(gp)
+        wait_until_listening(admin_port, proc)
+        wait_until_listening(port, proc)
+        return gp
+
+    yield spawn
+    for gp in procs:
+        if gp.proc.poll() is None:
+            gp.proc.terminate()
+            try:
+                gp.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                gp.proc.kill()
+                gp.proc.wait()

@@ -1,0 +1,236 @@
+"""gateway.yaml: every problem reported at once, with its path; interpolation; the schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import config_schema
+from gateway.config import ConfigError, load_config, parse_config
+from gateway.config.types import parse_duration, parse_size
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text.encode(), source="t.yaml", env=env or {})
+    return info.value.problems
+
+
+def test_every_problem_is_reported_at_once_with_its_path() -> None:
+    text = """
+listen: {port: 70000, hots: x}
+workers: 0
+upstreams:
+  crm: {targets: [http://127.0.0.1:1]}
+routes:
+  - {path: /v1/a, upstream: crm}
+  - {path: /v1/b, upstream: crm}
+  - {path: /v1/c, upstream: crmm, methdos: [GET]}
+  - {path: /v1/d, upstream: crm, max_body_size: 10QB, timeouts: {read: 5x}}
+"""
+    assert problems(text) == [
+        "listen.port: must be <= 65535 (got 70000)",
+        "listen.hots: unknown key (did you mean 'host'?)",
+        "workers: must be >= 1 (got 0)",
+        "routes[2].upstream: unknown upstream 'crmm' (known: crm)",
+        "routes[2].methdos: unknown key (did you mean 'methods'?)",
+        "routes[3].timeouts.read: must be a duration like 2s, 500ms or 1m (got '5x')",
+        "routes[3].max_body_size: must be a size like 10MiB or 512kb (got '10QB')",
+    ]
+
+
+def test_unknown_top_level_key_lists_known_keys_when_nothing_is_close() -> None:
+    [problem] = problems("zzz: 1\n")
+    assert problem.startswith("zzz: unknown key (known: listen, admin, workers, store,")
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        ("{path: v1, upstream: a}", "routes[0].path: must start with '/' (got 'v1')"),
+        (
+            "{path: '/v1/{x}/{x}', upstream: a}",
+            "routes[0].path: parameter {x} appears twice in '/v1/{x}/{x}'",
+        ),
+        (
+            "{path: '/v1/{x:[}', upstream: a}",
+            "routes[0].path: bad regex for {x} in '/v1/{x:[}':"
+            " unterminated character set at position 0",
+        ),
+        (
+            "{path: '/v1/%2e%2e/x', upstream: a}",
+            "routes[0].path: The path must not contain '.' or '..' segments.",
+        ),
+        (
+            "{path: /v1, upstream: a, methods: []}",
+            "routes[0].methods: must list at least one method, or be left out for all",
+        ),
+        (
+            "{path: /v1, upstream: a, methods: ['GE T']}",
+            "routes[0].methods: not an HTTP method: 'GE T'",
+        ),
+        ("{path: /v1}", "routes[0].upstream: required"),
+        (
+            "{path: /v1, upstream: a, timeouts: {read: -1}}",
+            "routes[0].timeouts.read: must not be negative (got -1)",
+        ),
+    ],
+)
+def test_route_problems(route: str, expected: str) -> None:
+    text = f"upstreams: {{a: {{targets: ['http://127.0.0.1:1']}}}}\nroutes:\n  - {route}\n"
+    assert problems(text) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "expected"),
+    [
+        ("{}", "upstreams.a.targets: give at least one target (or builtin: echo)"),
+        (
+            "{targets: [ftp://x]}",
+            "upstreams.a.targets: must be http(s)://host[:port][/base] URLs (got 'ftp://x')",
+        ),
+        (
+            "{targets: ['http://u:p@x']}",
+            "upstreams.a.targets: must not carry a query, fragment or credentials (got 'http://u:p@x')",
+        ),
+        (
+            "{targets: ['http://x'], builtin: echo}",
+            "upstreams.a.builtin: use either targets or builtin, not both",
+        ),
+        ("{builtin: cat}", "upstreams.a.builtin: must be one of 'echo' (got 'cat')"),
+    ],
+)
+def test_upstream_problems(upstream: str, expected: str) -> None:
+    assert problems(f"upstreams: {{a: {upstream}}}\n") == [expected]
+
+
+def test_store_and_admin_problems() -> None:
+    assert problems("store: {backend: redis}\nadmin: {token: short}\n") == [
+        "admin.token: must be at least 16 characters",
+        "store.url: required when backend is redis",
+    ]
+
+
+def test_interpolation_of_variables_defaults_and_dollar() -> None:
+    text = """
+listen: {port: "${PORT}"}
+admin: {token: "${TOKEN:-a-default-token-0123456789}", host: "${EMPTY:-127.0.0.2}"}
+store: {path: "$$HOME/${NAME}.db"}
+"""
+    loaded = parse_config(text.encode(), source="t", env={"PORT": "8181", "NAME": "s", "EMPTY": ""})
+    assert loaded.config.listen.port == 8181
+    assert loaded.config.admin.token == "a-default-token-0123456789"
+    assert loaded.config.admin.host == "127.0.0.2"
+    assert loaded.config.store.path == "$HOME/s.db"
+
+
+def test_missing_variable_names_the_field() -> None:
+    assert problems("admin: {token: '${GATEWAY_ADMIN_TOKEN}'}\n") == [
+        "admin.token: environment variable GATEWAY_ADMIN_TOKEN is not set"
+        " (write ${GATEWAY_ADMIN_TOKEN:-default} to give a default)"
+    ]
+
+
+def test_yaml_syntax_error_gives_line_and_column() -> None:
+    [problem] = problems("listen: {port: 1\nroutes: [\n")
+    assert problem.startswith("line ")
+
+
+def test_duplicate_keys_are_refused() -> None:
+    [problem] = problems("workers: 1\nworkers: 2\n")
+    assert "duplicate key 'workers'" in problem
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    assert problems("- a\n- b\n") == ["the file must hold a mapping of settings"]
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("/nonexistent/gateway.yaml")
+    assert info.value.problems == ["cannot read the file: No such file or directory"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("2s", 2.0), ("500ms", 0.5), ("1m", 60.0), ("1.5h", 5400.0), ("1d", 86400.0), (3, 3.0)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10MiB", 10 * 1024 * 1024), ("512kb", 512_000), (1024, 1024), ("1 GiB", 1024**3)],
+)
+def test_sizes(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_config_is_immutable() -> None:
+    loaded = parse_config(b"workers: 1\n", source="t", env={})
+    with pytest.raises(Exception, match="frozen"):
+        loaded.config.workers = 2  # type: ignore[misc]
+
+
+def test_shipped_gateway_yaml_is_valid() -> None:
+    loaded = load_config(ROOT / "gateway.yaml")
+    assert loaded.config.store.backend == "local"
+    assert loaded.config.upstreams["demo"].builtin == "echo"
+
+
+def test_committed_schema_matches_the_models() -> None:
+    """config/gateway.schema.json is generated; regenerate with `make schema` when this fails."""
+    committed = json.loads((ROOT / "config" / "gateway.schema.json").read_text())
+    assert committed == json.loads(json.dumps(config_schema()))
+
+
+def test_gateway_yaml_references_the_schema() -> None:
+    first_line = (ROOT / "gateway.yaml").read_text().splitlines()[0]
+    assert first_line == "# yaml-language-server: $schema=config/gateway.schema.json"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_command_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(
+        "upstreams: {crm: {targets: ['http://127.0.0.1:1']}}\nroutes:\n"
+        "  - {path: /a, upstream: crm}\n  - {path: /b, upstream: crm}\n"
+        "  - {path: /c, upstream: crmm}\n"
+    )
+    result = run_cli("check", "-c", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}: 1 problem(s)",
+        "  routes[2].upstream: unknown upstream 'crmm' (known: crm)",
+    ]
+
+
+def test_check_command_exits_0_for_a_valid_file() -> None:
+    result = run_cli("check", "-c", str(ROOT / "gateway.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{ROOT / 'gateway.yaml'}: ok (3 routes, 1 upstreams, hash ")
+
+
+def test_run_with_broken_config_exits_1_without_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("workers: many\n")
+    result = run_cli("run", "-c", str(path))
+    assert result.returncode == 1
+    assert "workers: must be a whole number (got 'many')" in result.stderr
+    assert "Traceback" not in result.stderr
