@@ -234,3 +234,10 @@ def test_run_with_broken_config_exits_1_without_traceback(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "workers: must be a whole number (got 'many')" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_example_configs_are_valid(path: Path) -> None:
+    load_config(path, env={})

@@ -456,3 +456,36 @@ async def test_large_download_is_streamed(
         async for chunk in r.content.iter_any():
             received += len(chunk)
     assert received == size
+
+
+async def test_target_base_path_is_prepended(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await gateway_factory(
+        make_config(
+            {"app": {"targets": [f"{upstream.url}/api/"]}},
+            [{"path": "/v1/{rest:.*}", "upstream": "app"}],
+        )
+    )
+    async with gw.session.get(f"{gw.url}/v1/a%2Bb?x=1") as r:
+        assert r.status == 200
+    assert upstream.seen[0].raw_path == "/api/v1/a%2Bb?x=1"
+
+
+async def test_preserve_host_sends_the_client_host(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await gateway_factory(
+        make_config(
+            {
+                "a": {"targets": [upstream.url], "preserve_host": True},
+                "b": {"targets": [upstream.url]},
+            },
+            [{"path": "/a", "upstream": "a"}, {"path": "/b", "upstream": "b"}],
+        )
+    )
+    for path in ("/a", "/b"):
+        async with gw.session.get(f"{gw.url}{path}", headers={"Host": "api.example.com"}) as r:
+            assert r.status == 200
+    assert upstream.header_values(0, "Host") == ["api.example.com"]
+    assert upstream.header_values(1, "Host") == [f"127.0.0.1:{upstream.port}"]
