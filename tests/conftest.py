@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis
 import yaml
 from aiohttp import web
 
@@ -343,3 +345,71 @@ def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProc]]:
             except subprocess.TimeoutExpired:
                 gp.proc.kill()
                 gp.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis: a private server for the whole session, on its own port; nothing is saved to disk.
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def start(self) -> None:
+        self.proc = _start_redis(self.port, self.workdir)
+
+
+def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail("redis-server is not installed (.ci/run installs it with apt)")
+    proc = subprocess.Popen(
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / "redis.log"),
+        ],
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return proc
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    server = RedisServer(f"redis://127.0.0.1:{port}/0", port, _start_redis(port, workdir), workdir)
+    yield server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+def unique_prefix() -> str:
+    """A key namespace of one test's own, so tests never see each other's data."""
+    return "t" + os.urandom(6).hex()

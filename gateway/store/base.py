@@ -1,0 +1,101 @@
+"""The state store interface; ``local`` (SQLite) and ``redis`` implement it identically."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.errors import GatewayError
+from gateway.store.models import ApiKey, Org
+
+
+class StoreError(Exception):
+    """The store could not be reached or failed; callers map it to 503, never to 401."""
+
+
+class Conflict(GatewayError):
+    status, code = 409, "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    """A change other instances must drop from their caches."""
+
+    kind: Literal["key", "org", "all"]
+    ref: str = ""  # the key's hash, or the org's id
+
+    def encode(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+    @classmethod
+    def decode(cls, text: str) -> Invalidation:
+        kind, _, ref = text.partition(":")
+        if kind == "key":
+            return cls("key", ref)
+        if kind == "org":
+            return cls("org", ref)
+        return cls("all")
+
+
+InvalidationListener = Callable[[Invalidation], None]
+
+
+class Store(ABC):
+    """Orgs and keys; later issues add limits, idempotency records and webhooks here."""
+
+    def __init__(self) -> None:
+        self._listeners: list[InvalidationListener] = []
+
+    def subscribe(self, listener: InvalidationListener) -> None:
+        """Call listener for every change made by any instance (this one included)."""
+        self._listeners.append(listener)
+
+    def _notify(self, message: Invalidation) -> None:
+        for listener in self._listeners:
+            listener(message)
+
+    @abstractmethod
+    async def startup(self) -> None: ...
+
+    @abstractmethod
+    async def shutdown(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot serve."""
+
+    @abstractmethod
+    async def create_org(self, org: Org) -> None:
+        """Raise Conflict when the slug is taken."""
+
+    @abstractmethod
+    async def get_org(self, ref: str) -> Org | None:
+        """By id (``org_…``) or slug."""
+
+    @abstractmethod
+    async def list_orgs(self) -> list[Org]: ...
+
+    @abstractmethod
+    async def update_org(self, org: Org) -> None: ...
+
+    @abstractmethod
+    async def create_key(self, key: ApiKey) -> None: ...
+
+    @abstractmethod
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    @abstractmethod
+    async def find_key(self, key_hash: str) -> ApiKey | None: ...
+
+    @abstractmethod
+    async def list_keys(self, org_id: str) -> list[ApiKey]: ...
+
+    @abstractmethod
+    async def update_key(self, key: ApiKey) -> None:
+        """Save a changed key and tell every instance to drop it from its cache."""
+
+    @abstractmethod
+    async def touch_keys(self, last_used: Mapping[str, float]) -> None:
+        """Record last-used times (key id -> time); only ever moves them forward."""

@@ -1,0 +1,191 @@
+"""The embedded store: one SQLite file, for a single gateway instance."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from gateway.store.base import Conflict, Invalidation, Store, StoreError
+from gateway.store.models import ApiKey, Org
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orgs (
+    id TEXT PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    last_used_at REAL,  -- kept apart from data: moved forward only, never overwritten by updates
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_org ON api_keys (org_id, created_at);
+"""
+
+
+class LocalStore(Store):
+    """SQLite in WAL mode with full fsync: an acknowledged write survives a crash.
+
+    One thread owns the connection; the event loop never waits on disk except through it.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._db is None:
+                raise StoreError("the local store is not open")
+            try:
+                with self._db:  # one transaction: committed on success, rolled back on error
+                    return fn(self._db)
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"local store: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def startup(self) -> None:
+        def open_db() -> None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            db.isolation_level = "DEFERRED"
+            self._db = db
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the local store at {self.path}: {exc}") from exc
+
+    async def shutdown(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    # -- orgs ------------------------------------------------------------------------------
+
+    async def create_org(self, org: Org) -> None:
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO orgs (id, slug, created_at, data) VALUES (?, ?, ?, ?)",
+                (org.id, org.slug, org.created_at, orjson.dumps(org.to_record())),
+            )
+
+        try:
+            await self._run(insert)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"An org with slug {org.slug!r} already exists.") from None
+
+    async def get_org(self, ref: str) -> Org | None:
+        column = "id" if ref.startswith("org_") else "slug"
+        row = await self._run(
+            lambda db: db.execute(f"SELECT data FROM orgs WHERE {column} = ?", (ref,)).fetchone()  # noqa: S608 - column is one of two literals
+        )
+        return Org.from_record(orjson.loads(row[0])) if row else None
+
+    async def list_orgs(self) -> list[Org]:
+        rows = await self._run(
+            lambda db: db.execute("SELECT data FROM orgs ORDER BY created_at, id").fetchall()
+        )
+        return [Org.from_record(orjson.loads(r[0])) for r in rows]
+
+    async def update_org(self, org: Org) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE orgs SET slug = ?, data = ? WHERE id = ?",
+                (org.slug, orjson.dumps(org.to_record()), org.id),
+            )
+        )
+        self._notify(Invalidation("org", org.id))
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def create_key(self, key: ApiKey) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO api_keys (id, org_id, key_hash, created_at, last_used_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.org_id,
+                    key.key_hash,
+                    key.created_at,
+                    key.last_used_at,
+                    orjson.dumps(key.to_record()),
+                ),
+            )
+        )
+        self._notify(Invalidation("key", key.key_hash))  # drop a cached "unknown key"
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        return await self._one("WHERE id = ?", key_id)
+
+    async def find_key(self, key_hash: str) -> ApiKey | None:
+        return await self._one("WHERE key_hash = ?", key_hash)
+
+    async def _one(self, where: str, arg: str) -> ApiKey | None:
+        sql = f"SELECT data, last_used_at FROM api_keys {where}"  # noqa: S608 - where is a literal
+        row = await self._run(lambda db: db.execute(sql, (arg,)).fetchone())
+        return _key(row) if row else None
+
+    async def list_keys(self, org_id: str) -> list[ApiKey]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT data, last_used_at FROM api_keys WHERE org_id = ? ORDER BY created_at, id",
+                (org_id,),
+            ).fetchall()
+        )
+        return [_key(row) for row in rows]
+
+    async def update_key(self, key: ApiKey) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE api_keys SET data = ? WHERE id = ?", (orjson.dumps(key.to_record()), key.id)
+            )
+        )
+        self._notify(Invalidation("key", key.key_hash))
+
+    async def touch_keys(self, last_used: Mapping[str, float]) -> None:
+        if not last_used:
+            return
+        await self._run(
+            lambda db: db.executemany(
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ?"
+                " AND (last_used_at IS NULL OR last_used_at < ?)",
+                [(at, key_id, at) for key_id, at in last_used.items()],
+            )
+        )
+
+
+def _key(row: tuple[bytes, float | None]) -> ApiKey:
+    record: dict[str, Any] = orjson.loads(row[0])
+    record["last_used_at"] = row[1]
+    return ApiKey.from_record(record)

@@ -1,0 +1,72 @@
+"""What the store keeps: orgs and API keys, as immutable records."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from gateway.keys import ALPHABET
+
+
+def new_id(kind: str) -> str:
+    """``org_…``/``key_…``: a kind prefix and 20 random base62 characters (119 bits)."""
+    return f"{kind}_" + "".join(secrets.choice(ALPHABET) for _ in range(20))
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    id: str
+    slug: str
+    name: str
+    plan: str
+    created_at: float
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Org:
+        return cls(**record)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    org_id: str
+    name: str
+    scopes: tuple[str, ...]
+    environment: str
+    prefix: str  # shown to people: e.g. "fw_live_AbCd"
+    last4: str
+    key_hash: str  # SHA-256 or HMAC-SHA256 of the secret; the secret is never stored
+    created_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+    allowed_ips: tuple[str, ...] = ()
+    # Per-key overrides of the plan's limits, e.g. {"requests": 300, "per": 60, "burst": 50}.
+    rate_limit: dict[str, Any] | None = field(default=None, hash=False)
+    rotated_to: str | None = None  # the key that replaced this one, after a rotation
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["scopes"] = list(self.scopes)
+        record["allowed_ips"] = list(self.allowed_ips)
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ApiKey:
+        data = dict(record)
+        data["scopes"] = tuple(data.get("scopes") or ())
+        data["allowed_ips"] = tuple(data.get("allowed_ips") or ())
+        return cls(**data)
+
+    def usable_at(self, now: float) -> bool:
+        """Not revoked and not expired (a rotated key expires when its grace ends)."""
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def with_changes(self, **changes: Any) -> ApiKey:
+        return replace(self, **changes)

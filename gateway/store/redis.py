@@ -1,0 +1,202 @@
+"""The shared store on Redis: any number of gateway instances, pub/sub cache invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from gateway.store.base import Conflict, Invalidation, Store, StoreError
+from gateway.store.models import ApiKey, Org
+
+log = structlog.get_logger("gateway.store")
+
+
+def _script(name: str) -> str:
+    return resources.files("gateway.store").joinpath(name).read_text()
+
+
+class RedisStore(Store):
+    """Records are JSON strings under one hash tag, so multi-key transactions also run on a
+    Redis Cluster. Changes are published on a channel that every instance listens to.
+    """
+
+    def __init__(self, url: str, *, key_prefix: str = "gw") -> None:
+        super().__init__()
+        self.url = url
+        self._p = f"{key_prefix}:{{meta}}"
+        self._channel = f"{key_prefix}:invalidate"
+        self._client: aioredis.Redis | None = None
+        self._listener: asyncio.Task[None] | None = None
+        # False while the invalidation channel is down: caches must then not be trusted long.
+        self.invalidation_live = False
+        self._subscribed = asyncio.Event()
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreError("the redis store is not open")
+        return self._client
+
+    async def startup(self) -> None:
+        self._client = aioredis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            health_check_interval=15,
+            decode_responses=False,
+        )
+        self._create_org = self._client.register_script(_script("create_org.lua"))
+        self._touch = self._client.register_script(_script("touch_keys.lua"))
+        await self.ping()
+        self._listener = asyncio.create_task(self._listen(), name="gateway-store-invalidation")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout=5)
+
+    async def shutdown(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _listen(self) -> None:
+        """Follow the invalidation channel; after any gap, tell listeners to drop everything."""
+        delay = 0.1
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                if not self._subscribed.is_set():
+                    self._subscribed.set()
+                else:
+                    self._notify(Invalidation("all"))  # messages may have been missed
+                self.invalidation_live = True
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._notify(Invalidation.decode(message["data"].decode()))
+            except (RedisError, OSError) as exc:
+                if self.invalidation_live:
+                    log.warning("store_invalidation_lost", error=repr(exc))
+                self.invalidation_live = False
+                self._notify(Invalidation("all"))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call] # untyped in redis-py
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis store: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._call(self.client.ping())
+
+    # -- orgs ------------------------------------------------------------------------------
+
+    async def create_org(self, org: Org) -> None:
+        created = await self._call(
+            self._create_org(
+                keys=[
+                    f"{self._p}:org:{org.id}",
+                    f"{self._p}:orgslug:{org.slug}",
+                    f"{self._p}:orgs",
+                ],
+                args=[org.id, orjson.dumps(org.to_record()), org.created_at],
+            )
+        )
+        if not created:
+            raise Conflict(f"An org with slug {org.slug!r} already exists.")
+
+    async def get_org(self, ref: str) -> Org | None:
+        org_id = ref
+        if not ref.startswith("org_"):
+            found = await self._call(self.client.get(f"{self._p}:orgslug:{ref}"))
+            if found is None:
+                return None
+            org_id = found.decode()
+        raw = await self._call(self.client.get(f"{self._p}:org:{org_id}"))
+        return Org.from_record(orjson.loads(raw)) if raw else None
+
+    async def list_orgs(self) -> list[Org]:
+        ids = await self._call(self.client.zrange(f"{self._p}:orgs", 0, -1))
+        if not ids:
+            return []
+        raws = await self._call(self.client.mget([f"{self._p}:org:{i.decode()}" for i in ids]))
+        return [Org.from_record(orjson.loads(r)) for r in raws if r]
+
+    async def update_org(self, org: Org) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(f"{self._p}:org:{org.id}", orjson.dumps(org.to_record()))
+            pipe.publish(self._channel, Invalidation("org", org.id).encode())
+            await self._call(pipe.execute())
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def create_key(self, key: ApiKey) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(f"{self._p}:key:{key.id}", orjson.dumps(key.to_record()))
+            pipe.set(f"{self._p}:keyhash:{key.key_hash}", key.id)
+            pipe.zadd(f"{self._p}:orgkeys:{key.org_id}", {key.id: key.created_at})
+            pipe.publish(self._channel, Invalidation("key", key.key_hash).encode())
+            await self._call(pipe.execute())
+
+    async def _keys(self, ids: list[str]) -> list[ApiKey]:
+        if not ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.mget([f"{self._p}:key:{i}" for i in ids])
+            pipe.hmget(f"{self._p}:lastused", ids)
+            raws, last_used = await self._call(pipe.execute())
+        keys = []
+        for raw, used in zip(raws, last_used, strict=True):
+            if raw is None:
+                continue
+            record = orjson.loads(raw)
+            if used is not None:
+                record["last_used_at"] = max(record.get("last_used_at") or 0, float(used))
+            keys.append(ApiKey.from_record(record))
+        return keys
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        found = await self._keys([key_id])
+        return found[0] if found else None
+
+    async def find_key(self, key_hash: str) -> ApiKey | None:
+        key_id = await self._call(self.client.get(f"{self._p}:keyhash:{key_hash}"))
+        return await self.get_key(key_id.decode()) if key_id else None
+
+    async def list_keys(self, org_id: str) -> list[ApiKey]:
+        ids = await self._call(self.client.zrange(f"{self._p}:orgkeys:{org_id}", 0, -1))
+        return await self._keys([i.decode() for i in ids])
+
+    async def update_key(self, key: ApiKey) -> None:
+        record = key.to_record()
+        record.pop("last_used_at", None)  # kept in its own hash, moved forward only
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(f"{self._p}:key:{key.id}", orjson.dumps(record))
+            pipe.publish(self._channel, Invalidation("key", key.key_hash).encode())
+            await self._call(pipe.execute())
+
+    async def touch_keys(self, last_used: Mapping[str, float]) -> None:
+        if not last_used:
+            return
+        args: list[str | float] = []
+        for key_id, at in last_used.items():
+            args += [key_id, at]
+        await self._call(self._touch(keys=[f"{self._p}:lastused"], args=args))

@@ -1,0 +1,180 @@
+"""The store contract: every backend passes the same suite, against a real Redis and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.store import ApiKey, Conflict, Invalidation, Org, Store, new_id, open_store
+from tests.conftest import RedisServer, unique_prefix
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["local", "redis"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Makes stores that share one dataset: a file, or one Redis namespace."""
+    if request.param == "local":
+        path = str(tmp_path / "state.db")
+        return lambda: open_store("local", path=path)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = unique_prefix()
+    return lambda: open_store("redis", url=server.url, key_prefix=prefix)
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> AsyncIterator[Store]:
+    s = store_factory()
+    await s.startup()
+    yield s
+    await s.shutdown()
+
+
+def make_org(slug: str = "acme") -> Org:
+    return Org(id=new_id("org"), slug=slug, name="Acme Pumps", plan="free", created_at=time.time())
+
+
+def make_key(org: Org, **changes: object) -> ApiKey:
+    key = ApiKey(
+        id=new_id("key"),
+        org_id=org.id,
+        name="sync",
+        scopes=("contacts:read",),
+        environment="live",
+        prefix="fw_live_AbCd",
+        last4="wxyz",
+        key_hash=new_id("h"),
+        created_at=time.time(),
+        allowed_ips=("203.0.113.0/24",),
+        rate_limit={"requests": 5, "per": 60.0},
+    )
+    return key.with_changes(**changes)
+
+
+async def test_org_round_trip_by_id_and_slug(store: Store) -> None:
+    org = make_org()
+    await store.create_org(org)
+    assert await store.get_org(org.id) == org
+    assert await store.get_org("acme") == org
+    assert await store.get_org("nope") is None
+    assert await store.get_org("org_nope") is None
+
+
+async def test_duplicate_slug_is_a_conflict(store: Store) -> None:
+    await store.create_org(make_org())
+    with pytest.raises(Conflict):
+        await store.create_org(make_org())
+    assert len(await store.list_orgs()) == 1
+
+
+async def test_orgs_are_listed_in_creation_order(store: Store) -> None:
+    orgs = [make_org(f"org-{i}") for i in range(3)]
+    for org in orgs:
+        await store.create_org(org)
+    assert await store.list_orgs() == orgs
+
+
+async def test_update_org_is_saved_and_announced(store: Store) -> None:
+    seen: list[Invalidation] = []
+    store.subscribe(seen.append)
+    org = make_org()
+    await store.create_org(org)
+    changed = Org(org.id, org.slug, "Acme Ltd", "standard", org.created_at)
+    await store.update_org(changed)
+    assert await store.get_org("acme") == changed
+    await _eventually(lambda: Invalidation("org", org.id) in seen)
+
+
+async def test_key_round_trip(store: Store) -> None:
+    org = make_org()
+    await store.create_org(org)
+    key = make_key(org)
+    await store.create_key(key)
+    assert await store.get_key(key.id) == key
+    assert await store.find_key(key.key_hash) == key
+    assert await store.find_key("unknown") is None
+    assert await store.get_key("key_unknown") is None
+    other = make_key(org, name="second")
+    await store.create_key(other)
+    assert await store.list_keys(org.id) == [key, other]
+    assert await store.list_keys("org_other") == []
+
+
+async def test_key_updates_are_saved_and_announced(store: Store) -> None:
+    seen: list[Invalidation] = []
+    store.subscribe(seen.append)
+    org = make_org()
+    await store.create_org(org)
+    key = make_key(org)
+    await store.create_key(key)
+    revoked = key.with_changes(revoked_at=time.time())
+    await store.update_key(revoked)
+    assert await store.get_key(key.id) == revoked
+    await _eventually(lambda: seen.count(Invalidation("key", key.key_hash)) == 2)  # create, update
+
+
+async def test_last_used_only_moves_forward(store: Store) -> None:
+    org = make_org()
+    await store.create_org(org)
+    key = make_key(org)
+    await store.create_key(key)
+    await store.touch_keys({key.id: 200.0})
+    await store.touch_keys({key.id: 100.0, "key_missing": 5.0})
+    found = await store.get_key(key.id)
+    assert found is not None
+    assert found.last_used_at == 200.0
+    # A later update of other fields keeps the last-used time.
+    await store.update_key(found.with_changes(name="renamed", last_used_at=None))
+    found = await store.get_key(key.id)
+    assert found is not None
+    assert (found.name, found.last_used_at) == ("renamed", 200.0)
+
+
+async def test_data_survives_a_restart(store_factory: StoreFactory) -> None:
+    first = store_factory()
+    await first.startup()
+    org = make_org()
+    await first.create_org(org)
+    key = make_key(org)
+    await first.create_key(key)
+    await first.shutdown()
+    second = store_factory()
+    await second.startup()
+    try:
+        assert await second.get_org(org.id) == org
+        assert await second.find_key(key.key_hash) == key
+    finally:
+        await second.shutdown()
+
+
+async def test_other_redis_instances_hear_about_changes(redis_server: RedisServer) -> None:
+    """The local store serves one instance by design; on Redis every instance hears."""
+    prefix = unique_prefix()
+    a = open_store("redis", url=redis_server.url, key_prefix=prefix)
+    b = open_store("redis", url=redis_server.url, key_prefix=prefix)
+    await a.startup()
+    await b.startup()
+    try:
+        heard: list[Invalidation] = []
+        b.subscribe(heard.append)
+        org = make_org()
+        await a.create_org(org)
+        key = make_key(org)
+        await a.create_key(key)
+        await a.update_key(key.with_changes(revoked_at=time.time()))
+        await _eventually(lambda: heard.count(Invalidation("key", key.key_hash)) == 2)
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+
+
+async def _eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
