@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import os
+import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,20 +15,52 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.config import LoadedConfig
+from gateway.config.models import AdminConfig
 from gateway.errors import GatewayError, InternalError, MethodNotAllowed, RouteNotFound
 from gateway.request_id import accept_request_id
 
 log = structlog.get_logger("gateway.admin")
 
-Readiness = Callable[[], dict[str, Any]]
+Readiness = Callable[[], Awaitable[dict[str, Any]]]
 ConfigView = Callable[[], dict[str, Any]]
+RouteInstaller = Callable[[web.Application], None]
+REDACTED = "***"
+
+
+def resolve_admin_token(config: AdminConfig, *, create: bool) -> str | None:
+    """admin.token, else the token saved in admin.token_file, else (create) a new saved one.
+
+    SECURITY: a made token is random (256 bits) and its file is readable by the owner only.
+    """
+    if config.token:
+        return config.token
+    path = Path(config.token_file)
+    try:
+        token = path.read_text().strip()
+        if len(token) >= 16:
+            return token
+    except FileNotFoundError:
+        pass
+    if not create:
+        return None
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
 
 
 def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
     """The config in force as JSON, secrets replaced, with the hash of its file."""
     data = loaded.config.model_dump(mode="json")
-    if data["admin"].get("token"):
-        data["admin"]["token"] = "***"  # noqa: S105 - a redaction marker, not a password
+    for section, field in (("admin", "token"), ("keys", "pepper")):
+        if data[section].get(field):
+            data[section][field] = REDACTED
+    url = data["store"].get("url")
+    if url and "@" in url:  # redis://user:password@host
+        scheme, _, rest = url.partition("://")
+        data["store"]["url"] = f"{scheme}://{REDACTED}@{rest.rpartition('@')[2]}"
     return {"hash": loaded.digest, "source": loaded.source, "config": data}
 
 
@@ -34,11 +69,6 @@ class AdminUnauthorized(GatewayError):
 
     def __init__(self) -> None:
         super().__init__(headers=[("WWW-Authenticate", 'Bearer realm="admin"')])
-
-
-class AdminDisabled(GatewayError):
-    status, code = 503, "unavailable"
-    message = "The admin API is off: set admin.token in gateway.yaml."
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -50,9 +80,10 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 def build_admin_app(
     *,
     registry: CollectorRegistry,
-    token: str | None,
+    token: str,
     readiness: Readiness,
     config_view: ConfigView,
+    install: RouteInstaller | None = None,
 ) -> web.Application:
     """The admin application; later issues add their /admin routes to it."""
 
@@ -83,7 +114,7 @@ def build_admin_app(
         return json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        state = readiness()
+        state = await readiness()
         return json_response(state, status=200 if state.get("status") == "ready" else 503)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -99,12 +130,12 @@ def build_admin_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/config", config)
+    if install is not None:
+        install(app)
     return app
 
 
-def _check_token(request: web.Request, token: str | None) -> None:
-    if token is None:
-        raise AdminDisabled()
+def _check_token(request: web.Request, token: str) -> None:
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     # SECURITY: constant-time comparison; the token is never logged.
     if scheme.lower() != "bearer" or not hmac.compare_digest(

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
+from gateway.cli_admin import add_commands as add_admin_commands
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 DEFAULT_CONFIG = "gateway.yaml"
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of gateway.yaml").set_defaults(
         func=cmd_schema
     )
+    add_admin_commands(sub)
     return parser
 
 

@@ -57,6 +57,50 @@ class BadRequest(GatewayError):
     status, code, message = 400, "bad_request", "The request is malformed."
 
 
+class Unauthorized(GatewayError):
+    """One answer for a missing, malformed, unknown, revoked or expired key: nothing to probe."""
+
+    status, code, message = 401, "unauthorized", "A valid API key is required."
+
+    def __init__(self) -> None:
+        super().__init__(
+            headers=[("WWW-Authenticate", 'Bearer realm="api", error="invalid_token"')]
+        )
+
+
+class InsufficientScope(GatewayError):
+    status, code = 403, "insufficient_scope"
+
+    def __init__(self, required: list[str]) -> None:
+        needed = " ".join(required)
+        super().__init__(
+            f"This API key lacks the scope {needed}.",
+            headers=[
+                (
+                    "WWW-Authenticate",
+                    f'Bearer realm="api", error="insufficient_scope", scope="{needed}"',
+                )
+            ],
+        )
+
+
+class IpNotAllowed(GatewayError):
+    status, code, message = 403, "ip_not_allowed", "This API key may not be used from this address."
+
+    def __init__(self) -> None:
+        super().__init__(
+            headers=[("WWW-Authenticate", 'Bearer realm="api", error="invalid_token"')]
+        )
+
+
+class ApiAccessDisabled(GatewayError):
+    status, code, message = (
+        403,
+        "api_access_disabled",
+        "This organization's plan has no API access.",
+    )
+
+
 class RouteNotFound(GatewayError):
     status, code, message = 404, "route_not_found", "No route matches this path."
 

@@ -8,6 +8,15 @@ REQUEST_ID = "X-Request-Id"
 FORWARDED_FOR = "X-Forwarded-For"
 FORWARDED_PROTO = "X-Forwarded-Proto"
 FORWARDED_HOST = "X-Forwarded-Host"
+# Identity headers the gateway sends upstream after authenticating a key. SECURITY: whatever a
+# client sends under these names (any case, '_' for '-', repeated) is dropped on every route.
+ORG_ID = "X-Org-Id"
+ORG_SLUG = "X-Org-Slug"
+API_KEY_ID = "X-Api-Key-Id"
+SCOPES = "X-Scopes"
+KEY_ENVIRONMENT = "X-Key-Environment"
+IDENTITY_HEADERS = (ORG_ID, ORG_SLUG, API_KEY_ID, SCOPES, KEY_ENVIRONMENT)
+
 # What our own responses say in Server, instead of the HTTP library and its version.
 SERVER_NAME = "gateway"
 

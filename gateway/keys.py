@@ -8,7 +8,10 @@ import re
 import secrets
 import zlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from gateway.config.models import KeysConfig
 
 Environment = Literal["live", "test"]
 ENVIRONMENTS: tuple[Environment, ...] = ("live", "test")
@@ -60,6 +63,12 @@ class KeyFormat:
         self._shape = re.compile(
             rf"{re.escape(prefix)}_{env}"
             rf"([0-9A-Za-z]{{{random_length}}})([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})\Z"
+        )
+
+    @classmethod
+    def from_config(cls, config: KeysConfig) -> KeyFormat:
+        return cls(
+            config.prefix, environment_in_key=config.environment_in_key, pepper=config.pepper
         )
 
     def generate(self, environment: Environment = "live") -> str:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.forwarded import Forwarded
+    from gateway.identity import Identity
     from gateway.snapshot import CompiledRoute
 
 
@@ -25,6 +26,7 @@ class RequestContext:
     forwarded: Forwarded  # client address and the X-Forwarded-* to send
     started: float  # time.perf_counter() at arrival
     route: CompiledRoute | None = None
+    identity: Identity | None = None  # set by the auth plugin
     params: dict[str, str] = field(default_factory=dict)
     # Headers a plugin wants on the upstream request; names here are also stripped from the
     # client's request in every case and '_' variant, so a client can never supply them.

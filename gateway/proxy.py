@@ -26,6 +26,7 @@ from gateway.headers import (
     FORWARDED_HOST,
     FORWARDED_PROTO,
     HOP_BY_HOP,
+    IDENTITY_HEADERS,
     REQUEST_ID,
     SERVER_NAME,
     connection_tokens,
@@ -120,9 +121,11 @@ class Proxy:
         read_timeout: float,
         body_timeout: float,
         max_body_size: int,
-        injected_headers: Sequence[str] = (),
+        sandbox: UpstreamPool | None = None,
+        forward_authorization: bool = False,
     ) -> None:
         self.pool = pool
+        self.sandbox = sandbox
         self.max_body_size = max_body_size
         self.body_timeout = body_timeout
         self.timeout = aiohttp.ClientTimeout(
@@ -131,7 +134,10 @@ class Proxy:
             sock_connect=connect_timeout,
             sock_read=read_timeout,
         )
-        self._stripped = _ALWAYS_STRIPPED | strip_set(injected_headers)
+        # SECURITY: identity headers are ours on every route, authenticated or not; the client's
+        # credentials stay at the edge unless the route asks for them.
+        stripped = [*IDENTITY_HEADERS, *([] if forward_authorization else ["Authorization"])]
+        self._stripped = _ALWAYS_STRIPPED | strip_set(stripped)
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
@@ -141,6 +147,9 @@ class Proxy:
         has_body = request.body_exists
         headers = self._upstream_headers(ctx, declared if has_body else None)
         pool = self.pool
+        identity = ctx.identity
+        if self.sandbox is not None and identity is not None and identity.key.environment == "test":
+            pool = self.sandbox  # test keys never reach live targets when a sandbox exists
         index = pool.first_target()
         attempts = (
             2 if ctx.method in _RETRYABLE_METHODS and not has_body and len(pool.targets) > 1 else 1
@@ -151,7 +160,7 @@ class Proxy:
             url = f"{target}{ctx.path}?{ctx.query}" if ctx.query else f"{target}{ctx.path}"
             pump = _BodyPump(ctx, self.max_body_size, self.body_timeout) if has_body else None
             try:
-                return await self._exchange(ctx, url, headers, pump)
+                return await self._exchange(pool, ctx, url, headers, pump)
             except asyncio.CancelledError:
                 # The body pump cancels us when the client's body fails before any response
                 # started: answer with its reason. Any other cancellation goes on up.
@@ -205,6 +214,7 @@ class Proxy:
 
     async def _exchange(
         self,
+        pool: UpstreamPool,
         ctx: RequestContext,
         url: str,
         headers: CIMultiDict[str],
@@ -212,7 +222,7 @@ class Proxy:
     ) -> web.StreamResponse:
         started = time.perf_counter()
         try:
-            upstream = await self.pool.session.request(
+            upstream = await pool.session.request(
                 ctx.method,
                 URL(url, encoded=True),
                 headers=headers,
@@ -234,7 +244,7 @@ class Proxy:
             pump.response_started = True
         try:
             ctx.upstream_seconds = time.perf_counter() - started
-            self.pool.metrics.observe(ctx.upstream_seconds)
+            pool.metrics.observe(ctx.upstream_seconds)
             response = self._response_head(ctx, upstream)
             await response.prepare(ctx.request)
             try:

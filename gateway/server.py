@@ -12,14 +12,22 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from gateway.admin import build_admin_app, redacted_config
+from gateway.admin import build_admin_app, redacted_config, resolve_admin_token
+from gateway.admin_api import AdminApi
 from gateway.app import DataPlane
-from gateway.config import LoadedConfig
+from gateway.bootstrap import ensure_demo
+from gateway.config import LoadedConfig, RouteConfig
 from gateway.demo_upstream import EchoServer
 from gateway.http_server import EnvelopeServer
+from gateway.identity import KeyRing
+from gateway.keys import KeyFormat
 from gateway.log import flush_logs
 from gateway.metrics import Metrics
+from gateway.pipeline import Plugin
+from gateway.scopes import ScopePolicy
 from gateway.snapshot import PluginFactory, Snapshot
+from gateway.store import Store, StoreError, open_store
+from plugins.auth import AuthPlugin
 
 log = structlog.get_logger("gateway")
 
@@ -33,7 +41,7 @@ class ListenError(Exception):
 
 
 class GatewayProcess:
-    """One process's gateway: built-in backends, snapshot, data listener, admin listener."""
+    """One process's gateway: store, key ring, built-in backends, snapshot, listeners."""
 
     def __init__(
         self,
@@ -47,25 +55,61 @@ class GatewayProcess:
         self.metrics = Metrics()
         self._admin_enabled = admin
         self._reuse_port = reuse_port
-        self._plugins_for = plugins_for
+        self._extra_plugins = plugins_for
         self._echo: dict[str, EchoServer] = {}
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
+        config = loaded.config
+        self.store: Store = open_store(config.store)
+        self.key_format = KeyFormat.from_config(config.keys)
+        self.scopes = ScopePolicy(config.scopes.implies)
+        self.keyring = KeyRing(
+            self.store,
+            self.key_format,
+            self.scopes,
+            cache_ttl=config.keys.cache_ttl,
+            last_used_interval=config.keys.last_used_interval,
+        )
+        self.admin_api = AdminApi(self.store, config, self.key_format)
         self.snapshot: Snapshot | None = None
         self.plane: DataPlane | None = None
         self.draining = False
         self.data_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
+        self._started: list[str] = []
+
+    def plugins_for(self, route: RouteConfig) -> list[Plugin]:
+        """The plugins of one route: the core ones its config asks for, then any extra."""
+        config = self.loaded.config
+        plugins: list[Plugin] = []
+        if route.auth == "key":
+            plugins.append(
+                AuthPlugin(
+                    self.keyring,
+                    self.scopes,
+                    required_scopes=route.scopes,
+                    plans_with_api_keys=frozenset(
+                        name for name, plan in config.plans.items() if plan.api_keys
+                    ),
+                )
+            )
+        if self._extra_plugins is not None:
+            plugins.extend(self._extra_plugins(route))
+        return plugins
 
     async def start(self) -> None:
         config = self.loaded.config
+        await self.store.startup()
+        self._started.append("store")
+        await self.keyring.startup()
+        self._started.append("keyring")
         builtin: dict[str, list[str]] = {}
         for name, upstream in config.upstreams.items():
             if upstream.builtin == "echo":
                 echo = self._echo[name] = EchoServer()
                 builtin[name] = [await echo.start()]
         snapshot = Snapshot(
-            self.loaded, self.metrics, builtin_targets=builtin, plugins_for=self._plugins_for
+            self.loaded, self.metrics, builtin_targets=builtin, plugins_for=self.plugins_for
         )
         self.snapshot = snapshot
         await snapshot.startup()
@@ -87,11 +131,15 @@ class GatewayProcess:
             self._data_runner, config.listen.host, config.listen.port, "listen", self._reuse_port
         )
         if self._admin_enabled:
+            token = resolve_admin_token(config.admin, create=True)
+            if token is None:  # create=True always yields one; this keeps mypy and readers honest
+                raise ListenError("admin: no admin token")
             app = build_admin_app(
                 registry=self.metrics.registry,
-                token=config.admin.token,
+                token=token,
                 readiness=self.readiness,
                 config_view=self.config_view,
+                install=self.admin_api.add_routes,
             )
             self._admin_runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
             await self._admin_runner.setup()
@@ -104,15 +152,22 @@ class GatewayProcess:
             admin=f"{self.admin_address[0]}:{self.admin_address[1]}"
             if self._admin_enabled
             else None,
+            store=config.store.backend,
             config=self.loaded.source,
             config_hash=self.loaded.digest,
             pid=os.getpid(),
         )
+        if config.demo is not None and self._admin_enabled:
+            host = "localhost" if config.listen.host in ("0.0.0.0", "::") else config.listen.host  # noqa: S104 - a comparison, not a bind
+            await ensure_demo(
+                self.store, self.admin_api, config, f"http://{host}:{self.data_address[1]}"
+            )
 
-    def readiness(self) -> dict[str, Any]:
+    async def readiness(self) -> dict[str, Any]:
         return {
             "status": "draining" if self.draining else "ready",
             "config_hash": self.loaded.digest,
+            "store": await store_state(self.store, self.loaded.config.store.backend),
         }
 
     def config_view(self) -> dict[str, Any]:
@@ -130,8 +185,26 @@ class GatewayProcess:
             await echo.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if "keyring" in self._started:
+            await self.keyring.shutdown()  # saves pending last-used times
+        if "store" in self._started:
+            await self.store.shutdown()
         log.info("gateway_stopped")
         flush_logs()
+
+
+async def store_state(store: Store, backend: str) -> dict[str, Any]:
+    """The store's health for /readyz; an outage is reported, not hidden, and not fatal."""
+    try:
+        await asyncio.wait_for(store.ping(), timeout=1.0)
+        ok = True
+    except (StoreError, TimeoutError):
+        ok = False
+    state: dict[str, Any] = {"backend": backend, "ok": ok}
+    live = getattr(store, "invalidation_live", None)
+    if live is not None:
+        state["invalidation"] = "live" if live else "down"
+    return state
 
 
 async def listen(
@@ -183,7 +256,7 @@ async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
     process = GatewayProcess(loaded, admin=not worker, reuse_port=worker)
     try:
         await process.start()
-    except ListenError as exc:
+    except (ListenError, StoreError) as exc:
         log.error("gateway_start_failed", error=str(exc))
         await process.stop()
         return 1

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.config import LoadedConfig, RouteConfig
 from gateway.forwarded import ForwardedResolver
+from gateway.me import IdentityEndpoint
 from gateway.metrics import Metrics, RouteMetrics, UpstreamMetrics
 from gateway.pipeline import Handler, Plugin, build_chain
 from gateway.proxy import Proxy, UpstreamPool
@@ -43,6 +44,7 @@ class Snapshot:
         self.config = config
         self.resolver = ForwardedResolver(config.trusted_proxies)
         self.upstreams: dict[str, UpstreamPool] = {}
+        self.sandboxes: dict[str, UpstreamPool] = {}
         for name, upstream in config.upstreams.items():
             targets = builtin_targets[name] if upstream.builtin else upstream.targets
             self.upstreams[name] = UpstreamPool(
@@ -52,8 +54,34 @@ class Snapshot:
                 preserve_host=upstream.preserve_host,
                 metrics=UpstreamMetrics(metrics, name),
             )
+            if upstream.sandbox:
+                self.sandboxes[name] = UpstreamPool(
+                    f"{name}:sandbox",
+                    upstream.sandbox,
+                    max_connections=upstream.max_connections,
+                    preserve_host=upstream.preserve_host,
+                    metrics=UpstreamMetrics(metrics, f"{name}:sandbox"),
+                )
         self.plugins: list[Plugin] = []
         entries: list[tuple[str, Sequence[str] | None, str | None, CompiledRoute]] = []
+        if config.identity.enabled:
+            route = RouteConfig.model_validate(
+                {
+                    "path": config.identity.path,
+                    "upstream": "",
+                    "name": "identity",
+                    "methods": ["GET"],
+                }
+            )
+            plugins = list(plugins_for(route)) if plugins_for else []
+            self.plugins.extend(plugins)
+            compiled = CompiledRoute(
+                config=route,
+                label=route.label,
+                handler=build_chain(plugins, IdentityEndpoint(config.identity)),
+                metrics=RouteMetrics(metrics, route.label),
+            )
+            entries.append((route.path, route.methods, None, compiled))
         for route in config.routes:
             upstream_config = config.upstreams[route.upstream]
             plugins = list(plugins_for(route)) if plugins_for else []
@@ -64,6 +92,8 @@ class Snapshot:
                 read_timeout=_override(route.timeouts.read, upstream_config.timeouts.read),
                 body_timeout=config.server.body_timeout,
                 max_body_size=route.max_body_size,
+                sandbox=self.sandboxes.get(route.upstream),
+                forward_authorization=route.forward_authorization,
             )
             compiled = CompiledRoute(
                 config=route,
@@ -76,7 +106,7 @@ class Snapshot:
         self.unmatched_metrics = RouteMetrics(metrics, "unmatched")
 
     async def startup(self) -> None:
-        for pool in self.upstreams.values():
+        for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
             await pool.startup()
         for plugin in self.plugins:
             await plugin.startup()
@@ -85,7 +115,7 @@ class Snapshot:
         """Release what startup took; safe after a partial startup."""
         for plugin in self.plugins:
             await plugin.shutdown()
-        for pool in self.upstreams.values():
+        for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
             await pool.shutdown()
 
 

@@ -16,10 +16,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, multiprocess
 
-from gateway.admin import build_admin_app, redacted_config
+from gateway.admin import build_admin_app, redacted_config, resolve_admin_token
+from gateway.admin_api import AdminApi
 from gateway.config import LoadedConfig
+from gateway.keys import KeyFormat
 from gateway.log import flush_logs
-from gateway.server import READY_FD_ENV, WORKER_ENV, ListenError, listen
+from gateway.server import READY_FD_ENV, WORKER_ENV, ListenError, listen, store_state
+from gateway.store import Store, StoreError, open_store
 
 log = structlog.get_logger("gateway.supervisor")
 
@@ -44,8 +47,11 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         self._draining = False
         self._admin: web.AppRunner | None = None
+        config = loaded.config
+        self.store: Store = open_store(config.store)
+        self._store_open = False
 
-    def readiness(self) -> dict[str, Any]:
+    async def readiness(self) -> dict[str, Any]:
         alive = sum(1 for w in self._workers if w.returncode is None and w.pid in self._listening)
         configured = self.loaded.config.workers
         status = "ready" if alive == configured else "degraded"
@@ -55,6 +61,7 @@ class Supervisor:
             "status": status,
             "workers": {"configured": configured, "alive": alive},
             "config_hash": self.loaded.digest,
+            "store": await store_state(self.store, self.loaded.config.store.backend),
         }
 
     async def _spawn(self) -> asyncio.subprocess.Process:
@@ -86,13 +93,25 @@ class Supervisor:
 
     async def run(self, stop: asyncio.Event) -> int:
         config = self.loaded.config
+        try:
+            await self.store.startup()
+        except StoreError as exc:
+            log.error("gateway_start_failed", error=str(exc))
+            return 1
+        self._store_open = True
+        key_format = KeyFormat.from_config(config.keys)
+        admin_api = AdminApi(self.store, config, key_format)
+        token = resolve_admin_token(config.admin, create=True)
+        if token is None:  # create=True always yields one
+            return 1
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call] # untyped upstream
         app = build_admin_app(
             registry=registry,
-            token=config.admin.token,
+            token=token,
             readiness=self.readiness,
             config_view=lambda: redacted_config(self.loaded),
+            install=admin_api.add_routes,
         )
         self._admin = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await self._admin.setup()
@@ -139,6 +158,8 @@ class Supervisor:
                 await worker.wait()
         if self._admin is not None:
             await self._admin.cleanup()
+        if self._store_open:
+            await self.store.shutdown()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("supervisor_stopped")
         flush_logs()

@@ -178,11 +178,12 @@ class RunningGateway:
 def make_config(
     upstreams: dict[str, Any], routes: list[dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
+    """A config for an in-process gateway; routes are public unless they say auth: key."""
     config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "admin": {"host": "127.0.0.1", "port": 0, "token": "test-admin-token-0123456789"},
         "upstreams": upstreams,
-        "routes": routes,
+        "routes": [{"auth": "none", **route} for route in routes],
     }
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
@@ -193,12 +194,18 @@ def make_config(
 
 
 @pytest.fixture
-async def gateway_factory() -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+async def gateway_factory(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
     running: list[RunningGateway] = []
 
     async def start(
         config: dict[str, Any], *, plugins_for: PluginFactory | None = None
     ) -> RunningGateway:
+        # State stays in the test's own directory unless the test says otherwise.
+        store = {"path": str(tmp_path / f"state-{len(running)}.db"), **config.get("store", {})}
+        admin = {"token_file": str(tmp_path / "admin-token"), **config.get("admin", {})}
+        config = {**config, "store": store, "admin": admin}
         loaded = parse_config(yaml.safe_dump(config).encode(), source="test.yaml", env=os.environ)
         process = GatewayProcess(loaded, plugins_for=plugins_for)
         await process.start()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import ClassVar
 
 from aiohttp import web
@@ -134,18 +136,28 @@ async def test_admin_api_needs_the_token(gateway: RunningGateway) -> None:
         assert (await r.json())["error"]["code"] == "route_not_found"
 
 
-async def test_admin_api_is_off_without_a_token(
-    gateway_factory: GatewayFactory, upstream: Upstream
+async def test_admin_token_is_made_and_saved_when_not_configured(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
+    token_file = tmp_path / "secret" / "admin-token"
     gw = await gateway_factory(
-        make_config({"app": {"targets": [upstream.url]}}, [], admin={"token": None})
+        make_config(
+            {"app": {"targets": [upstream.url]}},
+            [],
+            admin={"token": None, "token_file": str(token_file)},
+        )
     )
+    token = token_file.read_text().strip()
+    assert len(token) >= 40
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     async with gw.session.get(
-        f"{gw.admin_url}/admin/config", headers={"Authorization": "Bearer x"}
+        f"{gw.admin_url}/admin/orgs", headers={"Authorization": f"Bearer {token}"}
     ) as r:
-        assert r.status == 503
-    async with gw.session.get(f"{gw.admin_url}/healthz") as r:
         assert r.status == 200
+    async with gw.session.get(
+        f"{gw.admin_url}/admin/orgs", headers={"Authorization": "Bearer x"}
+    ) as r:
+        assert r.status == 401
 
 
 class _Tag:

@@ -36,7 +36,7 @@ def _config(target: str, **extra: Any) -> dict[str, Any]:
     return {
         "admin": {"token": "test-admin-token-0123456789"},
         "upstreams": {"app": {"targets": [target]}},
-        "routes": [{"path": "/{rest:.*}", "upstream": "app"}],
+        "routes": [{"path": "/{rest:.*}", "upstream": "app", "auth": "none"}],
         **extra,
     }
 

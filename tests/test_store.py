@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.models import StoreConfig
 from gateway.store import ApiKey, Conflict, Invalidation, Org, Store, new_id, open_store
 from tests.conftest import RedisServer, unique_prefix
 
@@ -20,10 +21,10 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactor
     """Makes stores that share one dataset: a file, or one Redis namespace."""
     if request.param == "local":
         path = str(tmp_path / "state.db")
-        return lambda: open_store("local", path=path)
+        return lambda: open_store(StoreConfig(backend="local", path=path))
     server: RedisServer = request.getfixturevalue("redis_server")
     prefix = unique_prefix()
-    return lambda: open_store("redis", url=server.url, key_prefix=prefix)
+    return lambda: open_store(StoreConfig(backend="redis", url=server.url, key_prefix=prefix))
 
 
 @pytest.fixture
@@ -154,8 +155,8 @@ async def test_data_survives_a_restart(store_factory: StoreFactory) -> None:
 async def test_other_redis_instances_hear_about_changes(redis_server: RedisServer) -> None:
     """The local store serves one instance by design; on Redis every instance hears."""
     prefix = unique_prefix()
-    a = open_store("redis", url=redis_server.url, key_prefix=prefix)
-    b = open_store("redis", url=redis_server.url, key_prefix=prefix)
+    config = StoreConfig(backend="redis", url=redis_server.url, key_prefix=prefix)
+    a, b = open_store(config), open_store(config)
     await a.startup()
     await b.startup()
     try:

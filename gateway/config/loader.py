@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from gateway.config.models import GatewayConfig
+from gateway.validation import describe_errors, join_path
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -86,7 +84,7 @@ def parse_config(text: bytes, *, source: str, env: Mapping[str, str]) -> LoadedC
     try:
         config = GatewayConfig.model_validate(data, context=context)
     except ValidationError as exc:
-        problems.extend(_describe(err) for err in exc.errors(include_url=False))
+        problems.extend(describe_errors(exc, GatewayConfig))
     if problems:
         raise ConfigError(source, problems)
     return LoadedConfig(config=config, source=source, digest=hashlib.sha256(text).hexdigest()[:12])
@@ -114,97 +112,7 @@ def _interpolate(value: Any, path: str, env: Mapping[str, str], problems: list[s
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, _join(path, k), env, problems) for k, v in value.items()}
+        return {k: _interpolate(v, join_path(path, k), env, problems) for k, v in value.items()}
     if isinstance(value, list):
         return [_interpolate(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
     return value
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _loc_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
-    return path or "<root>"
-
-
-def _describe(err: Any) -> str:
-    loc: tuple[int | str, ...] = tuple(err["loc"])
-    kind: str = err["type"]
-    ctx: dict[str, Any] = err.get("ctx") or {}
-    got = err.get("input")
-    if kind == "extra_forbidden":
-        known = _fields_at(loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-        suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(known)})"
-        return f"{_loc_path(loc)}: unknown key{suggestion}"
-    if kind == "missing":
-        return f"{_loc_path(loc)}: required"
-    if kind == "value_error":
-        message = str(ctx.get("error", err["msg"]))
-        # A model-level check names its own field first: "url: required when ..."
-        field, sep, rest = message.partition(": ")
-        if sep and field in _fields_at(loc):
-            return f"{_loc_path((*loc, field))}: {rest}"
-        return f"{_loc_path(loc)}: {message}"
-    bounds = {
-        "greater_than": (">", "gt"),
-        "greater_than_equal": (">=", "ge"),
-        "less_than": ("<", "lt"),
-        "less_than_equal": ("<=", "le"),
-    }
-    if kind in bounds:
-        op, key = bounds[kind]
-        return f"{_loc_path(loc)}: must be {op} {ctx[key]} (got {got!r})"
-    if kind == "literal_error":
-        return f"{_loc_path(loc)}: must be one of {ctx['expected']} (got {got!r})"
-    simple = {
-        "int_type": "must be a whole number",
-        "int_parsing": "must be a whole number",
-        "int_from_float": "must be a whole number",
-        "bool_type": "must be true or false",
-        "bool_parsing": "must be true or false",
-        "string_type": "must be a string",
-        "list_type": "must be a list",
-        "tuple_type": "must be a list",
-        "dict_type": "must be a mapping",
-        "model_type": "must be a mapping",
-        "model_attributes_type": "must be a mapping",
-    }
-    if kind in simple:
-        return f"{_loc_path(loc)}: {simple[kind]} (got {got!r})"
-    message = str(err["msg"])
-    return f"{_loc_path(loc)}: {message[:1].lower()}{message[1:]} (got {got!r})"
-
-
-def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
-    """Field names of the model found by following loc from the root, for 'did you mean'."""
-    annotation: Any = GatewayConfig
-    for part in loc:
-        annotation = _unwrap(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(str(part))
-            if field is None:
-                return []
-            annotation = field.annotation
-            continue
-        args = typing.get_args(annotation)
-        if not args:
-            return []
-        annotation = args[-1] if typing.get_origin(annotation) is dict else args[0]
-    annotation = _unwrap(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    """X | None -> X, so that optional sections are walked into."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(members) == 1:
-            return members[0]
-    return annotation

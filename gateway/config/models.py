@@ -10,6 +10,7 @@ from yarl import URL
 
 from gateway.config.types import ByteSize, Duration, Network
 from gateway.paths import compile_template
+from gateway.scopes import check_scope
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:/{}*-]{1,100}$")
@@ -30,8 +31,11 @@ class AdminConfig(Section):
     host: str = Field("127.0.0.1", description="Address of the admin listener (keep it private).")
     port: int = Field(9090, ge=0, le=65535, description="Port of the admin listener.")
     token: str | None = Field(
-        None,
-        description="Bearer token for /admin/*; use ${GATEWAY_ADMIN_TOKEN}. Unset: admin API off.",
+        None, description="Bearer token for /admin/*; use ${GATEWAY_ADMIN_TOKEN}."
+    )
+    token_file: str = Field(
+        ".gateway/admin-token",
+        description="Without token: the token is read from here, or made and saved here (0600).",
     )
 
     @field_validator("token")
@@ -48,6 +52,9 @@ class StoreConfig(Section):
     )
     path: str = Field(".gateway/state.db", description="SQLite file of the local store.")
     url: str | None = Field(None, description="redis://host:port/db for the redis store.")
+    key_prefix: str = Field(
+        "gw", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Namespace of our keys in Redis."
+    )
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> StoreConfig:
@@ -105,6 +112,9 @@ class UpstreamConfig(Section):
     targets: tuple[str, ...] = Field(
         (), description="Base URLs, e.g. http://10.0.0.5:8000; requests go round robin."
     )
+    sandbox: tuple[str, ...] = Field(
+        (), description="Targets for requests made with _test_ keys (default: the same targets)."
+    )
     builtin: Literal["echo"] | None = Field(
         None, description="Start a built-in backend instead of targets (echo: a demo)."
     )
@@ -114,7 +124,7 @@ class UpstreamConfig(Section):
     )
     max_connections: int = Field(256, ge=1, description="Pooled connections per target at most.")
 
-    @field_validator("targets")
+    @field_validator("targets", "sandbox")
     @classmethod
     def _targets_are_base_urls(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
         for target in targets:
@@ -133,6 +143,8 @@ class UpstreamConfig(Section):
             raise ValueError("targets: give at least one target (or builtin: echo)")
         if self.builtin is not None and self.targets:
             raise ValueError("builtin: use either targets or builtin, not both")
+        if self.builtin is not None and self.sandbox:
+            raise ValueError("sandbox: a builtin upstream has no sandbox")
         return self
 
 
@@ -144,6 +156,26 @@ class RouteConfig(Section):
     host: str | None = Field(None, description="Only match requests for this Host.")
     timeouts: RouteTimeoutsConfig = Field(default_factory=RouteTimeoutsConfig)
     max_body_size: ByteSize = Field(10 * 1024 * 1024, description="Largest request body accepted.")
+    auth: Literal["key", "none"] = Field(
+        "key", description="key: an API key is required; none: public."
+    )
+    scopes: tuple[str, ...] = Field(
+        (), description="Scopes a key needs, all of them, for this route."
+    )
+    forward_authorization: bool = Field(
+        False, description="Pass the client's Authorization header to the upstream."
+    )
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_scope(s) for s in value)
+
+    @model_validator(mode="after")
+    def _scopes_need_auth(self) -> RouteConfig:
+        if self.scopes and self.auth == "none":
+            raise ValueError("scopes: a route with auth: none cannot require scopes")
+        return self
 
     @field_validator("path")
     @classmethod
@@ -190,6 +222,103 @@ class RouteConfig(Section):
         return self.name or self.path
 
 
+class KeysConfig(Section):
+    prefix: str = Field(
+        "fw",
+        pattern=r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$",
+        description="Keys start <prefix>_ (fw, fi_pk).",
+    )
+    environment_in_key: bool = Field(
+        True, description="Keys read <prefix>_live_… / <prefix>_test_…; false: <prefix>_<random>."
+    )
+    pepper: str | None = Field(
+        None, description="Secret for HMAC-SHA256 key hashes (else SHA-256); never change it live."
+    )
+    cache_ttl: Duration = Field(
+        30.0, description="Longest a key is trusted from cache (invalidation usually acts first)."
+    )
+    last_used_interval: Duration = Field(
+        60.0, description="How often a key's last-used time is saved."
+    )
+
+    @field_validator("pepper")
+    @classmethod
+    def _pepper_long_enough(cls, value: str | None) -> str | None:
+        if value is not None and value != "" and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value or None
+
+
+class PlanConfig(Section):
+    api_keys: bool = Field(True, description="false: orgs on this plan get no API keys.")
+    description: str | None = Field(None, description="Shown to people.")
+
+
+class ScopesConfig(Section):
+    implies: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description="A scope grants others too, e.g. admin: [write]."
+    )
+
+    @field_validator("implies")
+    @classmethod
+    def _implied_are_scopes(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for scope, implied in value.items():
+            check_scope(scope)
+            for other in implied:
+                check_scope(other)
+        return value
+
+
+IDENTITY_FIELDS = (
+    "apiKeyId",
+    "keyName",
+    "orgId",
+    "orgName",
+    "orgSlug",
+    "plan",
+    "scopes",
+    "environment",
+    "rateLimit",
+)
+
+
+class IdentityConfig(Section):
+    enabled: bool = Field(True, description="Answer the identity endpoint at path.")
+    path: str = Field("/v1/me", description="Where the gateway answers who a key belongs to.")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Rename fields of the answer, e.g. {orgId: tenantId}."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_literal(cls, value: str) -> str:
+        regex, _ = compile_template(value)
+        if regex is not None:
+            raise ValueError(f"must be a literal path, without parameters (got {value!r})")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, renamed in value.items():
+            if name not in IDENTITY_FIELDS:
+                raise ValueError(f"unknown field {name!r} (known: {', '.join(IDENTITY_FIELDS)})")
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", renamed):
+                raise ValueError(f"{renamed!r} is not a usable field name")
+        return value
+
+
+class DemoConfig(Section):
+    org: str = Field("demo", description="Slug of the demo org made on first start.")
+    plan: str | None = Field(None, description="Its plan (default: the first plan).")
+    scopes: tuple[str, ...] = Field(("*",), description="Scopes of the demo key.")
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_scope(s) for s in value)
+
+
 class GatewayConfig(Section):
     listen: ListenConfig = Field(default_factory=ListenConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
@@ -200,10 +329,46 @@ class GatewayConfig(Section):
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    keys: KeysConfig = Field(default_factory=KeysConfig)
+    plans: dict[str, PlanConfig] = Field(
+        default_factory=lambda: {"default": PlanConfig()}, description="What orgs may subscribe to."
+    )
+    scopes: ScopesConfig = Field(default_factory=ScopesConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    demo: DemoConfig | None = Field(
+        None, description="Make a demo org and key on first start and print the key (development)."
+    )
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = Field(
         default=(), description="Matched literal paths first, then templates in file order."
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewayConfig:
+        if self.workers > 1 and self.store.backend == "local":
+            raise ValueError(
+                "workers: the local store serves one process;"
+                " use workers: 1 or store.backend: redis"
+            )
+        if not self.plans:
+            raise ValueError("plans: define at least one plan")
+        if (
+            self.demo is not None
+            and self.demo.plan is not None
+            and self.demo.plan not in self.plans
+        ):
+            raise ValueError(
+                f"demo: unknown plan {self.demo.plan!r} (known: {', '.join(self.plans)})"
+            )
+        if self.identity.enabled:
+            for i, route in enumerate(self.routes):
+                takes_get = route.methods is None or "GET" in route.methods
+                if route.path == self.identity.path and takes_get:
+                    raise ValueError(
+                        f"routes: routes[{i}] takes GET {route.path}, which identity.path answers;"
+                        " move one of them or set identity.enabled: false"
+                    )
+        return self
 
     @field_validator("upstreams")
     @classmethod

@@ -1,5 +1,6 @@
 """State store: orgs and keys (and later limits, idempotency records, webhooks)."""
 
+from gateway.config.models import StoreConfig
 from gateway.store.base import Conflict, Invalidation, Store, StoreError
 from gateway.store.models import ApiKey, Org, new_id
 
@@ -15,12 +16,12 @@ __all__ = [
 ]
 
 
-def open_store(backend: str, *, path: str = "", url: str = "", key_prefix: str = "gw") -> Store:
+def open_store(config: StoreConfig) -> Store:
     """The configured backend, not yet started."""
-    if backend == "redis":
+    if config.backend == "redis":
         from gateway.store.redis import RedisStore
 
-        return RedisStore(url, key_prefix=key_prefix)
+        return RedisStore(config.url or "", key_prefix=config.key_prefix)
     from gateway.store.local import LocalStore
 
-    return LocalStore(path)
+    return LocalStore(config.path)

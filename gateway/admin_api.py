@@ -1,0 +1,314 @@
+"""Admin API for orgs and keys: JSON in, JSON out, the data/error envelopes."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from gateway.config.models import GatewayConfig
+from gateway.config.types import Duration, parse_network
+from gateway.errors import ApiAccessDisabled, BadRequest, GatewayError
+from gateway.keys import KeyFormat
+from gateway.scopes import check_scope
+from gateway.store import ApiKey, Org, Store, new_id
+from gateway.validation import describe_errors
+
+Clock = Callable[[], float]
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class NotFound(GatewayError):
+    status, code = 404, "not_found"
+
+
+class KeyNotRotatable(GatewayError):
+    status, code, message = 409, "conflict", "A revoked or expired key cannot be rotated."
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _plan_known(value: str, info: ValidationInfo) -> str:
+    plans = (info.context or {}).get("plans", ())
+    if value not in plans:
+        raise ValueError(f"unknown plan {value!r} (known: {', '.join(plans)})")
+    return value
+
+
+class CreateOrg(_Body):
+    slug: str = Field(description="Lower-case letters, digits and '-'; used in URLs.")
+    name: str = Field(min_length=1, max_length=200)
+    plan: str
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _SLUG.match(value) or value.startswith("org_"):
+            raise ValueError(
+                f"must be 1-63 lower-case letters, digits or '-', not at the ends (got {value!r})"
+            )
+        return value
+
+    _plan = field_validator("plan")(_plan_known)
+
+
+class UpdateOrg(_Body):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    plan: str | None = None
+
+    @field_validator("plan")
+    @classmethod
+    def _plan(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _plan_known(value, info)
+
+
+class CreateKey(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    scopes: tuple[str, ...] = ()
+    environment: Literal["live", "test"] = "live"
+    expiresAt: datetime | None = None
+    allowedIps: tuple[str, ...] = ()
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_scope(s) for s in value)
+
+    @field_validator("allowedIps")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(parse_network(v)) for v in value)
+
+    @field_validator("expiresAt")
+    @classmethod
+    def _future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("must include a time zone, e.g. 2027-01-01T00:00:00Z")
+        if value.timestamp() <= time.time():
+            raise ValueError("must be in the future")
+        return value
+
+
+class RotateKey(_Body):
+    grace: Duration = Field(0.0, description="How long the old key keeps working, e.g. 24h.")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def org_view(org: Org) -> dict[str, Any]:
+    return {
+        "id": org.id,
+        "slug": org.slug,
+        "name": org.name,
+        "plan": org.plan,
+        "createdAt": iso(org.created_at),
+    }
+
+
+def key_view(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {"id": key.id}
+    if secret is not None:
+        view["secret"] = secret  # SECURITY: only in the answer to create and rotate
+    view.update(
+        {
+            "name": key.name,
+            "scopes": list(key.scopes),
+            "environment": key.environment,
+            "orgId": key.org_id,
+            "prefix": key.prefix,
+            "last4": key.last4,
+            "allowedIps": list(key.allowed_ips),
+            "createdAt": iso(key.created_at),
+            "expiresAt": iso(key.expires_at),
+            "lastUsedAt": iso(key.last_used_at),
+            "revokedAt": iso(key.revoked_at),
+            "rotatedTo": key.rotated_to,
+        }
+    )
+    return view
+
+
+def data(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps({"data": payload}), status=status, content_type="application/json"
+    )
+
+
+class AdminApi:
+    """The org and key endpoints; the admin app's middleware handles auth and errors."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: GatewayConfig,
+        key_format: KeyFormat,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.format = key_format
+        self.clock = clock
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/admin/orgs", self.create_org)
+        r.add_get("/admin/orgs", self.list_orgs)
+        r.add_get("/admin/orgs/{org}", self.get_org)
+        r.add_patch("/admin/orgs/{org}", self.update_org)
+        r.add_post("/admin/orgs/{org}/keys", self.create_key)
+        r.add_get("/admin/orgs/{org}/keys", self.list_keys)
+        r.add_get("/admin/keys/{id}", self.get_key)
+        r.add_post("/admin/keys/{id}/revoke", self.revoke_key)
+        r.add_post("/admin/keys/{id}/rotate", self.rotate_key)
+
+    async def _body(self, request: web.Request, model: type[_Body]) -> Any:
+        raw = await request.read()
+        try:
+            payload = orjson.loads(raw or b"{}")
+        except orjson.JSONDecodeError:
+            raise BadRequest("The body must be JSON.") from None
+        if not isinstance(payload, dict):
+            raise BadRequest("The body must be a JSON object.")
+        try:
+            return model.model_validate(payload, context={"plans": list(self.config.plans)})
+        except ValidationError as exc:
+            raise BadRequest("; ".join(describe_errors(exc, model))) from None
+
+    async def _org(self, request: web.Request) -> Org:
+        ref = request.match_info["org"]
+        org = await self.store.get_org(ref)
+        if org is None:
+            raise NotFound(f"No org {ref!r}.")
+        return org
+
+    async def _key(self, request: web.Request) -> ApiKey:
+        key_id = request.match_info["id"]
+        key = await self.store.get_key(key_id)
+        if key is None:
+            raise NotFound(f"No key {key_id!r}.")
+        return key
+
+    async def create_org(self, request: web.Request) -> web.Response:
+        body: CreateOrg = await self._body(request, CreateOrg)
+        org = Org(new_id("org"), body.slug, body.name, body.plan, self.clock())
+        await self.store.create_org(org)
+        return data(org_view(org), 201)
+
+    async def list_orgs(self, request: web.Request) -> web.Response:
+        return data([org_view(o) for o in await self.store.list_orgs()])
+
+    async def get_org(self, request: web.Request) -> web.Response:
+        return data(org_view(await self._org(request)))
+
+    async def update_org(self, request: web.Request) -> web.Response:
+        org = await self._org(request)
+        body: UpdateOrg = await self._body(request, UpdateOrg)
+        changed = Org(
+            org.id, org.slug, body.name or org.name, body.plan or org.plan, org.created_at
+        )
+        await self.store.update_org(changed)
+        return data(org_view(changed))
+
+    async def create_key(self, request: web.Request) -> web.Response:
+        org = await self._org(request)
+        body: CreateKey = await self._body(request, CreateKey)
+        if not self.config.plans[org.plan].api_keys:
+            raise ApiAccessDisabled(
+                f"The plan {org.plan!r} of org {org.slug!r} includes no API keys."
+            )
+        key, secret = self.new_key(
+            org,
+            name=body.name,
+            scopes=body.scopes,
+            environment=body.environment,
+            expires_at=body.expiresAt.timestamp() if body.expiresAt else None,
+            allowed_ips=body.allowedIps,
+        )
+        await self.store.create_key(key)
+        return data(key_view(key, secret), 201)
+
+    def new_key(
+        self,
+        org: Org,
+        *,
+        name: str,
+        scopes: tuple[str, ...],
+        environment: Literal["live", "test"],
+        expires_at: float | None,
+        allowed_ips: tuple[str, ...],
+        rate_limit: dict[str, Any] | None = None,
+    ) -> tuple[ApiKey, str]:
+        secret = self.format.generate(environment)
+        parsed = self.format.parse(secret)
+        if parsed is None:  # the generator and the parser disagree: a bug, not bad input
+            raise RuntimeError("generated key does not parse")
+        key = ApiKey(
+            id=new_id("key"),
+            org_id=org.id,
+            name=name,
+            scopes=scopes,
+            environment=environment,
+            prefix=parsed.display_prefix,
+            last4=parsed.last4,
+            key_hash=self.format.hash(secret),
+            created_at=self.clock(),
+            expires_at=expires_at,
+            allowed_ips=allowed_ips,
+            rate_limit=rate_limit,
+        )
+        return key, secret
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        org = await self._org(request)
+        return data([key_view(k) for k in await self.store.list_keys(org.id)])
+
+    async def get_key(self, request: web.Request) -> web.Response:
+        return data(key_view(await self._key(request)))
+
+    async def revoke_key(self, request: web.Request) -> web.Response:
+        key = await self._key(request)
+        if key.revoked_at is None:
+            key = key.with_changes(revoked_at=self.clock())
+            await self.store.update_key(key)
+        return data(key_view(key))
+
+    async def rotate_key(self, request: web.Request) -> web.Response:
+        old = await self._key(request)
+        body: RotateKey = await self._body(request, RotateKey)
+        now = self.clock()
+        if not old.usable_at(now):
+            raise KeyNotRotatable()
+        org = await self.store.get_org(old.org_id)
+        if org is None:
+            raise NotFound(f"No org {old.org_id!r}.")
+        new, secret = self.new_key(
+            org,
+            name=old.name,
+            scopes=old.scopes,
+            environment="test" if old.environment == "test" else "live",
+            expires_at=old.expires_at,
+            allowed_ips=old.allowed_ips,
+            rate_limit=old.rate_limit,
+        )
+        # The new key exists before the old one is shortened: a failure in between leaves two
+        # working keys, never none.
+        await self.store.create_key(new)
+        grace_end = now + body.grace
+        expires = grace_end if old.expires_at is None else min(old.expires_at, grace_end)
+        await self.store.update_key(old.with_changes(expires_at=expires, rotated_to=new.id))
+        return data(key_view(new, secret), 201)

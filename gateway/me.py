@@ -1,0 +1,49 @@
+"""The identity endpoint (``GET /v1/me``): the gateway says who a key belongs to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.config.models import IdentityConfig
+from gateway.errors import Unauthorized
+from gateway.headers import REQUEST_ID, SERVER_NAME
+from gateway.pipeline import RequestContext
+
+
+class IdentityEndpoint:
+    """Terminal handler of the identity route; its chain's auth plugin has set ctx.identity."""
+
+    def __init__(self, config: IdentityConfig) -> None:
+        self._rename = dict(config.fields)
+
+    async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
+        identity = ctx.identity
+        if identity is None:
+            raise Unauthorized()
+        key, org = identity.key, identity.org
+        data: dict[str, Any] = {
+            "apiKeyId": key.id,
+            "keyName": key.name,
+            "orgId": org.id,
+            "orgName": org.name,
+            "orgSlug": org.slug,
+            "plan": org.plan,
+            "scopes": list(key.scopes),
+            "environment": key.environment,
+            "rateLimit": None,  # no limits are enforced until a plan defines them
+        }
+        if self._rename:
+            data = {self._rename.get(k, k): v for k, v in data.items()}
+        body = orjson.dumps({"data": data, "meta": {"request_id": ctx.request_id}})
+        ctx.bytes_out = len(body)
+        response = web.Response(body=body, content_type="application/json")
+        headers = response.headers
+        headers[REQUEST_ID] = ctx.request_id
+        headers["Cache-Control"] = "no-store"
+        headers["Server"] = SERVER_NAME
+        for name, value in ctx.response_headers:
+            headers.add(name, value)
+        return response

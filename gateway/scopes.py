@@ -1,0 +1,46 @@
+"""Scopes: a key's grants, widened by ``scopes.implies`` and ``resource:*`` wildcards."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+# "read", "contacts:read", "contacts:*", "billing:invoices:write", or "*" for everything.
+SCOPE = re.compile(r"^(?:\*|[A-Za-z0-9_.-]+(?::(?:[A-Za-z0-9_.-]+|\*))*)$")
+
+
+def check_scope(scope: str) -> str:
+    if not isinstance(scope, str) or not SCOPE.match(scope) or len(scope) > 100:
+        raise ValueError(
+            f"not a scope: {scope!r} (use names like read, contacts:read or contacts:*)"
+        )
+    return scope
+
+
+class ScopePolicy:
+    """Decides whether granted scopes cover a required one; built once per config."""
+
+    def __init__(self, implies: Mapping[str, Iterable[str]]) -> None:
+        self._implies = {k: tuple(v) for k, v in implies.items()}
+
+    def expand(self, granted: Iterable[str]) -> frozenset[str]:
+        """The granted scopes and everything they imply, transitively (cycles are harmless)."""
+        result: set[str] = set()
+        stack = list(granted)
+        while stack:
+            scope = stack.pop()
+            if scope not in result:
+                result.add(scope)
+                stack.extend(self._implies.get(scope, ()))
+        return frozenset(result)
+
+    @staticmethod
+    def covers(expanded: frozenset[str], required: str) -> bool:
+        if required in expanded or "*" in expanded:
+            return True
+        # contacts:* covers contacts:read and contacts:export:csv.
+        parts = required.split(":")
+        return any(":".join(parts[:i]) + ":*" in expanded for i in range(1, len(parts)))
+
+    def missing(self, expanded: frozenset[str], required: Iterable[str]) -> list[str]:
+        return [scope for scope in required if not self.covers(expanded, scope)]

@@ -1,0 +1,124 @@
+"""auth: API keys as Bearer tokens; scopes, IP allowlists and identity headers for the backend."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import ClassVar
+
+from aiohttp import web
+
+from gateway.errors import (
+    ApiAccessDisabled,
+    InsufficientScope,
+    IpNotAllowed,
+    Unauthorized,
+    Unavailable,
+)
+from gateway.headers import API_KEY_ID, KEY_ENVIRONMENT, ORG_ID, ORG_SLUG, SCOPES
+from gateway.identity import Identity, KeyRing
+from gateway.pipeline import Handler, RequestContext
+from gateway.scopes import ScopePolicy
+from gateway.store import StoreError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def bearer_token(request: web.BaseRequest) -> str | None:
+    """The token of exactly one ``Authorization: Bearer <token>`` header, else None.
+
+    SECURITY: keys are read from this header only, never from the query string, where they
+    would end up in logs and browser histories.
+    """
+    values = request.headers.getall("Authorization", ())
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 256:
+        return None
+    return token
+
+
+class AuthPlugin:
+    """Authenticates the key, then checks plan, client address and the route's scopes."""
+
+    name: ClassVar[str] = "auth"
+    priority: ClassVar[int] = 1000
+
+    def __init__(
+        self,
+        keyring: KeyRing,
+        policy: ScopePolicy,
+        *,
+        required_scopes: tuple[str, ...],
+        plans_with_api_keys: frozenset[str],
+    ) -> None:
+        self.keyring = keyring
+        self.policy = policy
+        self.required = required_scopes
+        self.plans_with_api_keys = plans_with_api_keys
+
+    async def startup(self) -> None:
+        """The key ring is shared by every route and owned by the process."""
+
+    async def shutdown(self) -> None:
+        """Nothing of its own to release."""
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
+        token = bearer_token(ctx.request)
+        if token is None:
+            raise Unauthorized()
+        try:
+            identity = await self.keyring.resolve(token)
+        except StoreError:
+            # SECURITY/correctness: a key we could not check is not an invalid key.
+            raise Unavailable(
+                "The key store is unavailable; try again shortly.", headers=[("Retry-After", "1")]
+            ) from None
+        if identity is None:
+            raise Unauthorized()
+        if identity.org.plan not in self.plans_with_api_keys:
+            raise ApiAccessDisabled()
+        if identity.key.allowed_ips and not _address_allowed(
+            ctx.client_ip, identity.key.allowed_ips
+        ):
+            raise IpNotAllowed()
+        if self.required:
+            missing = self.policy.missing(identity.scopes, self.required)
+            if missing:
+                raise InsufficientScope(missing)
+        ctx.identity = identity
+        ctx.upstream_headers.update(identity_headers(identity))
+        ctx.log_fields["org_id"] = identity.org.id
+        ctx.log_fields["key_id"] = identity.key.id
+        return await call_next(ctx)
+
+
+def identity_headers(identity: Identity) -> Mapping[str, str]:
+    return {
+        ORG_ID: identity.org.id,
+        ORG_SLUG: identity.org.slug,
+        API_KEY_ID: identity.key.id,
+        SCOPES: " ".join(sorted(identity.scopes)),
+        KEY_ENVIRONMENT: identity.key.environment,
+    }
+
+
+_NETWORKS: dict[tuple[str, ...], tuple[IPNetwork, ...]] = {}
+
+
+def _address_allowed(client_ip: str, allowed: tuple[str, ...]) -> bool:
+    networks = _NETWORKS.get(allowed)
+    if networks is None:
+        networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed)
+        if len(_NETWORKS) > 10_000:
+            _NETWORKS.clear()
+        _NETWORKS[allowed] = networks
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
