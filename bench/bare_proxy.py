@@ -1,6 +1,7 @@
 """A bare aiohttp pass-through: the floor any aiohttp-based gateway is measured against."""
 
 import argparse
+from collections.abc import AsyncIterator
 
 import aiohttp
 import uvloop
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8000")
     args = parser.parse_args()
 
-    async def session_ctx(app: web.Application) -> aiohttp.AsyncIterator[None]:
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # auto_decompress=False: pass bodies through as encoded, like a proxy must.
         app[SESSION] = aiohttp.ClientSession(args.upstream, auto_decompress=False)
         yield
@@ -37,8 +38,8 @@ def main() -> None:
     app = web.Application()
     app.cleanup_ctx.append(session_ctx)
     app.router.add_route("*", "/{tail:.*}", handle)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None,
-                loop=uvloop.new_event_loop())  # fmt: skip
+    loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

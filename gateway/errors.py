@@ -126,6 +126,13 @@ class RequestTimeout(GatewayError):
     close_connection = True
 
 
+class ClientDisconnected(GatewayError):
+    """The client went away before the answer (nginx's 499): its outcome, not a server error."""
+
+    status, code, message = 499, "client_closed_request", "The client closed the connection."
+    close_connection = True
+
+
 class BadGateway(GatewayError):
     status, code, message = 502, "bad_gateway", "The upstream service failed to answer."
 

@@ -15,7 +15,7 @@ from yarl import URL
 
 from gateway.errors import (
     BadGateway,
-    BadRequest,
+    ClientDisconnected,
     GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
@@ -246,29 +246,42 @@ class Proxy:
             ctx.upstream_seconds = time.perf_counter() - started
             pool.metrics.observe(ctx.upstream_seconds)
             response = self._response_head(ctx, upstream)
-            await response.prepare(ctx.request)
             try:
-                async for chunk in upstream.content.iter_any():
-                    ctx.bytes_out += len(chunk)
+                await response.prepare(ctx.request)
+            except ConnectionError:
+                raise ClientDisconnected() from None
+            content = upstream.content
+            while True:
+                try:
+                    chunk = await content.readany()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    # SECURITY/correctness: the status line is already sent. Close the client's
+                    # connection without the final chunk so it can never take a truncated body
+                    # for a complete one (a Content-Length body is short; a chunked one open).
+                    kind = "read_timeout" if isinstance(exc, TimeoutError) else "body_truncated"
+                    pool.metrics.error(kind)
+                    log.warning(
+                        "upstream_body_failed",
+                        upstream=pool.name,
+                        target=ctx.upstream_target,
+                        kind=kind,
+                        error=repr(exc),
+                        bytes_sent=ctx.bytes_out,
+                    )
+                    ctx.log_fields["truncated"] = True
+                    _abort(ctx.request)
+                    return response
+                if not chunk:
+                    break
+                try:
                     await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # SECURITY/correctness: the status line is already sent. Close the client's
-                # connection without the final chunk so it can never take a truncated body for
-                # a complete one (a Content-Length response is short; a chunked one unterminated).
-                kind = "read_timeout" if isinstance(exc, TimeoutError) else "body_truncated"
-                self.pool.metrics.error(kind)
-                log.warning(
-                    "upstream_body_failed",
-                    upstream=self.pool.name,
-                    target=ctx.upstream_target,
-                    kind=kind,
-                    error=repr(exc),
-                    bytes_sent=ctx.bytes_out,
-                )
-                ctx.log_fields["truncated"] = True
-                _abort(ctx.request)
-                return response
-            await response.write_eof()
+                except ConnectionError:
+                    raise ClientDisconnected() from None
+                ctx.bytes_out += len(chunk)
+            try:
+                await response.write_eof()
+            except ConnectionError:
+                raise ClientDisconnected() from None
             return response
         finally:
             upstream.release()
@@ -352,7 +365,7 @@ class _BodyPump:
                 self._fail(RequestTimeout())
                 raise
             except (aiohttp.ClientError, ConnectionError, web.HTTPException):
-                self._fail(BadRequest("The request body was cut off.", close_connection=True))
+                self._fail(ClientDisconnected())
                 raise
             if not chunk:
                 return

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import (
+    LogLines,
     RunningGateway,
     Upstream,
     closed_port_url,
@@ -489,3 +490,40 @@ async def test_preserve_host_sends_the_client_host(
             assert r.status == 200
     assert upstream.header_values(0, "Host") == ["api.example.com"]
     assert upstream.header_values(1, "Host") == [f"127.0.0.1:{upstream.port}"]
+
+
+async def test_client_hanging_up_mid_response_is_a_499_not_a_server_error(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, logs: LogLines
+) -> None:
+    finished = asyncio.Event()
+
+    async def slow_stream(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for _ in range(50):
+                await response.write(b"x" * 65536)
+                await asyncio.sleep(0.02)
+        finally:
+            finished.set()
+        return response
+
+    up = await upstream_factory(slow_stream)
+    gw = await gateway_factory(
+        make_config({"app": {"targets": [up.url]}}, [{"path": "/x", "upstream": "app"}])
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.abort()  # the client gives up mid-body
+    async with asyncio.timeout(5):
+        while not logs.events("request"):
+            await asyncio.sleep(0.02)
+    [line] = logs.events("request")
+    assert line["status"] == 499
+    assert logs.events("unhandled_error") == []
+    assert logs.events("upstream_body_failed") == []
+    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
+        text = await r.text()
+    assert 'gateway_requests_total{method="GET",route="/x",status_class="4xx"} 1.0' in text
+    assert "gateway_upstream_errors_total{" not in text

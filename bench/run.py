@@ -1,0 +1,603 @@
+"""Benchmark the gateway against direct, a bare aiohttp proxy and nginx on one fast upstream."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+CONTENDERS = ("direct", "aiohttp-bare", "gateway", "gateway+log", "nginx-proxy")
+BENCH_PATH = "/bench/path"
+EXPECTED_BODY = b'{"ok":true}'
+# Bounds on everything that waits, so a wedged process fails the run instead of hanging it.
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+LOAD_GRACE = 30.0
+# wrk prints latencies with these units; the table is in milliseconds.
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_WRK_LATENCY = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
+_WRK_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_WRK_NON_2XX = re.compile(r"^\s*Non-2xx or 3xx responses:\s+(\d+)", re.MULTILINE)
+_WRK_SOCKET = re.compile(
+    r"^\s*Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.MULTILINE
+)
+_WRK_TOTAL = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.MULTILINE)
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says which step failed and why."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int = 0
+    # connect/read/write/timeout, as wrk reports them; the Python generator has one bucket.
+    socket_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return sum(self.socket_errors.values())
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    result: Measurement
+    notes: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every one started here is tracked, so all of them are stopped on any exit path.
+
+
+class Processes:
+    """Started child processes; each in its own session so a Ctrl-C reaches only the harness,
+    which then stops them in order (terminate, then kill after STOP_TIMEOUT)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._running: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self._running[:]):
+            self.stop(proc)
+
+    def start(self, name: str, argv: Sequence[str], stdout: Path | None = None) -> Child:
+        log = self.workdir / f"{_slug(name)}.stderr"
+        with contextlib.ExitStack() as files:
+            err = files.enter_context(log.open("wb"))
+            out: IO[bytes] | int = subprocess.DEVNULL
+            if stdout is not None:
+                out = files.enter_context(stdout.open("wb"))
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        self._running.append(proc)
+        return Child(name, proc, log)
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc in self._running:
+            self._running.remove(proc)
+        if proc.poll() is not None:
+            return
+        # The child leads its own process group: signal the group so any helper it forked
+        # (none today, but a supervisor or workers would) goes too.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@dataclass(frozen=True)
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    stderr: Path
+
+    def describe_exit(self) -> str:
+        tail = self.stderr.read_text(errors="replace").strip().splitlines()[-15:]
+        detail = "\n    ".join(tail) or "(nothing on stderr)"
+        return f"{self.name} exited with status {self.proc.returncode}:\n    {detail}"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def free_port() -> int:
+    # The kernel picks an unused port; the tiny window before the child binds it is acceptable
+    # on loopback, and a collision shows up as a start failure, not as wrong numbers.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(child: Child, port: int, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise BenchError(child.describe_exit())
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{child.name} did not accept connections on port {port} in {timeout:g}s")
+
+
+def probe(name: str, port: int) -> None:
+    """One request before loading: a contender that answers 404 or 502 would post fine rps."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", BENCH_PATH)
+        response = conn.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise BenchError(f"{name}: probe request failed: {exc}") from None
+    finally:
+        conn.close()
+    if response.status != 200 or body != EXPECTED_BODY:
+        raise BenchError(f"{name}: probe got {response.status} {body[:200]!r}, not 200 OK")
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx: the fast upstream, and the reference reverse proxy.
+
+
+def nginx_version() -> str:
+    out = subprocess.run(
+        ["nginx", "-v"], capture_output=True, text=True, timeout=10, check=False
+    ).stderr
+    m = re.search(r"nginx/([\d.]+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def nginx_conf(prefix: Path, http_body: str) -> str:
+    # Every path nginx writes is inside the prefix: no root needed, nothing left behind.
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    # Never retire a keep-alive connection mid-run: reconnects would be noise in every number.
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+{http_body}
+}}
+"""
+
+
+def upstream_server(port: int) -> str:
+    return f"""\
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{EXPECTED_BODY.decode()}';
+        }}
+    }}"""
+
+
+def proxy_server(port: int, upstream_port: int) -> str:
+    return f"""\
+    upstream backend {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+
+
+def start_nginx(procs: Processes, name: str, port: int, http_body: str) -> Child:
+    prefix = procs.workdir / _slug(name)
+    prefix.mkdir()
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_conf(prefix, http_body))
+    argv = ["nginx", "-p", f"{prefix}/", "-c", str(conf)]
+    # -e (1.19.5+) keeps nginx from opening its compiled-in error log before reading the config.
+    if _version_tuple(nginx_version()) >= (1, 19, 5):
+        argv += ["-e", str(prefix / "error.log")]
+    child = procs.start(name, argv)
+    wait_for_port(child, port)
+    return child
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders.
+
+
+def start_upstream(procs: Processes, kind: str) -> tuple[int, Child]:
+    port = free_port()
+    if kind == "nginx":
+        return port, start_nginx(procs, "upstream", port, upstream_server(port))
+    argv = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)]
+    child = procs.start("upstream", argv)
+    wait_for_port(child, port)
+    return port, child
+
+
+def gateway_config(workdir: Path, port: int, upstream_port: int, access_log: bool) -> Path:
+    # Settings that only some versions of the config have are set when the model knows them,
+    # so the harness measures whichever gateway is checked out.
+    from gateway.config.models import AdminConfig, RouteConfig
+
+    admin: dict[str, object] = {"host": "127.0.0.1", "port": free_port()}
+    if "token_file" in AdminConfig.model_fields:
+        # Else the gateway would make and save an admin token inside the work tree.
+        admin["token_file"] = str(workdir / "admin-token")
+    route: dict[str, object] = {"path": "/{rest:.*}", "upstream": "up"}
+    if "auth" in RouteConfig.model_fields:
+        # The benchmark measures the proxy path; API-key checks would answer 401 to wrk.
+        route["auth"] = "none"
+    config = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": admin,
+        "workers": 1,
+        # Kept in the temp dir so a run leaves no state in the work tree.
+        "store": {"backend": "local", "path": str(workdir / "state.db")},
+        # A short drain so stopping the gateway between contenders is quick.
+        "server": {"drain_timeout": 2},
+        "log": {"level": "info", "format": "json", "access_log": access_log},
+        "upstreams": {"up": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
+        "routes": [route],
+    }
+    path = workdir / f"gateway-{'log' if access_log else 'nolog'}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_contender(
+    procs: Processes, name: str, upstream_port: int
+) -> tuple[int, Child | None, Path | None]:
+    """The contender's port, its process (None for direct) and its captured stdout if any."""
+    if name == "direct":
+        return upstream_port, None, None
+    port = free_port()
+    stdout: Path | None = None
+    if name == "aiohttp-bare":
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(port)]
+        child = procs.start(name, [*argv, "--upstream", upstream])
+    elif name in ("gateway", "gateway+log"):
+        with_log = name == "gateway+log"
+        config = gateway_config(procs.workdir, port, upstream_port, access_log=with_log)
+        # Without the access log, stdout carries only warnings and errors: keep them to report.
+        # With it, /dev/null: the cost measured is formatting and writing, not a disk.
+        stdout = None if with_log else procs.workdir / f"{_slug(name)}.stdout"
+        argv = [sys.executable, "-m", "gateway", "run", "-c", str(config)]
+        child = procs.start(name, argv, stdout=stdout)
+    elif name == "nginx-proxy":
+        return port, start_nginx(procs, name, port, proxy_server(port, upstream_port)), None
+    else:
+        raise BenchError(f"unknown contender {name!r}")
+    wait_for_port(child, port)
+    return port, child, stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generators.
+
+
+def _to_ms(value: str, unit: str) -> float:
+    return float(value) * _UNIT_MS[unit]
+
+
+def parse_wrk(output: str) -> Measurement:
+    rps = _WRK_RPS.search(output)
+    latencies = {m.group(1): _to_ms(m.group(2), m.group(3)) for m in _WRK_LATENCY.finditer(output)}
+    total = _WRK_TOTAL.search(output)
+    if rps is None or "50" not in latencies or "99" not in latencies or total is None:
+        raise BenchError(f"cannot parse wrk output:\n{output}")
+    non_2xx = _WRK_NON_2XX.search(output)
+    sockets = _WRK_SOCKET.search(output)
+    errors: dict[str, int] = {}
+    if sockets is not None:
+        kinds = ("connect", "read", "write", "timeout")
+        errors = {k: int(v) for k, v in zip(kinds, sockets.groups(), strict=True) if int(v)}
+    return Measurement(
+        rps=float(rps.group(1)),
+        p50_ms=latencies["50"],
+        p99_ms=latencies["99"],
+        requests=int(total.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=errors,
+    )
+
+
+def run_wrk(url: str, connections: int, duration: int) -> Measurement:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration + LOAD_GRACE, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+def run_python_load(url: str, connections: int, duration: int) -> Measurement:
+    argv = [sys.executable, str(BENCH / "loadgen.py"), url]
+    argv += ["--connections", str(connections), "--duration", str(duration)]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration + LOAD_GRACE, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"loadgen failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    return Measurement(
+        rps=float(data["rps"]),
+        p50_ms=float(data["p50_ms"]),
+        p99_ms=float(data["p99_ms"]),
+        requests=int(data["requests"]),
+        non_2xx=int(data["non_2xx_3xx"]),
+        socket_errors={"error": int(data["errors"])} if data["errors"] else {},
+    )
+
+
+def wrk_version() -> str:
+    # wrk has no --version; its usage banner names the version, on stdout or stderr.
+    done = subprocess.run(
+        ["wrk", "--version"], capture_output=True, text=True, timeout=10, check=False
+    )
+    m = re.search(r"wrk\s+(?:\S+/)?([\d.]+)", done.stdout + done.stderr)
+    return m.group(1) if m else "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+
+def gateway_problems(stdout: Path | None) -> tuple[str, ...]:
+    """Warning and error events the gateway logged during its run, counted by event name."""
+    if stdout is None or not stdout.exists():
+        return ()
+    counts: Counter[str] = Counter()
+    for line in stdout.read_bytes().splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("level") in ("warning", "error", "critical"):
+                what = f"{event.get('level')} {event.get('event')}"
+                # A traceback's last line names the exception, which is what tells causes apart.
+                trace = str(event.get("exception") or "").strip().splitlines()
+                counts[f"{what} ({trace[-1]})" if trace else what] += 1
+    return tuple(
+        f"logged {n}x {what} (warm-up and run together)" for what, n in counts.most_common()
+    )
+
+
+def _ratio(value: float, base: Row | None) -> str:
+    if base is None or base.result.rps <= 0:
+        return "n/a"
+    return f"{value / base.result.rps:.2f}x"
+
+
+def render(rows: Sequence[Row], header: str) -> str:
+    by_name = {row.name: row for row in rows}
+    columns = ["contender", "requests/s", "p50 ms", "p99 ms", "vs direct", "vs aiohttp-bare"]
+    show_non_2xx = any(row.result.non_2xx for row in rows)
+    show_errors = any(row.result.errors for row in rows)
+    if show_non_2xx:
+        columns.append("non-2xx/3xx")
+    if show_errors:
+        columns.append("socket errors")
+    table: list[list[str]] = []
+    for row in rows:
+        r = row.result
+        cells = [
+            row.name,
+            f"{r.rps:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            _ratio(r.rps, by_name.get("direct")),
+            _ratio(r.rps, by_name.get("aiohttp-bare")),
+        ]
+        if show_non_2xx:
+            cells.append(f"{r.non_2xx:,}")
+        if show_errors:
+            detail = ", ".join(f"{k} {v:,}" for k, v in r.socket_errors.items())
+            cells.append(detail or "0")
+        table.append(cells)
+    widths = [max([len(c), *(len(t[i]) for t in table)]) for i, c in enumerate(columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs]
+        return "| " + " | ".join(padded) + " |"
+
+    # Numbers (every column but the first) are right-aligned (`---:`) so they line up as text too.
+    dashes = ["-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)]
+    rule = "|" + "|".join(dashes) + "|"
+    out = [header, "", line(columns), rule, *(line(t) for t in table)]
+    notes = [f"- {row.name}: {note}" for row in rows for note in row.notes]
+    if notes:
+        out += ["", *notes]
+    return "\n".join(out) + "\n"
+
+
+def nproc() -> int:
+    # Like nproc(1): the CPUs this process may run on, not every CPU in the machine.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def reproduce(argv: Sequence[str]) -> str:
+    # `make bench` takes no flags (the target passes none), so flags mean the direct command.
+    if not argv:
+        return "make bench"
+    return shlex.join([".venv/bin/python", "bench/run.py", *argv])
+
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per contender")
+    parser.add_argument("--connections", type=int, default=50, help="concurrent connections")
+    parser.add_argument("--warmup", type=int, default=2, help="unreported seconds before each")
+    parser.add_argument(
+        "--only", help=f"comma-separated contenders to run (of: {', '.join(CONTENDERS)})"
+    )
+    parser.add_argument("--markdown-out", metavar="FILE", help="append the report to FILE")
+    parser.add_argument(
+        "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if found"
+    )
+    parser.add_argument(
+        "--upstream", choices=("auto", "nginx", "builtin"), default="auto", help="auto: nginx"
+    )
+    args = parser.parse_args(argv)
+    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
+        parser.error("--duration and --connections must be >= 1, --warmup >= 0")
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in CONTENDERS]
+        if unknown or not wanted:
+            parser.error(f"--only: unknown {unknown or args.only!r}; known: {CONTENDERS}")
+        args.contenders = [n for n in CONTENDERS if n in wanted]
+    else:
+        args.contenders = list(CONTENDERS)
+    return args
+
+
+def _pick(choice: str, program: str, fallback: str) -> str:
+    if choice == "auto":
+        return program if shutil.which(program) else fallback
+    if choice == program and not shutil.which(program):
+        raise BenchError(f"{program} was asked for but is not on PATH")
+    return choice
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so the finally blocks stop every child process.
+    raise SystemExit(128 + signum)
+
+
+def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    loadgen = _pick(args.loadgen, "wrk", "python")
+    upstream_kind = _pick(args.upstream, "nginx", "builtin")
+    have_nginx = shutil.which("nginx") is not None
+    load = run_wrk if loadgen == "wrk" else run_python_load
+    loadgen_label = f"wrk {wrk_version()} (-t1)" if loadgen == "wrk" else "bench/loadgen.py"
+    upstream_label = f"nginx {nginx_version()}" if upstream_kind == "nginx" else "builtin"
+    python = ".".join(str(v) for v in sys.version_info[:3])
+
+    rows: list[Row] = []
+    skipped: list[str] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
+        Processes(Path(tmp)) as procs,
+    ):
+        upstream_port, _ = start_upstream(procs, upstream_kind)
+        probe("upstream", upstream_port)
+        for name in args.contenders:
+            if name == "nginx-proxy" and not have_nginx:
+                skipped.append(name)
+                continue
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            port, child, stdout = start_contender(procs, name, upstream_port)
+            try:
+                probe(name, port)
+                url = f"http://127.0.0.1:{port}{BENCH_PATH}"
+                if args.warmup:
+                    load(url, args.connections, args.warmup)
+                result = load(url, args.connections, args.duration)
+                if child is not None and child.proc.poll() is not None:
+                    raise BenchError(child.describe_exit())
+            finally:
+                if child is not None:
+                    procs.stop(child.proc)
+            rows.append(Row(name, result, gateway_problems(stdout)))
+            print(f"bench: {name}: {result.rps:,.0f} requests/s", file=sys.stderr, flush=True)
+
+    header = (
+        f"**load generator:** {loadgen_label}, {args.connections} connections,"
+        f" {args.duration} s per contender after a {args.warmup} s warm-up"
+        f" · **upstream:** {upstream_label} · **nproc:** {nproc()} · **Python:** {python}"
+        f" · **reproduce:** `{reproduce(argv)}`"
+    )
+    report = render(rows, header)
+    if skipped:
+        report += f"\nskipped (nginx not installed): {', '.join(skipped)}\n"
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        report = bench(args, argv)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; all started processes were stopped", file=sys.stderr)
+        return 130
+    except SystemExit:
+        print("bench: terminated; all started processes were stopped", file=sys.stderr)
+        raise
+    print(report, end="")
+    if args.markdown_out:
+        with open(args.markdown_out, "a", encoding="utf-8") as out:
+            out.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
