@@ -38,6 +38,10 @@ from gateway.pipeline import RequestContext
 
 log = structlog.get_logger("gateway.proxy")
 
+# Bodies up to this size with a known length are read whole and sent with the head in one write;
+# larger or open-ended ones stream.
+_WHOLE_BODY_LIMIT = 64 * 1024
+
 # Methods that may be sent to a second target after a connect failure: they are safe to repeat.
 _RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -246,6 +250,9 @@ class Proxy:
             ctx.upstream_seconds = time.perf_counter() - started
             pool.metrics.observe(ctx.upstream_seconds)
             response = self._response_head(ctx, upstream)
+            length = upstream.content_length
+            if length is not None and length <= _WHOLE_BODY_LIMIT and response.content_length:
+                return await self._whole(pool, ctx, upstream, response)
             try:
                 await response.prepare(ctx.request)
             except ConnectionError:
@@ -285,6 +292,33 @@ class Proxy:
             return response
         finally:
             upstream.release()
+
+    async def _whole(
+        self,
+        pool: UpstreamPool,
+        ctx: RequestContext,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+    ) -> web.StreamResponse:
+        """A small body of known length: read it all, then send head and body in one write.
+
+        Nothing has reached the client yet, so an upstream that fails mid-body gets a clean 502.
+        """
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            timeout = isinstance(exc, TimeoutError)
+            answer = GatewayTimeout() if timeout else BadGateway()
+            raise _UpstreamFailure(
+                "read_timeout" if timeout else "body_truncated", answer, False, exc
+            ) from None
+        try:
+            await response.prepare(ctx.request)
+            await response.write_eof(body)
+        except ConnectionError:
+            raise ClientDisconnected() from None
+        ctx.bytes_out = len(body)
+        return response
 
     def _response_head(
         self, ctx: RequestContext, upstream: aiohttp.ClientResponse

@@ -21,7 +21,7 @@ from gateway.demo_upstream import EchoServer
 from gateway.http_server import EnvelopeServer
 from gateway.identity import KeyRing
 from gateway.keys import KeyFormat
-from gateway.log import flush_logs
+from gateway.log import access_log, flush_logs
 from gateway.metrics import Metrics
 from gateway.pipeline import Plugin
 from gateway.scopes import ScopePolicy
@@ -114,7 +114,12 @@ class GatewayProcess:
         self.snapshot = snapshot
         await snapshot.startup()
         self.metrics.set_config(self.loaded.digest)
-        self.plane = DataPlane(snapshot, self.metrics, access_log_enabled=config.log.access_log)
+        self.plane = DataPlane(
+            snapshot,
+            self.metrics,
+            access_log_enabled=config.log.access_log,
+            fast_log=access_log(config.log),
+        )
         server = config.server
         data_server = EnvelopeServer(
             self.plane.handle,

@@ -433,6 +433,31 @@ async def test_upstream_reset_mid_body_is_never_a_complete_response(
         server.close()
 
 
+async def test_small_body_cut_short_by_the_upstream_is_a_clean_502(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gw = await gateway_factory(
+            make_config(
+                {"app": {"targets": [f"http://127.0.0.1:{port}"]}},
+                [{"path": "/x", "upstream": "app"}],
+            )
+        )
+        async with gw.session.get(f"{gw.url}/x") as r:
+            assert r.status == 502
+            assert (await r.json())["error"]["code"] == "bad_gateway"
+    finally:
+        server.close()
+
+
 async def test_large_download_is_streamed(
     gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
 ) -> None:
