@@ -41,6 +41,8 @@ class KeyRing:
     Entries leave the cache when the store announces a change (revocation, rotation, a plan
     change), and in any case after ``cache_ttl``; while the store's invalidation channel is down,
     after one second. Expiry and rotation grace are checked on every request against the clock.
+    When the store cannot be reached, an entry that was a good key is served stale rather than
+    failing every caller; the whole cache is dropped once the channel is back.
     """
 
     NEGATIVE_TTL = 5.0
@@ -68,6 +70,7 @@ class KeyRing:
         self._pending_use: dict[str, float] = {}
         self._last_written: dict[str, float] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self.stale_served = 0
         store.subscribe(self._invalidate)
 
     async def startup(self) -> None:
@@ -114,9 +117,17 @@ class KeyRing:
         now = self.clock()
         entry = self._cache.get(key_hash)
         if entry is None or now - entry.fetched_at > self._ttl(entry):
-            identity = await self._fetch(key_hash)
-            entry = _Entry(identity, now)
-            self._remember(key_hash, entry)
+            try:
+                identity = await self._fetch(key_hash)
+            except StoreError:
+                # Stale if error: a key that was good when last checked keeps working while the
+                # store is down (expiry is still checked below); an unknown key gets a 503.
+                if entry is None or entry.identity is None:
+                    raise
+                self.stale_served += 1
+            else:
+                entry = _Entry(identity, now)
+                self._remember(key_hash, entry)
         identity = entry.identity
         if identity is None or not identity.key.usable_at(now):
             return None

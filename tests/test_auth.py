@@ -144,7 +144,8 @@ async def test_identity_endpoint_path_and_field_names_are_configurable(
     assert key["secret"].startswith("fi_pk_live_")
     status, _, body = await get(gw, "/api/v1/me", key["secret"])
     assert status == 200
-    assert body["data"]["keyId"] == key["id"] and body["data"]["tenantId"] == org["id"]
+    assert body["data"]["keyId"] == key["id"]
+    assert body["data"]["tenantId"] == org["id"]
     assert "apiKeyId" not in body["data"]
     assert (await get(gw, "/v1/me", key["secret"]))[0] == 404
 
@@ -316,7 +317,9 @@ async def test_test_keys_go_to_the_sandbox_targets(
     await admin.org()
     assert (await get(gw, "/v1/any", (await admin.key(environment="test"))["secret"]))[0] == 200
     assert (await get(gw, "/v1/any", (await admin.key(environment="live"))["secret"]))[0] == 200
-    assert [s.headers for s in sandbox.seen][0] and len(sandbox.seen) == 1 and len(live.seen) == 1
+    assert next(s.headers for s in sandbox.seen)
+    assert len(sandbox.seen) == 1
+    assert len(live.seen) == 1
     assert sandbox.header_values(0, "X-Key-Environment") == ["test"]
     assert live.header_values(0, "X-Key-Environment") == ["live"]
 
@@ -331,7 +334,8 @@ async def test_rotation_keeps_the_old_key_for_the_grace_only(
     status, body = await admin.call("POST", f"/admin/keys/{old['id']}/rotate", {"grace": "1s"})
     assert status == 201
     new = body["data"]
-    assert new["secret"] != old["secret"] and new["id"] != old["id"]
+    assert new["secret"] != old["secret"]
+    assert new["id"] != old["id"]
     assert (new["scopes"], new["allowedIps"], new["name"]) == (["read"], ["127.0.0.0/8"], "k")
     assert (await get(gw, "/v1/any", old["secret"]))[0] == 200  # still in its grace
     assert (await get(gw, "/v1/any", new["secret"]))[0] == 200
@@ -339,7 +343,8 @@ async def test_rotation_keeps_the_old_key_for_the_grace_only(
     assert (await get(gw, "/v1/any", old["secret"]))[0] == 401
     assert (await get(gw, "/v1/any", new["secret"]))[0] == 200
     _, shown = await admin.call("GET", f"/admin/keys/{old['id']}")
-    assert shown["data"]["rotatedTo"] == new["id"] and "secret" not in shown["data"]
+    assert shown["data"]["rotatedTo"] == new["id"]
+    assert "secret" not in shown["data"]
     status, body = await admin.call("POST", f"/admin/keys/{old['id']}/rotate", {})
     assert (status, body["error"]["code"]) == (409, "conflict")
 
@@ -358,7 +363,8 @@ async def test_revocation_and_plan_changes_apply_at_once(
     await admin.call("PATCH", "/admin/orgs/acme", {"plan": "free"})
     await _eventually(lambda: _status(gw, "/v1/any", key["secret"]), 200)
     status, body = await admin.call("POST", f"/admin/keys/{key['id']}/revoke")
-    assert status == 200 and body["data"]["revokedAt"] is not None
+    assert status == 200
+    assert body["data"]["revokedAt"] is not None
     await _eventually(lambda: _status(gw, "/v1/any", key["secret"]), 401)
 
 
@@ -378,7 +384,8 @@ async def test_secret_is_never_stored_nor_logged(
     await get(gw, "/v1/any", secret[:-1] + "x")
     await gw.process.keyring.flush_last_used()
     _, listed = await admin.call("GET", "/admin/orgs/acme/keys")
-    assert "secret" not in listed["data"][0] and listed["data"][0]["lastUsedAt"] is not None
+    assert "secret" not in listed["data"][0]
+    assert listed["data"][0]["lastUsedAt"] is not None
     assert secret not in logs.raw().decode()
     random_part = secret[len("fw_live_") : -6]
     if store_config["backend"] == "local":
@@ -474,7 +481,8 @@ async def test_admin_api_refuses_bad_input_naming_the_field(
         got_status, got = await admin.call(method, path, body)
         assert (got_status, got["error"]["message"][: len(message)]) == (status, message), got
     async with gw.session.post(f"{gw.admin_url}/admin/orgs", data=b"{nope", headers=ADMIN) as r:
-        assert r.status == 400 and (await r.json())["error"]["message"] == "The body must be JSON."
+        assert r.status == 400
+        assert (await r.json())["error"]["message"] == "The body must be JSON."
     await admin.call("POST", "/admin/orgs", {"slug": "dash", "name": "D", "plan": "viewer"})
     status, body = await admin.call("POST", "/admin/orgs/dash/keys", {"name": "k"})
     assert (status, body["error"]["code"]) == (403, "api_access_disabled")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,10 +20,12 @@ from aiohttp import web
 from tests.conftest import (
     ROOT,
     GatewayProc,
+    RedisServer,
     Upstream,
     free_port,
     parse_response,
     read_one_response,
+    unique_prefix,
     wait_until_listening,
 )
 
@@ -49,32 +52,126 @@ def _log_events(gp: GatewayProc) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in gp.log_text().splitlines() if line.startswith("{")]
 
 
-async def test_shipped_config_serves_the_demo_upstream(tmp_path: Path) -> None:
-    """What `make run` starts: the README's first curl works with nothing else running."""
-    port, admin_port = free_port(), free_port()
+def _start_shipped(tmp_path: Path, port: int, admin_port: int, run: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_PORT": str(admin_port)}
-    with (tmp_path / "out.log").open("wb") as out:
+    env.pop("GATEWAY_ADMIN_TOKEN", None)
+    with (
+        (tmp_path / f"out-{run}.log").open("wb") as out,
+        (tmp_path / f"err-{run}.log").open("wb") as err,
+    ):
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(ROOT / "gateway.yaml")],
             cwd=tmp_path,
             env=env,
             stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=err,
         )
+    wait_until_listening(port, proc)
+    return proc
+
+
+def _cli(tmp_path: Path, admin_port: int, *args: str) -> Any:
+    """The CLI as an operator runs it, finding the admin API and token like `make run` left them."""
+    env = {**os.environ, "GATEWAY_ADMIN_PORT": str(admin_port)}
+    env.pop("GATEWAY_ADMIN_TOKEN", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "-c", str(ROOT / "gateway.yaml"), "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return orjson.loads(done.stdout)
+
+
+async def test_newcomer_flow_on_the_shipped_config(tmp_path: Path) -> None:
+    """`make run`: a demo key is printed; the CLI makes orgs and keys; revocation is at once;
+    everything a client was told survives a restart."""
+    port, admin_port = free_port(), free_port()
+    proc = _start_shipped(tmp_path, port, admin_port, 1)
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_listening(port, proc)
+        banner = (tmp_path / "err-1.log").read_text()
+        [demo_key] = re.findall(r"fw_live_[0-9A-Za-z]{38}", banner)[:1]
+        assert f'curl -H "Authorization: Bearer {demo_key}" http://localhost:{port}/v1/me' in banner
+        assert demo_key not in (tmp_path / "out-1.log").read_text()  # never in the JSON log
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/v1/echo/hello?x=1") as r:
-                body = await r.json()
+            async with session.get(f"{url}/status") as r:
                 assert r.status == 200
-            assert body["path"] == "/v1/echo/hello"
-            assert body["query"] == "x=1"
-            assert body["headers"]["X-Request-ID"] == r.headers["X-Request-Id"]
-            async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
+            async with session.get(f"{url}/v1/echo/hello") as r:
+                assert r.status == 401
+            demo = {"Authorization": f"Bearer {demo_key}"}
+            async with session.get(f"{url}/v1/me", headers=demo) as r:
+                me = await r.json()
+            assert me["data"]["orgSlug"] == "demo"
+            assert me["data"]["scopes"] == ["admin"]
+            async with session.post(f"{url}/v1/echo/hello?x=1", headers=demo, data=b"hi") as r:
+                echoed = await r.json()
+            assert echoed["headers"]["X-Org-Slug"] == "demo"
+            assert echoed["headers"]["X-Scopes"] == "admin read write"
+
+            org = _cli(
+                tmp_path,
+                admin_port,
+                "orgs",
+                "create",
+                "acme",
+                "--name",
+                "Acme Pumps",
+                "--plan",
+                "standard",
+            )
+            assert org["slug"] == "acme"
+            key = _cli(
+                tmp_path, admin_port, "keys", "create", "acme", "--name", "zap", "--scope", "read"
+            )
+            assert key["secret"].startswith("fw_live_")
+            listed = _cli(tmp_path, admin_port, "keys", "list", "acme")
+            assert [k["id"] for k in listed] == [key["id"]]
+            assert "secret" not in listed[0]
+            zap = {"Authorization": f"Bearer {key['secret']}"}
+            async with session.get(f"{url}/v1/echo/x", headers=zap) as r:
                 assert r.status == 200
+            async with session.post(f"{url}/v1/echo/x", headers=zap) as r:
+                assert r.status == 403
+            revoked = _cli(tmp_path, admin_port, "keys", "revoke", key["id"])
+            assert revoked["revokedAt"] is not None
+            async with session.get(f"{url}/v1/echo/x", headers=zap) as r:
+                assert r.status == 401
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await _exit_code(proc) == 0
+    proc = _start_shipped(tmp_path, port, admin_port, 2)
+    try:
+        assert "Demo org 'demo' exists" in (tmp_path / "err-2.log").read_text()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/v1/me", headers=demo) as r:
+                assert r.status == 200
+            async with session.get(f"{url}/v1/echo/x", headers=zap) as r:
+                assert r.status == 401
+        assert [o["slug"] for o in _cli(tmp_path, admin_port, "orgs", "list")] == ["demo", "acme"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await _exit_code(proc) == 0
+
+
+def test_cli_reports_errors_without_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "GATEWAY_ADMIN_PORT": str(free_port()), "GATEWAY_ADMIN_TOKEN": "x" * 20}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "orgs", "list", "-c", str(ROOT / "gateway.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot reach the admin API at http://127.0.0.1:")
+    assert "Traceback" not in done.stderr
 
 
 async def test_sigterm_drains_in_flight_requests_then_exits_0(
@@ -137,9 +234,10 @@ async def test_stalled_request_body_is_408(spawn_gateway: Spawn, upstream: Upstr
 
 
 async def test_workers_share_one_port_and_one_metrics_endpoint(
-    spawn_gateway: Spawn, upstream: Upstream
+    spawn_gateway: Spawn, upstream: Upstream, redis_server: RedisServer
 ) -> None:
-    gp = spawn_gateway(_config(upstream.url, workers=2))
+    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
+    gp = spawn_gateway(_config(upstream.url, workers=2, store=store))
     async with aiohttp.ClientSession() as session:
         for _ in range(40):  # workers come up one by one: wait for both
             async with session.get(f"{gp.admin_url}/readyz") as r:

@@ -48,8 +48,9 @@ class RedisStore(Store):
     async def startup(self) -> None:
         self._client = aioredis.Redis.from_url(
             self.url,
-            socket_connect_timeout=2,
-            socket_timeout=2,
+            # A gateway must not hold requests for long on a store that is gone.
+            socket_connect_timeout=0.5,
+            socket_timeout=1.0,
             health_check_interval=15,
             decode_responses=False,
         )
@@ -88,10 +89,11 @@ class RedisStore(Store):
                     if message is not None and message.get("type") == "message":
                         self._notify(Invalidation.decode(message["data"].decode()))
             except (RedisError, OSError) as exc:
+                # Caches are kept while the store is away (warm keys keep working) and dropped
+                # when the channel is back, since changes may have been missed meanwhile.
                 if self.invalidation_live:
                     log.warning("store_invalidation_lost", error=repr(exc))
                 self.invalidation_live = False
-                self._notify(Invalidation("all"))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:

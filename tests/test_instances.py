@@ -1,0 +1,142 @@
+"""Behaviour that spans processes: two gateways on one Redis, and a Redis that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import (
+    GatewayProc,
+    RedisServer,
+    RunningGateway,
+    Upstream,
+    _start_redis,
+    free_port,
+    make_config,
+    unique_prefix,
+)
+
+Spawn = Callable[..., GatewayProc]
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
+
+pytestmark = pytest.mark.slow
+
+
+def _config(upstream: Upstream, store: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "admin": {"token": "test-admin-token-0123456789"},
+        "store": store,
+        "upstreams": {"app": {"targets": [upstream.url]}},
+        "routes": [{"path": "/v1/{rest:.*}", "upstream": "app"}],
+    }
+
+
+async def _admin(
+    session: aiohttp.ClientSession, gp: GatewayProc, method: str, path: str, body: Any = None
+) -> Any:
+    async with session.request(method, f"{gp.admin_url}{path}", json=body, headers=ADMIN) as r:
+        assert r.status < 300, await r.text()
+        return (await r.json())["data"]
+
+
+async def _status(session: aiohttp.ClientSession, gp: GatewayProc, secret: str) -> int:
+    async with session.get(f"{gp.url}/v1/x", headers={"Authorization": f"Bearer {secret}"}) as r:
+        return r.status
+
+
+async def test_revocation_reaches_every_instance_within_a_second(
+    spawn_gateway: Spawn, upstream: Upstream, redis_server: RedisServer
+) -> None:
+    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
+    a = spawn_gateway(_config(upstream, store))
+    b = spawn_gateway(_config(upstream, store))
+    async with aiohttp.ClientSession() as session:
+        await _admin(
+            session, a, "POST", "/admin/orgs", {"slug": "acme", "name": "Acme", "plan": "default"}
+        )
+        key = await _admin(session, a, "POST", "/admin/orgs/acme/keys", {"name": "k"})
+        rotated = await _admin(session, a, "POST", "/admin/orgs/acme/keys", {"name": "r"})
+        for gp in (a, b):  # warm in both caches
+            assert await _status(session, gp, key["secret"]) == 200
+            assert await _status(session, gp, rotated["secret"]) == 200
+        await _admin(session, a, "POST", f"/admin/keys/{key['id']}/revoke")
+        await _admin(session, a, "POST", f"/admin/keys/{rotated['id']}/rotate", {"grace": "0s"})
+        revoked_at = time.monotonic()
+        refused: dict[tuple[str, str], float] = {}
+        while len(refused) < 4 and time.monotonic() - revoked_at < 3:
+            for gp, name in ((a, "a"), (b, "b")):
+                for secret, which in ((key["secret"], "revoked"), (rotated["secret"], "rotated")):
+                    if (name, which) not in refused and await _status(session, gp, secret) == 401:
+                        refused[(name, which)] = time.monotonic() - revoked_at
+            await asyncio.sleep(0.01)
+    assert set(refused) == {("a", "revoked"), ("b", "revoked"), ("a", "rotated"), ("b", "rotated")}
+    assert max(refused.values()) < 1.0, refused
+
+
+async def test_redis_outage_is_503_never_a_disguised_401(
+    gateway_factory: Callable[..., Awaitable[RunningGateway]], upstream: Upstream, tmp_path: Path
+) -> None:
+    port = free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(f"redis://127.0.0.1:{port}/0", port, _start_redis(port, workdir), workdir)
+    try:
+        store = {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+        gw = await gateway_factory(
+            make_config(
+                {"app": {"targets": [upstream.url]}},
+                [{"path": "/v1/x", "upstream": "app", "auth": "key"}],
+                store=store,
+            )
+        )
+        async with gw.session.post(
+            f"{gw.admin_url}/admin/orgs",
+            json={"slug": "acme", "name": "A", "plan": "default"},
+            headers=ADMIN,
+        ) as r:
+            assert r.status == 201
+        async with gw.session.post(
+            f"{gw.admin_url}/admin/orgs/acme/keys", json={"name": "warm"}, headers=ADMIN
+        ) as r:
+            warm = (await r.json())["data"]["secret"]
+        async with gw.session.post(
+            f"{gw.admin_url}/admin/orgs/acme/keys", json={"name": "cold"}, headers=ADMIN
+        ) as r:
+            cold = (await r.json())["data"]["secret"]
+        async with gw.session.get(
+            f"{gw.url}/v1/x", headers={"Authorization": f"Bearer {warm}"}
+        ) as r:
+            assert r.status == 200
+        server.stop()
+        # A key we cannot check is not an invalid key: 503 with Retry-After, not 401.
+        async with gw.session.get(
+            f"{gw.url}/v1/x", headers={"Authorization": f"Bearer {cold}"}
+        ) as r:
+            assert r.status == 503
+            assert r.headers["Retry-After"] == "1"
+            assert (await r.json())["error"]["code"] == "unavailable"
+        # Malformed keys are still refused offline.
+        async with gw.session.get(f"{gw.url}/v1/x", headers={"Authorization": "Bearer nope"}) as r:
+            assert r.status == 401
+        async with gw.session.get(f"{gw.admin_url}/readyz") as r:
+            ready = (await r.json())["data"]
+        assert ready["store"]["ok"] is False
+        assert ready["store"]["invalidation"] == "down"
+        # A key that was good when last checked keeps working through the outage, also once its
+        # cache entry is past the short trust window of a lost invalidation channel.
+        for _ in range(2):
+            async with gw.session.get(
+                f"{gw.url}/v1/x", headers={"Authorization": f"Bearer {warm}"}
+            ) as r:
+                assert r.status == 200
+            await asyncio.sleep(1.1)
+        assert gw.process.keyring.stale_served >= 1
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
