@@ -533,3 +533,20 @@ def _iso(ts: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def test_concurrent_first_requests_with_a_new_key_share_one_lookup(
+    gateway_factory: GatewayFactory, upstream: Upstream, redis_server: RedisServer
+) -> None:
+    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
+    gw = await gateway_factory(auth_config(upstream, store))
+    admin = Admin(gw)
+    await admin.org()
+    secret = (await admin.key())["secret"]
+    client = redis_sync.Redis(port=redis_server.port)
+    before = _lookups(client)
+    statuses = await asyncio.gather(*(_status(gw, "/v1/any", secret) for _ in range(20)))
+    assert statuses == [200] * 20
+    # One lookup: GET hash -> id, MGET key, HMGET last-used, GET org.
+    assert _lookups(client) - before == 4
+    client.close()
