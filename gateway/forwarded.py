@@ -13,6 +13,17 @@ from gateway.headers import FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def address_in(address: str, networks: Sequence[IPNetwork]) -> bool:
+    """Whether an address (IPv4-mapped IPv6 counts as IPv4) is in any of the networks."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
 @dataclass(slots=True, frozen=True)
 class Forwarded:
     client_ip: str
@@ -28,13 +39,7 @@ class ForwardedResolver:
         self._trusted = tuple(trusted)
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self._trusted)
+        return address_in(address, self._trusted)
 
     def resolve(self, request: web.BaseRequest) -> Forwarded:
         peer = request.remote or ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway.forwarded import IPNetwork
 from gateway.keys import KeyFormat
 from gateway.scopes import ScopePolicy
 from gateway.store import ApiKey, Invalidation, Org, Store, StoreError
@@ -27,6 +29,7 @@ class Identity:
     key: ApiKey
     org: Org
     scopes: frozenset[str]
+    networks: tuple[IPNetwork, ...]  # the key's allowed_ips, parsed once
 
 
 @dataclass(slots=True)
@@ -159,7 +162,8 @@ class KeyRing:
         org = await self.store.get_org(key.org_id)
         if org is None:
             return None
-        return Identity(key, org, self.scopes.expand(key.scopes))
+        networks = tuple(ipaddress.ip_network(n, strict=False) for n in key.allowed_ips)
+        return Identity(key, org, self.scopes.expand(key.scopes), networks)
 
     def _remember(self, key_hash: str, entry: _Entry) -> None:
         self._cache[key_hash] = entry

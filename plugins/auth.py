@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -15,13 +14,12 @@ from gateway.errors import (
     Unauthorized,
     Unavailable,
 )
+from gateway.forwarded import address_in
 from gateway.headers import API_KEY_ID, KEY_ENVIRONMENT, ORG_ID, ORG_SLUG, SCOPES
 from gateway.identity import Identity, KeyRing
 from gateway.pipeline import Handler, RequestContext
 from gateway.scopes import ScopePolicy
 from gateway.store import StoreError
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def bearer_token(request: web.BaseRequest) -> str | None:
@@ -80,9 +78,7 @@ class AuthPlugin:
             raise Unauthorized()
         if identity.org.plan not in self.plans_with_api_keys:
             raise ApiAccessDisabled()
-        if identity.key.allowed_ips and not _address_allowed(
-            ctx.client_ip, identity.key.allowed_ips
-        ):
+        if identity.networks and not address_in(ctx.client_ip, identity.networks):
             raise IpNotAllowed()
         if self.required:
             missing = self.policy.missing(identity.scopes, self.required)
@@ -103,22 +99,3 @@ def identity_headers(identity: Identity) -> Mapping[str, str]:
         SCOPES: " ".join(sorted(identity.scopes)),
         KEY_ENVIRONMENT: identity.key.environment,
     }
-
-
-_NETWORKS: dict[tuple[str, ...], tuple[IPNetwork, ...]] = {}
-
-
-def _address_allowed(client_ip: str, allowed: tuple[str, ...]) -> bool:
-    networks = _NETWORKS.get(allowed)
-    if networks is None:
-        networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed)
-        if len(_NETWORKS) > 10_000:
-            _NETWORKS.clear()
-        _NETWORKS[allowed] = networks
-    try:
-        ip = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)

@@ -490,14 +490,22 @@ async def test_admin_api_refuses_bad_input_naming_the_field(
         assert r.status == 401
 
 
-async def test_malformed_keys_and_warm_keys_cost_no_store_round_trip(
+@pytest.fixture
+async def on_redis(
     gateway_factory: GatewayFactory, upstream: Upstream, redis_server: RedisServer
-) -> None:
+) -> tuple[RunningGateway, str]:
+    """A gateway on the session's Redis, with one org and one key: (gateway, secret)."""
     store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
     gw = await gateway_factory(auth_config(upstream, store))
     admin = Admin(gw)
     await admin.org()
-    secret = (await admin.key())["secret"]
+    return gw, (await admin.key())["secret"]
+
+
+async def test_malformed_keys_and_warm_keys_cost_no_store_round_trip(
+    on_redis: tuple[RunningGateway, str], redis_server: RedisServer
+) -> None:
+    gw, secret = on_redis
     assert (await get(gw, "/v1/any", secret))[0] == 200  # now warm
     client = redis_sync.Redis(port=redis_server.port)
     before = _lookups(client)
@@ -536,13 +544,9 @@ def _iso(ts: float) -> str:
 
 
 async def test_concurrent_first_requests_with_a_new_key_share_one_lookup(
-    gateway_factory: GatewayFactory, upstream: Upstream, redis_server: RedisServer
+    on_redis: tuple[RunningGateway, str], redis_server: RedisServer
 ) -> None:
-    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
-    gw = await gateway_factory(auth_config(upstream, store))
-    admin = Admin(gw)
-    await admin.org()
-    secret = (await admin.key())["secret"]
+    gw, secret = on_redis
     client = redis_sync.Redis(port=redis_server.port)
     before = _lookups(client)
     statuses = await asyncio.gather(*(_status(gw, "/v1/any", secret) for _ in range(20)))
