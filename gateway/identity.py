@@ -7,7 +7,7 @@ import contextlib
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -192,6 +192,3 @@ class KeyRing:
         while True:
             await asyncio.sleep(min(5.0, self.last_used_interval))
             await self.flush_last_used()
-
-    def pending_last_used(self) -> Mapping[str, float]:
-        return dict(self._pending_use)

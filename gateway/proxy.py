@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import structlog
@@ -19,7 +17,6 @@ from gateway.errors import (
     GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
-    RequestTimeout,
 )
 from gateway.headers import (
     FORWARDED_FOR,
@@ -33,8 +30,9 @@ from gateway.headers import (
     normalize,
     strip_set,
 )
-from gateway.metrics import UpstreamMetrics
 from gateway.pipeline import RequestContext
+from gateway.request_body import BodyPump, BodyRefused
+from gateway.upstream import UpstreamPool
 
 log = structlog.get_logger("gateway.proxy")
 
@@ -62,56 +60,6 @@ _ALWAYS_STRIPPED = strip_set(
     ]
 )
 _RESPONSE_STRIPPED = strip_set(["Content-Length", REQUEST_ID])
-
-
-class UpstreamPool:
-    """One upstream: its targets in round robin, one pooled client session, its timeouts."""
-
-    def __init__(
-        self,
-        name: str,
-        targets: Sequence[str],
-        *,
-        max_connections: int,
-        preserve_host: bool,
-        metrics: UpstreamMetrics,
-    ) -> None:
-        self.name = name
-        self.targets = tuple(t.rstrip("/") for t in targets)
-        self.preserve_host = preserve_host
-        self.metrics = metrics
-        self._max_connections = max_connections
-        self._cursor = itertools.cycle(range(len(self.targets)))
-        self._session: aiohttp.ClientSession | None = None
-
-    async def startup(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=self._max_connections, ttl_dns_cache=10
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # Bodies pass through as the backend encoded them; the client asked for that encoding.
-            auto_decompress=False,
-            # Send only what the client sent: no default Accept, Accept-Encoding, User-Agent or
-            # Content-Type invented by the HTTP library.
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-
-    async def shutdown(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"upstream {self.name} is not started")
-        return self._session
-
-    def first_target(self) -> int:
-        return next(self._cursor)
 
 
 class Proxy:
@@ -162,7 +110,7 @@ class Proxy:
             target = pool.targets[(index + attempt) % len(pool.targets)]
             ctx.upstream_target = target
             url = f"{target}{ctx.path}?{ctx.query}" if ctx.query else f"{target}{ctx.path}"
-            pump = _BodyPump(ctx, self.max_body_size, self.body_timeout) if has_body else None
+            pump = BodyPump(ctx, self.max_body_size, self.body_timeout) if has_body else None
             try:
                 return await self._exchange(pool, ctx, url, headers, pump)
             except asyncio.CancelledError:
@@ -222,7 +170,7 @@ class Proxy:
         ctx: RequestContext,
         url: str,
         headers: CIMultiDict[str],
-        pump: _BodyPump | None,
+        pump: BodyPump | None,
     ) -> web.StreamResponse:
         started = time.perf_counter()
         try:
@@ -242,7 +190,7 @@ class Proxy:
             raise _UpstreamFailure("read_timeout", GatewayTimeout(), False, exc) from None
         except aiohttp.ServerDisconnectedError as exc:
             raise _UpstreamFailure("disconnected", BadGateway(), False, exc) from None
-        except (aiohttp.ClientError, _BodyRefused, TimeoutError, ConnectionError) as exc:
+        except (aiohttp.ClientError, BodyRefused, TimeoutError, ConnectionError) as exc:
             raise _UpstreamFailure("protocol", BadGateway(), False, exc) from None
         if pump is not None:
             pump.response_started = True
@@ -348,66 +296,6 @@ def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
-
-
-class _BodyRefused(Exception):
-    """The client's body broke a rule; the reason is in the pump's failure."""
-
-
-class _BodyPump:
-    """Feeds the client's body to the upstream request, counted against the route's limit.
-
-    The HTTP client sends the body from a task of its own and, when the body fails, neither
-    aborts the exchange nor says why. So the pump records the reason (413, 408, a client that
-    went away) and cancels the handler that waits for the upstream's answer, unless that answer
-    has already begun.
-    """
-
-    __slots__ = (
-        "_ctx",
-        "_handler",
-        "_limit",
-        "_timeout",
-        "cancelled_handler",
-        "failure",
-        "response_started",
-    )
-
-    def __init__(self, ctx: RequestContext, limit: int, timeout: float) -> None:
-        self._ctx = ctx
-        self._limit = limit
-        self._timeout = timeout
-        self._handler = asyncio.current_task()
-        self.failure: GatewayError | None = None
-        self.response_started = False
-        self.cancelled_handler = False
-
-    def _fail(self, failure: GatewayError) -> None:
-        self.failure = failure
-        if not self.response_started and self._handler is not None:
-            self.cancelled_handler = True
-            self._handler.cancel()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        ctx = self._ctx
-        content = ctx.request.content
-        while True:
-            try:
-                async with asyncio.timeout(self._timeout):
-                    chunk = await content.readany()
-            except TimeoutError:
-                self._fail(RequestTimeout())
-                raise
-            except (aiohttp.ClientError, ConnectionError, web.HTTPException):
-                self._fail(ClientDisconnected())
-                raise
-            if not chunk:
-                return
-            ctx.bytes_in += len(chunk)
-            if ctx.bytes_in > self._limit:
-                self._fail(PayloadTooLarge(self._limit))
-                raise _BodyRefused()
-            yield chunk
 
 
 class _UpstreamFailure(Exception):

@@ -10,8 +10,9 @@ from gateway.forwarded import ForwardedResolver
 from gateway.me import IdentityEndpoint
 from gateway.metrics import Metrics, RouteMetrics, UpstreamMetrics
 from gateway.pipeline import Handler, Plugin, build_chain
-from gateway.proxy import Proxy, UpstreamPool
+from gateway.proxy import Proxy
 from gateway.router import Router
+from gateway.upstream import UpstreamPool
 
 # Builds the plugins of one route; the chain is composed from them once per snapshot.
 PluginFactory = Callable[[RouteConfig], Sequence[Plugin]]
