@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from gateway.errors import BadRequest
 
 # A template parameter: {name} (one segment) or {name:regex}.
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{[^{}]*\})+))?\}")
-# SECURITY: encoded '/', '\' and NUL, at any depth of %25-re-encoding, would let a backend that
-# decodes see a different path than the one we routed on.
-_ENCODED_SEPARATOR = re.compile(r"%(?:25)*(?:2f|5c|00)", re.IGNORECASE)
-_ENCODED_DOT = re.compile(r"%(?:25)*2e", re.IGNORECASE)
+# Characters or escapes that may make two spellings of one path; absent in nearly every request.
+_SUSPECT = re.compile(r"[%;\\\x00]|//|/\.\.?(?:/|$)")
+_MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Escapes of unreserved characters (RFC 3986: A-Z a-z 0-9 - . _ ~), which backends decode,
+# and of '/', '\' and NUL, which change the path's structure.
+_NEEDLESS_ESCAPE = re.compile(
+    r"%(3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|2[D-Fd-f]|5[CcFf]|7[Ee]|00)"
+)
 _ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
@@ -83,17 +88,41 @@ def check_path(path: str) -> None:
 
 
 def _refuse_ambiguous(path: str, *, error: type[Exception]) -> None:
+    """SECURITY: refuse every spelling a backend could normalise into another path.
+
+    Backends decode %XX, merge '//', drop ';params' (servlet containers) and resolve dot
+    segments; if they see another path than the one we routed on, a route's scopes can be
+    skipped. So anything that such normalisation would change is refused instead.
+    """
     # Fast path: nothing to look at in the common case.
-    if "%" not in path and "\\" not in path and "/." not in path and "\x00" not in path:
+    if not _SUSPECT.search(path):
         return
     if "\\" in path or "\x00" in path:
         raise error("The path must not contain a backslash or NUL.")
-    if "%" in path and _ENCODED_SEPARATOR.search(path):
-        raise error("The path must not contain an encoded '/', '\\' or NUL.")
+    if ";" in path:
+        raise error("The path must not contain ';'.")
+    if "//" in path:
+        raise error("The path must not contain empty segments ('//').")
+    if "%" in path:
+        if _MALFORMED_ESCAPE.search(path):
+            raise error("The path has a '%' that does not start a %XX escape.")
+        _refuse_needless_escapes(path, error)
+        # A backend that decodes twice: the once-decoded path must not hide an escape either.
+        decoded = unquote(path)
+        if "%" in decoded:
+            _refuse_needless_escapes(decoded, error)
     for segment in path.split("/"):
-        # SECURITY: ';' ends the segment for servlet containers ("..;/" is "..").
-        bare = segment.split(";", 1)[0]
-        if "%" in bare:
-            bare = _ENCODED_DOT.sub(".", bare)
-        if bare in (".", ".."):
+        if segment in (".", ".."):
             raise error("The path must not contain '.' or '..' segments.")
+
+
+def _refuse_needless_escapes(path: str, error: type[Exception]) -> None:
+    m = _NEEDLESS_ESCAPE.search(path)
+    if m is None:
+        return
+    char = bytes.fromhex(m.group(1)).decode("latin-1")
+    if char in "/\\\x00":
+        raise error("The path must not contain an encoded '/', '\\' or NUL.")
+    if char == ".":
+        raise error("The path must not contain '.' or '..' segments, encoded or not.")
+    raise error(f"The path must not percent-encode {char!r}, which needs no encoding.")

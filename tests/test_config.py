@@ -65,7 +65,7 @@ def test_unknown_top_level_key_lists_known_keys_when_nothing_is_close() -> None:
         ),
         (
             "{path: '/v1/%2e%2e/x', upstream: a}",
-            "routes[0].path: The path must not contain '.' or '..' segments.",
+            "routes[0].path: The path must not contain '.' or '..' segments, encoded or not.",
         ),
         (
             "{path: /v1, upstream: a, methods: []}",

@@ -32,6 +32,14 @@ from gateway.router import Router
         "*",
         "v1/relative",
         "/v1/x#frag",
+        # Spellings a backend normalises into another path, so a route's scopes could be skipped.
+        "/v1/%61dmin/users",  # %61 is "a"
+        "/v1/%7Eme",
+        "/v1//admin/users",  # empty segment, merged by many servers
+        "/v1/admin;x/users",  # ";params" dropped by servlet containers
+        "/v1/%2%65%2%65/x",  # "%2" + "%65": ".." to a backend that decodes twice
+        "/v1/%zz",
+        "/v1/%2525%32%65",  # decodes to "%2e"
     ],
 )
 def test_ambiguous_targets_are_refused(target: str) -> None:
