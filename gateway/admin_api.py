@@ -218,10 +218,19 @@ class AdminApi:
     async def update_org(self, request: web.Request) -> web.Response:
         org = await self._org(request)
         body: UpdateOrg = await self._body(request, UpdateOrg)
-        changed = Org(
-            org.id, org.slug, body.name or org.name, body.plan or org.plan, org.created_at
-        )
-        await self.store.update_org(changed)
+
+        def change(current: Org) -> Org:
+            return Org(
+                current.id,
+                current.slug,
+                body.name or current.name,
+                body.plan or current.plan,
+                current.created_at,
+            )
+
+        changed = await self.store.update_org(org.id, change)
+        if changed is None:
+            raise NotFound(f"No org {org.id!r}.")
         return data(org_view(changed))
 
     async def create_key(self, request: web.Request) -> web.Response:
@@ -282,10 +291,13 @@ class AdminApi:
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         key = await self._key(request)
-        if key.revoked_at is None:
-            key = key.with_changes(revoked_at=self.clock())
-            await self.store.update_key(key)
-        return data(key_view(key))
+        revoked = await self.store.update_key(key.id, self._revoke)
+        if revoked is None:
+            raise NotFound(f"No key {key.id!r}.")
+        return data(key_view(revoked))
+
+    def _revoke(self, key: ApiKey) -> ApiKey:
+        return key if key.revoked_at is not None else key.with_changes(revoked_at=self.clock())
 
     async def rotate_key(self, request: web.Request) -> web.Response:
         old = await self._key(request)
@@ -296,6 +308,10 @@ class AdminApi:
         org = await self.store.get_org(old.org_id)
         if org is None:
             raise NotFound(f"No org {old.org_id!r}.")
+        if not self.config.plans[org.plan].api_keys:
+            raise ApiAccessDisabled(
+                f"The plan {org.plan!r} of org {org.slug!r} includes no API keys."
+            )
         new, secret = self.new_key(
             org,
             name=old.name,
@@ -309,6 +325,19 @@ class AdminApi:
         # working keys, never none.
         await self.store.create_key(new)
         grace_end = now + body.grace
-        expires = grace_end if old.expires_at is None else min(old.expires_at, grace_end)
-        await self.store.update_key(old.with_changes(expires_at=expires, rotated_to=new.id))
+
+        def shorten(current: ApiKey) -> ApiKey:
+            # Checked again on the key as stored now: a revoke that won the race stays.
+            if not current.usable_at(now):
+                raise KeyNotRotatable()
+            expires = (
+                grace_end if current.expires_at is None else min(current.expires_at, grace_end)
+            )
+            return current.with_changes(expires_at=expires, rotated_to=new.id)
+
+        try:
+            await self.store.update_key(old.id, shorten)
+        except KeyNotRotatable:
+            await self.store.update_key(new.id, self._revoke)  # the replacement must not outlive it
+            raise
         return data(key_view(new, secret), 201)

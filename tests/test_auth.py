@@ -554,3 +554,28 @@ async def test_concurrent_first_requests_with_a_new_key_share_one_lookup(
     # One lookup: GET hash -> id, MGET key, HMGET last-used, GET org.
     assert _lookups(client) - before == 4
     client.close()
+
+
+async def test_revoke_racing_a_rotate_always_stays_revoked(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    gw = await gateway_factory(auth_config(upstream, store_config))
+    admin = Admin(gw)
+    await admin.org()
+    replacements = set()
+    for _ in range(10):
+        key = await admin.key()
+        (revoke_status, _), (rotate_status, rotated) = await asyncio.gather(
+            admin.call("POST", f"/admin/keys/{key['id']}/revoke"),
+            admin.call("POST", f"/admin/keys/{key['id']}/rotate", {"grace": "1h"}),
+        )
+        assert revoke_status == 200
+        assert rotate_status in (201, 409)
+        if rotate_status == 201:
+            replacements.add(rotated["data"]["id"])
+        await _eventually(lambda key=key: _status(gw, "/v1/any", key["secret"]), 401)
+    # Whichever won each race, the revoked keys stay revoked, and the only live keys left are
+    # replacements whose rotation was answered 201 (a rotation that lost took its own back).
+    _, listed = await admin.call("GET", "/admin/orgs/acme/keys")
+    live = {k["id"] for k in listed["data"] if k["revokedAt"] is None}
+    assert live == replacements

@@ -85,7 +85,8 @@ async def test_update_org_is_saved_and_announced(store: Store) -> None:
     org = make_org()
     await store.create_org(org)
     changed = Org(org.id, org.slug, "Acme Ltd", "standard", org.created_at)
-    await store.update_org(changed)
+    assert await store.update_org(org.id, lambda current: changed) == changed
+    assert await store.update_org("org_missing", lambda current: changed) is None
     assert await store.get_org("acme") == changed
     await _eventually(lambda: Invalidation("org", org.id) in seen)
 
@@ -113,9 +114,49 @@ async def test_key_updates_are_saved_and_announced(store: Store) -> None:
     key = make_key(org)
     await store.create_key(key)
     revoked = key.with_changes(revoked_at=time.time())
-    await store.update_key(revoked)
+    assert await store.update_key(key.id, lambda current: revoked) == revoked
+    assert await store.update_key("key_missing", lambda current: revoked) is None
     assert await store.get_key(key.id) == revoked
     await _eventually(lambda: seen.count(Invalidation("key", key.key_hash)) == 2)  # create, update
+
+
+async def test_concurrent_updates_never_undo_each_other(store_factory: StoreFactory) -> None:
+    """Two admins at once (say a revoke and a rotate) each see the other's write."""
+    a, b = store_factory(), store_factory()
+    await a.startup()
+    await b.startup()
+    try:
+        org = make_org()
+        await a.create_org(org)
+        key = make_key(org, scopes=())
+        await a.create_key(key)
+
+        def add(scope: str) -> Callable[[ApiKey], ApiKey]:
+            return lambda current: current.with_changes(scopes=(*current.scopes, scope))
+
+        await asyncio.gather(
+            *(s.update_key(key.id, add(f"s{i}")) for i, s in enumerate([a, b] * 10))
+        )
+        found = await a.get_key(key.id)
+        assert found is not None
+        assert sorted(found.scopes) == sorted(f"s{i}" for i in range(20))
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+
+
+async def test_a_change_that_raises_writes_nothing(store: Store) -> None:
+    org = make_org()
+    await store.create_org(org)
+    key = make_key(org)
+    await store.create_key(key)
+
+    def refuse(current: ApiKey) -> ApiKey:
+        raise Conflict("no")
+
+    with pytest.raises(Conflict):
+        await store.update_key(key.id, refuse)
+    assert await store.get_key(key.id) == key
 
 
 async def test_last_used_only_moves_forward(store: Store) -> None:
@@ -129,7 +170,7 @@ async def test_last_used_only_moves_forward(store: Store) -> None:
     assert found is not None
     assert found.last_used_at == 200.0
     # A later update of other fields keeps the last-used time.
-    await store.update_key(found.with_changes(name="renamed", last_used_at=None))
+    await store.update_key(key.id, lambda current: current.with_changes(name="renamed"))
     found = await store.get_key(key.id)
     assert found is not None
     assert (found.name, found.last_used_at) == ("renamed", 200.0)
@@ -166,7 +207,7 @@ async def test_other_redis_instances_hear_about_changes(redis_server: RedisServe
         await a.create_org(org)
         key = make_key(org)
         await a.create_key(key)
-        await a.update_key(key.with_changes(revoked_at=time.time()))
+        await a.update_key(key.id, lambda current: current.with_changes(revoked_at=time.time()))
         await _eventually(lambda: heard.count(Invalidation("key", key.key_hash)) == 2)
     finally:
         await a.shutdown()

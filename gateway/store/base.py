@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from gateway.errors import GatewayError
 from gateway.store.models import ApiKey, Org
@@ -40,6 +40,8 @@ class Invalidation:
 
 
 InvalidationListener = Callable[[Invalidation], None]
+T = TypeVar("T")
+Change = Callable[[T], T]
 
 
 class Store(ABC):
@@ -78,7 +80,8 @@ class Store(ABC):
     async def list_orgs(self) -> list[Org]: ...
 
     @abstractmethod
-    async def update_org(self, org: Org) -> None: ...
+    async def update_org(self, org_id: str, change: Change[Org]) -> Org | None:
+        """Apply change to the org as stored now, in one atomic step; None if there is none."""
 
     @abstractmethod
     async def create_key(self, key: ApiKey) -> None: ...
@@ -93,8 +96,12 @@ class Store(ABC):
     async def list_keys(self, org_id: str) -> list[ApiKey]: ...
 
     @abstractmethod
-    async def update_key(self, key: ApiKey) -> None:
-        """Save a changed key and tell every instance to drop it from its cache."""
+    async def update_key(self, key_id: str, change: Change[ApiKey]) -> ApiKey | None:
+        """Apply change to the key as stored now, in one atomic step, and tell every instance.
+
+        Read-modify-write in one step: two admins (a revoke and a rotate) never undo each
+        other's change. change may raise to abort; nothing is written then.
+        """
 
     @abstractmethod
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.store.base import Conflict, Invalidation, Store, StoreError
+from gateway.store.base import Change, Conflict, Invalidation, Store, StoreError
 from gateway.store.models import ApiKey, Org
 
 T = TypeVar("T")
@@ -51,9 +51,18 @@ class LocalStore(Store):
         def call() -> T:
             if self._db is None:
                 raise StoreError("the local store is not open")
+            db = self._db
             try:
-                with self._db:  # one transaction: committed on success, rolled back on error
-                    return fn(self._db)
+                # BEGIN IMMEDIATE takes the write lock before the first read, so a
+                # read-modify-write cannot interleave with another writer on the file.
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                return result
             except sqlite3.IntegrityError:
                 raise
             except sqlite3.Error as exc:
@@ -70,7 +79,6 @@ class LocalStore(Store):
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
-            db.isolation_level = "DEFERRED"
             self._db = db
 
         try:
@@ -117,14 +125,22 @@ class LocalStore(Store):
         )
         return [Org.from_record(orjson.loads(r[0])) for r in rows]
 
-    async def update_org(self, org: Org) -> None:
-        await self._run(
-            lambda db: db.execute(
+    async def update_org(self, org_id: str, change: Change[Org]) -> Org | None:
+        def update(db: sqlite3.Connection) -> Org | None:
+            row = db.execute("SELECT data FROM orgs WHERE id = ?", (org_id,)).fetchone()
+            if row is None:
+                return None
+            org = change(Org.from_record(orjson.loads(row[0])))
+            db.execute(
                 "UPDATE orgs SET slug = ?, data = ? WHERE id = ?",
                 (org.slug, orjson.dumps(org.to_record()), org.id),
             )
-        )
-        self._notify(Invalidation("org", org.id))
+            return org
+
+        org = await self._run(update)
+        if org is not None:
+            self._notify(Invalidation("org", org.id))
+        return org
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -165,13 +181,24 @@ class LocalStore(Store):
         )
         return [_key(row) for row in rows]
 
-    async def update_key(self, key: ApiKey) -> None:
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE api_keys SET data = ? WHERE id = ?", (orjson.dumps(key.to_record()), key.id)
+    async def update_key(self, key_id: str, change: Change[ApiKey]) -> ApiKey | None:
+        def update(db: sqlite3.Connection) -> ApiKey | None:
+            # One transaction on the store's only connection: nothing interleaves.
+            row = db.execute(
+                "SELECT data, last_used_at FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            key = change(_key(row))
+            db.execute(
+                "UPDATE api_keys SET data = ? WHERE id = ?", (orjson.dumps(key.to_record()), key_id)
             )
-        )
-        self._notify(Invalidation("key", key.key_hash))
+            return key
+
+        key = await self._run(update)
+        if key is not None:
+            self._notify(Invalidation("key", key.key_hash))
+        return key
 
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:
         if not last_used:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
-from gateway.store.base import Conflict, Invalidation, Store, StoreError
+from gateway.store.base import Change, Conflict, Invalidation, Store, StoreError
 from gateway.store.models import ApiKey, Org
 
 log = structlog.get_logger("gateway.store")
+R = TypeVar("R")
 
 
 def _script(name: str) -> str:
@@ -142,11 +143,35 @@ class RedisStore(Store):
         raws = await self._call(self.client.mget([f"{self._p}:org:{i.decode()}" for i in ids]))
         return [Org.from_record(orjson.loads(r)) for r in raws if r]
 
-    async def update_org(self, org: Org) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(f"{self._p}:org:{org.id}", orjson.dumps(org.to_record()))
-            pipe.publish(self._channel, Invalidation("org", org.id).encode())
-            await self._call(pipe.execute())
+    async def update_org(self, org_id: str, change: Change[Org]) -> Org | None:
+        def apply(raw: bytes) -> tuple[Org, bytes, Invalidation]:
+            org = change(Org.from_record(orjson.loads(raw)))
+            return org, orjson.dumps(org.to_record()), Invalidation("org", org.id)
+
+        return await self._update(f"{self._p}:org:{org_id}", apply)
+
+    async def _update(
+        self, name: str, apply: Callable[[bytes], tuple[R, bytes, Invalidation]]
+    ) -> R | None:
+        """Optimistic read-modify-write: WATCH, read, MULTI/EXEC; again if another writer won."""
+        for _ in range(50):
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await self._call(pipe.watch(name))
+                    raw = await self._call(pipe.get(name))
+                    if raw is None:
+                        return None
+                    result, record, message = apply(raw)
+                    pipe.multi()  # type: ignore[no-untyped-call] # untyped in redis-py
+                    pipe.set(name, record)
+                    pipe.publish(self._channel, message.encode())
+                    await self._call(pipe.execute())
+                    return result
+                except StoreError as exc:
+                    if isinstance(exc.__cause__, WatchError):
+                        continue
+                    raise
+        raise StoreError(f"redis store: {name} kept changing; gave up after 50 tries")
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -187,13 +212,14 @@ class RedisStore(Store):
         ids = await self._call(self.client.zrange(f"{self._p}:orgkeys:{org_id}", 0, -1))
         return await self._keys([i.decode() for i in ids])
 
-    async def update_key(self, key: ApiKey) -> None:
-        record = key.to_record()
-        record.pop("last_used_at", None)  # kept in its own hash, moved forward only
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(f"{self._p}:key:{key.id}", orjson.dumps(record))
-            pipe.publish(self._channel, Invalidation("key", key.key_hash).encode())
-            await self._call(pipe.execute())
+    async def update_key(self, key_id: str, change: Change[ApiKey]) -> ApiKey | None:
+        def apply(raw: bytes) -> tuple[ApiKey, bytes, Invalidation]:
+            key = change(ApiKey.from_record(orjson.loads(raw)))
+            record = key.to_record()
+            record.pop("last_used_at", None)  # kept in its own hash, moved forward only
+            return key, orjson.dumps(record), Invalidation("key", key.key_hash)
+
+        return await self._update(f"{self._p}:key:{key_id}", apply)
 
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
