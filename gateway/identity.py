@@ -7,12 +7,13 @@ import contextlib
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
 
 from gateway.forwarded import IPNetwork
+from gateway.headers import API_KEY_ID, KEY_ENVIRONMENT, ORG_ID, ORG_SLUG, SCOPES
 from gateway.keys import KeyFormat
 from gateway.scopes import ScopePolicy
 from gateway.store import ApiKey, Invalidation, Org, Store, StoreError
@@ -24,17 +25,30 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An authenticated caller: the key, its org, and its scopes with implications applied."""
+    """An authenticated caller, with everything a request needs computed once per lookup."""
 
     key: ApiKey
     org: Org
-    scopes: frozenset[str]
-    networks: tuple[IPNetwork, ...]  # the key's allowed_ips, parsed once
+    scopes: frozenset[str]  # implications applied
+    networks: tuple[IPNetwork, ...]  # the key's allowed_ips, parsed
+    headers: Mapping[str, str]  # what the backend is told about the caller
+
+
+def _identity(key: ApiKey, org: Org, scopes: frozenset[str]) -> Identity:
+    headers = {
+        ORG_ID: org.id,
+        ORG_SLUG: org.slug,
+        API_KEY_ID: key.id,
+        SCOPES: " ".join(sorted(scopes)),
+        KEY_ENVIRONMENT: key.environment,
+    }
+    networks = tuple(ipaddress.ip_network(n, strict=False) for n in key.allowed_ips)
+    return Identity(key, org, scopes, networks, headers)
 
 
 @dataclass(slots=True)
 class _Entry:
-    identity: Identity | None  # None: no usable key has this hash (negative cache)
+    identity: Identity
     fetched_at: float
 
 
@@ -44,13 +58,21 @@ class KeyRing:
     Entries leave the cache when the store announces a change (revocation, rotation, a plan
     change), and in any case after ``cache_ttl``; while the store's invalidation channel is down,
     after one second. Expiry and rotation grace are checked on every request against the clock.
-    When the store cannot be reached, an entry that was a good key is served stale rather than
-    failing every caller; the whole cache is dropped once the channel is back.
+
+    When the store cannot be reached, a key that was good when last checked keeps working
+    (served stale) and the store is not asked again for a second; an unknown key gets a 503.
+
+    SECURITY: anyone can make well-formed keys (the checksum is public), so unknown hashes live
+    in a small cache of their own that cannot push good keys out, and at most
+    ``MAX_CONCURRENT_LOOKUPS`` store lookups run at once.
     """
 
     NEGATIVE_TTL = 5.0
     UNTRUSTED_TTL = 1.0  # while invalidations may be missed
-    MAX_ENTRIES = 100_000
+    OUTAGE_BACKOFF = 1.0
+    MAX_KNOWN = 100_000
+    MAX_UNKNOWN = 10_000
+    MAX_CONCURRENT_LOOKUPS = 32
 
     def __init__(
         self,
@@ -68,8 +90,14 @@ class KeyRing:
         self.cache_ttl = cache_ttl
         self.last_used_interval = last_used_interval
         self.clock = clock
-        self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[Identity | None]] = {}
+        self._known: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # hash -> when it was looked up
+        self._by_org: dict[str, set[str]] = {}
+        # Bumped by every invalidation: a lookup that overlapped one is not cached.
+        self._generation = 0
+        self._inflight: dict[str, asyncio.Task[Identity | None]] = {}
+        self._lookups = asyncio.Semaphore(self.MAX_CONCURRENT_LOOKUPS)
+        self._store_retry_at = 0.0
         self._pending_use: dict[str, float] = {}
         self._last_written: dict[str, float] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -88,22 +116,26 @@ class KeyRing:
         await self.flush_last_used()
 
     def _invalidate(self, message: Invalidation) -> None:
+        self._generation += 1
         if message.kind == "key":
-            self._cache.pop(message.ref, None)
+            self._unknown.pop(message.ref, None)
+            self._forget(message.ref)
         elif message.kind == "org":
-            stale = [
-                h
-                for h, e in self._cache.items()
-                if e.identity is not None and e.identity.org.id == message.ref
-            ]
-            for key_hash in stale:
-                del self._cache[key_hash]
+            for key_hash in self._by_org.pop(message.ref, set()):
+                self._known.pop(key_hash, None)
         else:
-            self._cache.clear()
+            self._known.clear()
+            self._unknown.clear()
+            self._by_org.clear()
 
-    def _ttl(self, entry: _Entry) -> float:
-        if entry.identity is None:
-            return self.NEGATIVE_TTL
+    def _forget(self, key_hash: str) -> None:
+        entry = self._known.pop(key_hash, None)
+        if entry is not None:
+            hashes = self._by_org.get(entry.identity.org.id)
+            if hashes is not None:
+                hashes.discard(key_hash)
+
+    def _ttl(self) -> float:
         if getattr(self.store, "invalidation_live", True):
             return self.cache_ttl
         return self.UNTRUSTED_TTL
@@ -118,41 +150,69 @@ class KeyRing:
             return None  # SECURITY: refused offline: garbage never reaches the store
         key_hash = self.format.hash(secret)
         now = self.clock()
-        entry = self._cache.get(key_hash)
-        if entry is None or now - entry.fetched_at > self._ttl(entry):
+        entry = self._known.get(key_hash)
+        identity: Identity | None
+        if entry is not None:
+            self._known.move_to_end(key_hash)
+            identity = entry.identity
+            if now - entry.fetched_at > self._ttl():
+                if now < self._store_retry_at:
+                    self.stale_served += 1
+                else:
+                    try:
+                        identity = await self._fetch(key_hash)
+                    except StoreError:
+                        # Stale if error; expiry and revocation times are still checked below.
+                        self._store_retry_at = now + self.OUTAGE_BACKOFF
+                        self.stale_served += 1
+        else:
+            seen = self._unknown.get(key_hash)
+            if seen is not None and now - seen <= self.NEGATIVE_TTL:
+                return None
+            if now < self._store_retry_at:
+                raise StoreError("the store is unavailable; not asking again for a moment")
             try:
                 identity = await self._fetch(key_hash)
             except StoreError:
-                # Stale if error: a key that was good when last checked keeps working while the
-                # store is down (expiry is still checked below); an unknown key gets a 503.
-                if entry is None or entry.identity is None:
-                    raise
-                self.stale_served += 1
-            else:
-                entry = _Entry(identity, now)
-                self._remember(key_hash, entry)
-        identity = entry.identity
+                self._store_retry_at = now + self.OUTAGE_BACKOFF
+                raise
         if identity is None or not identity.key.usable_at(now):
             return None
         self._mark_used(identity.key.id, now)
         return identity
 
     async def _fetch(self, key_hash: str) -> Identity | None:
-        # Concurrent first requests with one key share one store lookup.
-        pending = self._inflight.get(key_hash)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Identity | None] = asyncio.get_running_loop().create_future()
-        self._inflight[key_hash] = future
-        try:
+        """One store lookup per hash at a time, shared by every request that needs it.
+
+        The lookup is a task of its own: a caller that is cancelled cancels only its own wait.
+        """
+        task = self._inflight.get(key_hash)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup(key_hash))
+            self._inflight[key_hash] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        return await asyncio.shield(task)
+
+    async def _lookup(self, key_hash: str) -> Identity | None:
+        generation = self._generation
+        async with self._lookups:
             identity = await self._load(key_hash)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here: waiters re-raise it themselves
-            raise
-        finally:
-            del self._inflight[key_hash]
-        future.set_result(identity)
+        if generation != self._generation:
+            return identity  # a change was announced meanwhile: answer this once, keep nothing
+        now = self.clock()
+        if identity is None:
+            self._forget(key_hash)
+            self._unknown[key_hash] = now
+            self._unknown.move_to_end(key_hash)
+            if len(self._unknown) > self.MAX_UNKNOWN:
+                self._unknown.popitem(last=False)
+        else:
+            self._known[key_hash] = _Entry(identity, now)
+            self._known.move_to_end(key_hash)
+            self._by_org.setdefault(identity.org.id, set()).add(key_hash)
+            if len(self._known) > self.MAX_KNOWN:
+                evicted_hash, evicted = self._known.popitem(last=False)
+                self._by_org.get(evicted.identity.org.id, set()).discard(evicted_hash)
         return identity
 
     async def _load(self, key_hash: str) -> Identity | None:
@@ -162,14 +222,7 @@ class KeyRing:
         org = await self.store.get_org(key.org_id)
         if org is None:
             return None
-        networks = tuple(ipaddress.ip_network(n, strict=False) for n in key.allowed_ips)
-        return Identity(key, org, self.scopes.expand(key.scopes), networks)
-
-    def _remember(self, key_hash: str, entry: _Entry) -> None:
-        self._cache[key_hash] = entry
-        self._cache.move_to_end(key_hash)
-        while len(self._cache) > self.MAX_ENTRIES:
-            self._cache.popitem(last=False)
+        return _identity(key, org, self.scopes.expand(key.scopes))
 
     def _mark_used(self, key_id: str, now: float) -> None:
         # At most one write per key per interval, and never on the request path.

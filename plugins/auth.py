@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import ClassVar
 
 from aiohttp import web
@@ -15,8 +14,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.forwarded import address_in
-from gateway.headers import API_KEY_ID, KEY_ENVIRONMENT, ORG_ID, ORG_SLUG, SCOPES
-from gateway.identity import Identity, KeyRing
+from gateway.identity import KeyRing
 from gateway.pipeline import Handler, RequestContext
 from gateway.scopes import ScopePolicy
 from gateway.store import StoreError
@@ -85,17 +83,7 @@ class AuthPlugin:
             if missing:
                 raise InsufficientScope(missing)
         ctx.identity = identity
-        ctx.upstream_headers.update(identity_headers(identity))
+        ctx.upstream_headers.update(identity.headers)
         ctx.log_fields["org_id"] = identity.org.id
         ctx.log_fields["key_id"] = identity.key.id
         return await call_next(ctx)
-
-
-def identity_headers(identity: Identity) -> Mapping[str, str]:
-    return {
-        ORG_ID: identity.org.id,
-        ORG_SLUG: identity.org.slug,
-        API_KEY_ID: identity.key.id,
-        SCOPES: " ".join(sorted(identity.scopes)),
-        KEY_ENVIRONMENT: identity.key.environment,
-    }

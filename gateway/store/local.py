@@ -68,7 +68,10 @@ class LocalStore(Store):
             except sqlite3.Error as exc:
                 raise StoreError(f"local store: {exc}") from exc
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except RuntimeError as exc:  # the executor is shut down: the store is closed
+            raise StoreError(f"local store: {exc}") from exc
 
     async def startup(self) -> None:
         def open_db() -> None:
