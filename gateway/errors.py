@@ -133,6 +133,12 @@ class ClientDisconnected(GatewayError):
     close_connection = True
 
 
+class ExpectationFailed(GatewayError):
+    status, code = 417, "expectation_failed"
+    message = "The only expectation the gateway meets is Expect: 100-continue."
+    close_connection = True
+
+
 class BadGateway(GatewayError):
     status, code, message = 502, "bad_gateway", "The upstream service failed to answer."
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import aiohttp
@@ -14,6 +15,7 @@ from yarl import URL
 from gateway.errors import (
     BadGateway,
     ClientDisconnected,
+    ExpectationFailed,
     GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
@@ -96,6 +98,9 @@ class Proxy:
         declared = request.content_length
         if declared is not None and declared > self.max_body_size:
             raise PayloadTooLarge(self.max_body_size)
+        expect = request.headers.get("Expect")
+        if expect is not None and expect.strip().lower() != "100-continue":
+            raise ExpectationFailed()
         has_body = request.body_exists
         headers = self._upstream_headers(ctx, declared if has_body else None)
         pool = self.pool
@@ -220,7 +225,7 @@ class Proxy:
                         upstream=pool.name,
                         target=ctx.upstream_target,
                         kind=kind,
-                        error=repr(exc),
+                        error=describe_failure(exc),
                         bytes_sent=ctx.bytes_out,
                     )
                     ctx.log_fields["truncated"] = True
@@ -298,6 +303,17 @@ def _abort(request: web.BaseRequest) -> None:
         transport.close()
 
 
+def describe_failure(exc: BaseException) -> str:
+    """An exception for the log, without the URL's query that some aiohttp messages quote.
+
+    SECURITY: clients put tokens in query strings; the log never carries one.
+    """
+    return _QUERY.sub("", repr(exc))[:300]
+
+
+_QUERY = re.compile(r"\?[^\s'\")]*")
+
+
 class _UpstreamFailure(Exception):
     def __init__(
         self, kind: str, answer: GatewayError, retryable: bool, cause: BaseException
@@ -305,5 +321,5 @@ class _UpstreamFailure(Exception):
         self.kind = kind
         self.answer = answer
         self.retryable = retryable
-        self.detail = repr(cause)
+        self.detail = describe_failure(cause)
         super().__init__(kind)

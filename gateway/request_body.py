@@ -27,6 +27,7 @@ class BodyPump:
 
     __slots__ = (
         "_ctx",
+        "_expect_continue",
         "_handler",
         "_limit",
         "_timeout",
@@ -37,6 +38,11 @@ class BodyPump:
 
     def __init__(self, ctx: RequestContext, limit: int, timeout: float) -> None:
         self._ctx = ctx
+        # The client waits for "100 Continue" before sending its body; it is sent only now,
+        # when the gateway has accepted the request and is about to read the body.
+        self._expect_continue = ctx.request.version >= (1, 1) and (
+            ctx.request.headers.get("Expect", "").strip().lower() == "100-continue"
+        )
         self._limit = limit
         self._timeout = timeout
         self._handler = asyncio.current_task()
@@ -53,6 +59,14 @@ class BodyPump:
     async def chunks(self) -> AsyncIterator[bytes]:
         ctx = self._ctx
         content = ctx.request.content
+        if self._expect_continue:
+            writer = ctx.request.writer
+            try:
+                await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except ConnectionError:
+                self._fail(ClientDisconnected())
+                raise
+            writer.output_size = 0  # the interim answer is not part of the response
         while True:
             try:
                 async with asyncio.timeout(self._timeout):

@@ -20,6 +20,7 @@ from tests.conftest import (
     make_config,
     parse_response,
     raw_request,
+    read_one_response,
 )
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
@@ -554,3 +555,43 @@ async def test_client_hanging_up_mid_response_is_a_499_not_a_server_error(
         text = await r.text()
     assert 'gateway_requests_total{method="GET",route="/x",status_class="4xx"} 1.0' in text
     assert "gateway_upstream_errors_total{" not in text
+
+
+async def test_expect_100_continue_is_answered_once_the_request_is_accepted(
+    gateway: RunningGateway, upstream: Upstream
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    async with asyncio.timeout(2):
+        interim = await reader.readuntil(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    status, _, _ = parse_response(await read_one_response(reader))
+    writer.close()
+    assert status == 200
+    assert upstream.seen[0].body_size == 5
+    assert upstream.header_values(0, "Expect") == []
+
+
+async def test_expect_100_continue_is_not_sent_for_a_refused_request(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await gateway_factory(
+        make_config(
+            {"app": {"targets": [upstream.url]}},
+            [{"path": "/x", "upstream": "app", "max_body_size": 10}],
+        )
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\nExpect: 100-continue\r\n\r\n"
+    )
+    status, _, _ = parse_response(await read_one_response(reader))
+    writer.close()
+    assert status == 413
+    raw = await raw_request(
+        gw.port, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: magic\r\n\r\n"
+    )
+    assert parse_response(raw)[0] == 417
