@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -58,10 +59,18 @@ def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
         if data[section].get(field):
             data[section][field] = REDACTED
     url = data["store"].get("url")
-    if url and "@" in url:  # redis://user:password@host
-        scheme, _, rest = url.partition("://")
-        data["store"]["url"] = f"{scheme}://{REDACTED}@{rest.rpartition('@')[2]}"
+    if url:
+        data["store"]["url"] = _redact_url(url)
     return {"hash": loaded.digest, "source": loaded.source, "config": data}
+
+
+def _redact_url(url: str) -> str:
+    """redis://user:secret@host/0?password=secret -> redis://***@host/0?password=***"""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = f"{REDACTED}@{rest.rpartition('@')[2]}"
+    rest = re.sub(r"(?i)(password=)[^&]*", rf"\g<1>{REDACTED}", rest)
+    return f"{scheme}{sep}{rest}"
 
 
 class AdminUnauthorized(GatewayError):
@@ -102,8 +111,12 @@ def build_admin_app(
             return RouteNotFound().render(request_id)
         except web.HTTPMethodNotAllowed as exc:
             return MethodNotAllowed(exc.allowed_methods).render(request_id)
-        except web.HTTPException:
-            raise
+        except web.HTTPException as exc:
+            # aiohttp's own answers (a body over the size limit, ...) in our envelope too.
+            error = GatewayError(exc.reason)
+            error.status = exc.status
+            error.code = "payload_too_large" if exc.status == 413 else "bad_request"
+            return error.render(request_id)
         except Exception:
             log.exception("admin_error", path=request.path)
             return InternalError().render(request_id)

@@ -26,7 +26,7 @@ async def ensure_demo(
         return
     existing = await store.get_org(demo.org)
     me = f"{url}{config.identity.path}"
-    if existing is not None:
+    if existing is not None and await store.list_keys(existing.id):
         print(
             f"\nDemo org {demo.org!r} exists; its key was printed on the first start.\n"
             f"Make another: .venv/bin/gateway keys create {demo.org} --name demo\n",
@@ -35,11 +35,12 @@ async def ensure_demo(
         )
         return
     plan = demo.plan or next(iter(config.plans))
-    org = Org(new_id("org"), demo.org, "Demo Org", plan, api.clock())
-    try:
-        await store.create_org(org)
-    except Conflict:  # another instance won the race: it printed the key
-        return
+    org = existing or Org(new_id("org"), demo.org, "Demo Org", plan, api.clock())
+    if existing is None:
+        try:
+            await store.create_org(org)
+        except Conflict:  # another instance won the race: it printed the key
+            return
     key, secret = api.new_key(
         org, name="demo", scopes=demo.scopes, environment="live", expires_at=None, allowed_ips=()
     )

@@ -20,7 +20,7 @@ def _config_path(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.log import configure_logging
+    from gateway.log import configure_logging, flush_logs
     from gateway.server import WORKER_ENV, run_gateway
 
     try:
@@ -29,7 +29,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return 1
     configure_logging(loaded.config.log)
-    return run_gateway(loaded, worker=os.environ.get(WORKER_ENV) == "1")
+    try:
+        return run_gateway(loaded, worker=os.environ.get(WORKER_ENV) == "1")
+    finally:
+        flush_logs()  # every exit path, early ones included, leaves its log lines
 
 
 def cmd_check(args: argparse.Namespace) -> int:

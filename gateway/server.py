@@ -32,6 +32,8 @@ from plugins.auth import AuthPlugin
 log = structlog.get_logger("gateway")
 
 WORKER_ENV = "GATEWAY_WORKER"
+# The hash of the config the supervisor runs; a worker refuses to start with another one.
+CONFIG_DIGEST_ENV = "GATEWAY_CONFIG_DIGEST"
 # A worker tells its supervisor that its listener is open by writing a line to this fd.
 READY_FD_ENV = "GATEWAY_READY_FD"
 
@@ -258,11 +260,27 @@ async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    expected = os.environ.get(CONFIG_DIGEST_ENV)
+    if worker and expected and expected != loaded.digest:
+        # The file changed since the supervisor read it: never run a mixed fleet.
+        log.error(
+            "gateway_start_failed",
+            error="the config file changed since the gateway started; restart the gateway",
+            expected_hash=expected,
+            found_hash=loaded.digest,
+        )
+        return 1
     process = GatewayProcess(loaded, admin=not worker, reuse_port=worker)
     try:
         await process.start()
     except (ListenError, StoreError) as exc:
         log.error("gateway_start_failed", error=str(exc))
+        await process.stop()
+        return 1
+    except Exception:
+        # Anything else is a bug or an environment problem (an unwritable token file...):
+        # release what was started and say what happened, instead of dying half-way.
+        log.exception("gateway_start_failed")
         await process.stop()
         return 1
     _report_listening()

@@ -21,7 +21,14 @@ from gateway.admin_api import AdminApi
 from gateway.config import LoadedConfig
 from gateway.keys import KeyFormat
 from gateway.log import flush_logs
-from gateway.server import READY_FD_ENV, WORKER_ENV, ListenError, listen, store_state
+from gateway.server import (
+    CONFIG_DIGEST_ENV,
+    READY_FD_ENV,
+    WORKER_ENV,
+    ListenError,
+    listen,
+    store_state,
+)
 from gateway.store import Store, StoreError, open_store
 
 log = structlog.get_logger("gateway.supervisor")
@@ -40,7 +47,12 @@ class Supervisor:
     def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
         self.metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-        self._env = {**os.environ, _MULTIPROC_ENV: self.metrics_dir, WORKER_ENV: "1"}
+        self._env = {
+            **os.environ,
+            _MULTIPROC_ENV: self.metrics_dir,
+            WORKER_ENV: "1",
+            CONFIG_DIGEST_ENV: loaded.digest,
+        }
         self._command = [sys.executable, "-m", "gateway", "run", "-c", loaded.source]
         self._workers: list[asyncio.subprocess.Process] = []
         self._listening: set[int] = set()  # pids that reported their listeners open

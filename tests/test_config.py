@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -241,3 +242,30 @@ def test_run_with_broken_config_exits_1_without_traceback(tmp_path: Path) -> Non
 )
 def test_example_configs_are_valid(path: Path) -> None:
     load_config(path, env={})
+
+
+def test_run_reports_a_start_failure_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "listen: {host: 127.0.0.1, port: 0}\n"
+        "admin: {host: 127.0.0.1, port: 0, token_file: /proc/no-such-dir/admin-token}\n"
+        f"store: {{path: {tmp_path / 'state.db'}}}\n"
+    )
+    result = run_cli("run", "-c", str(path))
+    assert result.returncode == 1
+    assert '"event":"gateway_start_failed"' in result.stdout
+
+
+def test_a_worker_refuses_a_config_that_changed_under_its_supervisor(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"listen: {{port: 0}}\nstore: {{path: {tmp_path / 'state.db'}}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "GATEWAY_WORKER": "1", "GATEWAY_CONFIG_DIGEST": "000000000000"},
+    )
+    assert result.returncode == 1
+    assert "the config file changed since the gateway started" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import ClassVar
 
 from aiohttp import web
 
-from gateway.config import RouteConfig
+from gateway.admin import redacted_config
+from gateway.config import RouteConfig, parse_config
 from gateway.pipeline import Handler, Plugin, RequestContext
 from tests.conftest import LogLines, RunningGateway, Upstream, make_config
 
@@ -230,3 +232,29 @@ async def test_plugins_run_by_priority_and_shape_both_directions(
     [error] = logs.events("unhandled_error")
     assert error["request_id"] == request_id
     assert "RuntimeError: plugin bug with secret detail" in error["exception"]
+
+
+async def test_admin_api_answers_its_own_refusals_in_the_envelope(gateway: RunningGateway) -> None:
+    async with gateway.session.post(
+        f"{gateway.admin_url}/admin/orgs",
+        data=io.BytesIO(b"x" * (2 * 1024 * 1024)),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as r:
+        assert r.status == 413
+        body = await r.json()
+        assert body["error"]["code"] == "payload_too_large"
+        assert body["error"]["request_id"] == r.headers["X-Request-Id"]
+
+
+def test_config_view_redacts_every_secret() -> None:
+    loaded = parse_config(
+        b"admin: {token: admin-token-0123456789abc}\n"
+        b"keys: {pepper: pepper-0123456789abcdef}\n"
+        b"store: {backend: redis, url: 'redis://user:pw1@10.0.0.1:6379/0?password=pw2&db=1'}\n",
+        source="t",
+        env={},
+    )
+    view = redacted_config(loaded)["config"]
+    assert view["admin"]["token"] == "***"
+    assert view["keys"]["pepper"] == "***"
+    assert view["store"]["url"] == "redis://***@10.0.0.1:6379/0?password=***&db=1"
