@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.config import LoadedConfig
 from gateway.config.models import AdminConfig
 from gateway.errors import GatewayError, InternalError, MethodNotAllowed, RouteNotFound
+from gateway.headers import bearer_token
+from gateway.listen import ListenError, listen
 from gateway.request_id import accept_request_id
 
 log = structlog.get_logger("gateway.admin")
@@ -28,22 +30,26 @@ RouteInstaller = Callable[[web.Application], None]
 REDACTED = "***"
 
 
-def resolve_admin_token(config: AdminConfig, *, create: bool) -> str | None:
-    """admin.token, else the token saved in admin.token_file, else (create) a new saved one.
+def saved_admin_token(config: AdminConfig) -> str | None:
+    """admin.token, else the token saved in admin.token_file, if any (what the CLI uses)."""
+    if config.token:
+        return config.token
+    try:
+        token = Path(config.token_file).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return token if len(token) >= 16 else None
+
+
+def admin_token(config: AdminConfig) -> str:
+    """The admin token; without one configured or saved, a new one is made and saved.
 
     SECURITY: a made token is random (256 bits) and its file is readable by the owner only.
     """
-    if config.token:
-        return config.token
+    token = saved_admin_token(config)
+    if token is not None:
+        return token
     path = Path(config.token_file)
-    try:
-        token = path.read_text().strip()
-        if len(token) >= 16:
-            return token
-    except FileNotFoundError:
-        pass
-    if not create:
-        return None
     token = secrets.token_urlsafe(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -78,6 +84,32 @@ class AdminUnauthorized(GatewayError):
 
     def __init__(self) -> None:
         super().__init__(headers=[("WWW-Authenticate", 'Bearer realm="admin"')])
+
+
+async def start_admin_listener(
+    config: AdminConfig,
+    *,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    config_view: ConfigView,
+    install: RouteInstaller | None = None,
+) -> tuple[web.AppRunner, tuple[str, int]]:
+    """The admin app on its own listener: its runner, and the address it got."""
+    app = build_admin_app(
+        registry=registry,
+        token=admin_token(config),
+        readiness=readiness,
+        config_view=config_view,
+        install=install,
+    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    try:
+        address = await listen(runner, config.host, config.port, "admin", False)
+    except ListenError:
+        await runner.cleanup()
+        raise
+    return runner, address
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -149,9 +181,7 @@ def build_admin_app(
 
 
 def _check_token(request: web.Request, token: str) -> None:
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = bearer_token(request.headers)
     # SECURITY: constant-time comparison; the token is never logged.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        presented.strip().encode(), token.encode()
-    ):
+    if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
         raise AdminUnauthorized()

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from gateway.admin import json_response
 from gateway.config.models import GatewayConfig
 from gateway.config.types import Duration, parse_network
 from gateway.errors import ApiAccessDisabled, BadRequest, GatewayError
@@ -142,12 +143,6 @@ def key_view(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
     return view
 
 
-def data(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps({"data": payload}), status=status, content_type="application/json"
-    )
-
-
 class AdminApi:
     """The org and key endpoints; the admin app's middleware handles auth and errors."""
 
@@ -207,13 +202,13 @@ class AdminApi:
         body: CreateOrg = await self._body(request, CreateOrg)
         org = Org(new_id("org"), body.slug, body.name, body.plan, self.clock())
         await self.store.create_org(org)
-        return data(org_view(org), 201)
+        return json_response(org_view(org), 201)
 
     async def list_orgs(self, request: web.Request) -> web.Response:
-        return data([org_view(o) for o in await self.store.list_orgs()])
+        return json_response([org_view(o) for o in await self.store.list_orgs()])
 
     async def get_org(self, request: web.Request) -> web.Response:
-        return data(org_view(await self._org(request)))
+        return json_response(org_view(await self._org(request)))
 
     async def update_org(self, request: web.Request) -> web.Response:
         org = await self._org(request)
@@ -231,7 +226,7 @@ class AdminApi:
         changed = await self.store.update_org(org.id, change)
         if changed is None:
             raise NotFound(f"No org {org.id!r}.")
-        return data(org_view(changed))
+        return json_response(org_view(changed))
 
     async def create_key(self, request: web.Request) -> web.Response:
         org = await self._org(request)
@@ -249,7 +244,7 @@ class AdminApi:
             allowed_ips=body.allowedIps,
         )
         await self.store.create_key(key)
-        return data(key_view(key, secret), 201)
+        return json_response(key_view(key, secret), 201)
 
     def new_key(
         self,
@@ -284,17 +279,17 @@ class AdminApi:
 
     async def list_keys(self, request: web.Request) -> web.Response:
         org = await self._org(request)
-        return data([key_view(k) for k in await self.store.list_keys(org.id)])
+        return json_response([key_view(k) for k in await self.store.list_keys(org.id)])
 
     async def get_key(self, request: web.Request) -> web.Response:
-        return data(key_view(await self._key(request)))
+        return json_response(key_view(await self._key(request)))
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         key = await self._key(request)
         revoked = await self.store.update_key(key.id, self._revoke)
         if revoked is None:
             raise NotFound(f"No key {key.id!r}.")
-        return data(key_view(revoked))
+        return json_response(key_view(revoked))
 
     def _revoke(self, key: ApiKey) -> ApiKey:
         return key if key.revoked_at is not None else key.with_changes(revoked_at=self.clock())
@@ -340,4 +335,4 @@ class AdminApi:
         except KeyNotRotatable:
             await self.store.update_key(new.id, self._revoke)  # the replacement must not outlive it
             raise
-        return data(key_view(new, secret), 201)
+        return json_response(key_view(new, secret), 201)

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.admin import resolve_admin_token
+from gateway.admin import saved_admin_token
 from gateway.config import ConfigError, load_config
 
 
@@ -64,7 +64,7 @@ def client_from(args: argparse.Namespace) -> AdminClient:
         if ":" in host:
             host = f"[{host}]"
         url = url or f"http://{host}:{config.admin.port}"
-        token = token or resolve_admin_token(config.admin, create=False)
+        token = token or saved_admin_token(config.admin)
     if not token:
         raise CliError("no admin token: set GATEWAY_ADMIN_TOKEN or admin.token in the config")
     return AdminClient(url, token)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import orjson
 from aiohttp import web
 
-from gateway.headers import REQUEST_ID, SERVER_NAME
+from gateway.headers import stamp
 
 
 class GatewayError(Exception):
@@ -41,13 +41,10 @@ class GatewayError(Exception):
         )
         response = web.Response(status=self.status, body=body, content_type="application/json")
         headers = response.headers
-        headers[REQUEST_ID] = request_id
         headers["Cache-Control"] = "no-store"
-        headers["Server"] = SERVER_NAME
         for name, value in self.headers:
             headers[name] = value
-        for name, value in extra_headers:
-            headers.add(name, value)
+        stamp(headers, request_id, extra_headers)
         if self.close_connection:
             response.force_close()
         return response

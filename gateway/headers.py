@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from multidict import MultiMapping, MutableMultiMapping
+
 REQUEST_ID = "X-Request-Id"
 FORWARDED_FOR = "X-Forwarded-For"
 FORWARDED_PROTO = "X-Forwarded-Proto"
@@ -18,6 +20,7 @@ KEY_ENVIRONMENT = "X-Key-Environment"
 IDENTITY_HEADERS = (ORG_ID, ORG_SLUG, API_KEY_ID, SCOPES, KEY_ENVIRONMENT)
 
 # What our own responses say in Server, instead of the HTTP library and its version.
+SERVER = "Server"
 SERVER_NAME = "gateway"
 
 # Headers that describe one connection, never forwarded in either direction.
@@ -44,6 +47,52 @@ def normalize(name: str) -> str:
 def strip_set(names: Iterable[str]) -> frozenset[str]:
     """Normalized names, for stripping every case, underscore and duplicate variant at once."""
     return frozenset(normalize(n) for n in names)
+
+
+def copy_end_to_end(
+    source: Iterable[tuple[str, str]],
+    target: MutableMultiMapping[str],
+    dropped: frozenset[str],
+    connection: Iterable[str],
+) -> None:
+    """Copy headers from one hop to the next, without hop-by-hop headers, the ones named in
+    Connection, and the ones in ``dropped`` (normalized names)."""
+    named = connection_tokens(connection)
+    if named:
+        dropped = dropped | named
+    for name, value in source:
+        key = normalize(name)
+        if key not in HOP_BY_HOP and key not in dropped:
+            target.add(name, value)
+
+
+def stamp(
+    target: MutableMultiMapping[str], request_id: str, extra: Iterable[tuple[str, str]]
+) -> None:
+    """What the gateway puts on every response it sends: the request id, a Server that names no
+    library version, and the headers plugins asked for (rate limits, deprecation, ...)."""
+    target[REQUEST_ID] = request_id
+    if SERVER not in target:
+        target[SERVER] = SERVER_NAME
+    for name, value in extra:
+        target.add(name, value)
+
+
+def bearer_token(headers: MultiMapping[str]) -> str | None:
+    """The token of exactly one ``Authorization: Bearer <token>`` header, else None.
+
+    SECURITY: a second Authorization header makes the request ambiguous, so it has no token.
+    Keys are read from this header only, never from the query string, where they would end
+    up in logs and browser histories.
+    """
+    values = headers.getall("Authorization", ())
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 256:
+        return None
+    return token
 
 
 def connection_tokens(values: Iterable[str]) -> set[str]:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.config.models import IdentityConfig
 from gateway.errors import Unauthorized
-from gateway.headers import REQUEST_ID, SERVER_NAME
+from gateway.headers import stamp
 from gateway.pipeline import RequestContext
 
 
@@ -40,10 +40,6 @@ class IdentityEndpoint:
         body = orjson.dumps({"data": data, "meta": {"request_id": ctx.request_id}})
         ctx.bytes_out = len(body)
         response = web.Response(body=body, content_type="application/json")
-        headers = response.headers
-        headers[REQUEST_ID] = ctx.request_id
-        headers["Cache-Control"] = "no-store"
-        headers["Server"] = SERVER_NAME
-        for name, value in ctx.response_headers:
-            headers.add(name, value)
+        response.headers["Cache-Control"] = "no-store"
+        stamp(response.headers, ctx.request_id, ctx.response_headers)
         return response

@@ -57,6 +57,9 @@ class Plugin(Protocol):
 
     name: ClassVar[str]
     priority: ClassVar[int]
+    # Headers the plugin may set on the upstream request: every variant a client sends under
+    # these names is stripped on the plugin's routes, so the backend only ever sees ours.
+    upstream_headers: ClassVar[tuple[str, ...]]
 
     async def startup(self) -> None: ...
 

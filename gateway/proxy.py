@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 
 import aiohttp
 import structlog
@@ -24,12 +25,10 @@ from gateway.headers import (
     FORWARDED_FOR,
     FORWARDED_HOST,
     FORWARDED_PROTO,
-    HOP_BY_HOP,
     IDENTITY_HEADERS,
     REQUEST_ID,
-    SERVER_NAME,
-    connection_tokens,
-    normalize,
+    copy_end_to_end,
+    stamp,
     strip_set,
 )
 from gateway.pipeline import RequestContext
@@ -77,6 +76,7 @@ class Proxy:
         max_body_size: int,
         sandbox: UpstreamPool | None = None,
         forward_authorization: bool = False,
+        injected_headers: Sequence[str] = (),
     ) -> None:
         self.pool = pool
         self.sandbox = sandbox
@@ -90,7 +90,12 @@ class Proxy:
         )
         # SECURITY: identity headers are ours on every route, authenticated or not; the client's
         # credentials stay at the edge unless the route asks for them.
-        stripped = [*IDENTITY_HEADERS, *([] if forward_authorization else ["Authorization"])]
+        # Plugins declare the headers they inject: every client-sent variant of them goes too.
+        stripped = [
+            *IDENTITY_HEADERS,
+            *injected_headers,
+            *([] if forward_authorization else ["Authorization"]),
+        ]
         self._stripped = _ALWAYS_STRIPPED | strip_set(stripped)
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
@@ -145,17 +150,9 @@ class Proxy:
         raise BadGateway()  # unreachable: the loop returns or raises
 
     def _upstream_headers(self, ctx: RequestContext, body_length: int | None) -> CIMultiDict[str]:
-        request = ctx.request
-        inbound = request.headers
-        dropped = self._stripped | connection_tokens(inbound.getall("Connection", ()))
-        if ctx.upstream_headers:
-            dropped |= strip_set(ctx.upstream_headers)
+        inbound = ctx.request.headers
         headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in inbound.items():
-            key = normalize(name)
-            if key in HOP_BY_HOP or key in dropped:
-                continue
-            headers.add(name, value)
+        copy_end_to_end(inbound.items(), headers, self._stripped, inbound.getall("Connection", ()))
         fwd = ctx.forwarded
         if self.pool.preserve_host and fwd.host:
             headers["Host"] = fwd.host
@@ -277,23 +274,16 @@ class Proxy:
         self, ctx: RequestContext, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        out = response.headers
-        dropped = _RESPONSE_STRIPPED | connection_tokens(upstream.headers.getall("Connection", ()))
-        for name, value in upstream.headers.items():
-            key = normalize(name)
-            if key in HOP_BY_HOP or key in dropped:
-                continue
-            out.add(name, value)
+        source = upstream.headers
+        copy_end_to_end(
+            source.items(), response.headers, _RESPONSE_STRIPPED, source.getall("Connection", ())
+        )
         if (
             upstream.content_length is not None
             and "chunked" not in upstream.headers.get("Transfer-Encoding", "").lower()
         ):
             response.content_length = upstream.content_length
-        out[REQUEST_ID] = ctx.request_id
-        if "Server" not in out:
-            out["Server"] = SERVER_NAME
-        for name, value in ctx.response_headers:
-            out.add(name, value)
+        stamp(response.headers, ctx.request_id, ctx.response_headers)
         return response
 
 

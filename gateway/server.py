@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from gateway.admin import build_admin_app, redacted_config, resolve_admin_token
+from gateway.admin import redacted_config, start_admin_listener
 from gateway.admin_api import AdminApi
 from gateway.app import DataPlane
 from gateway.bootstrap import ensure_demo
@@ -21,6 +21,7 @@ from gateway.demo_upstream import EchoServer
 from gateway.http_server import EnvelopeServer
 from gateway.identity import KeyRing
 from gateway.keys import KeyFormat
+from gateway.listen import ListenError, listen
 from gateway.log import access_log, flush_logs
 from gateway.metrics import Metrics
 from gateway.pipeline import Plugin
@@ -36,10 +37,6 @@ WORKER_ENV = "GATEWAY_WORKER"
 CONFIG_DIGEST_ENV = "GATEWAY_CONFIG_DIGEST"
 # A worker tells its supervisor that its listener is open by writing a line to this fd.
 READY_FD_ENV = "GATEWAY_READY_FD"
-
-
-class ListenError(Exception):
-    """A listener could not be opened; the message says which and why."""
 
 
 class GatewayProcess:
@@ -138,20 +135,12 @@ class GatewayProcess:
             self._data_runner, config.listen.host, config.listen.port, "listen", self._reuse_port
         )
         if self._admin_enabled:
-            token = resolve_admin_token(config.admin, create=True)
-            if token is None:  # create=True always yields one; this keeps mypy and readers honest
-                raise ListenError("admin: no admin token")
-            app = build_admin_app(
+            self._admin_runner, self.admin_address = await start_admin_listener(
+                config.admin,
                 registry=self.metrics.registry,
-                token=token,
                 readiness=self.readiness,
                 config_view=self.config_view,
                 install=self.admin_api.add_routes,
-            )
-            self._admin_runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
-            await self._admin_runner.setup()
-            self.admin_address = await listen(
-                self._admin_runner, config.admin.host, config.admin.port, "admin", False
             )
         log.info(
             "gateway_started",
@@ -212,18 +201,6 @@ async def store_state(store: Store, backend: str) -> dict[str, Any]:
     if live is not None:
         state["invalidation"] = "live" if live else "down"
     return state
-
-
-async def listen(
-    runner: web.BaseRunner, host: str, port: int, field: str, reuse_port: bool
-) -> tuple[str, int]:
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-    try:
-        await site.start()
-    except OSError as exc:
-        raise ListenError(f"{field}: cannot listen on {host}:{port}: {exc.strerror}") from None
-    address = runner.addresses[-1]
-    return str(address[0]), int(address[1])
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.config import LoadedConfig, RouteConfig
+from gateway.config import LoadedConfig, RouteConfig, UpstreamConfig
 from gateway.forwarded import ForwardedResolver
 from gateway.me import IdentityEndpoint
 from gateway.metrics import Metrics, RouteMetrics, UpstreamMetrics
@@ -48,21 +48,10 @@ class Snapshot:
         self.sandboxes: dict[str, UpstreamPool] = {}
         for name, upstream in config.upstreams.items():
             targets = builtin_targets[name] if upstream.builtin else upstream.targets
-            self.upstreams[name] = UpstreamPool(
-                name,
-                targets,
-                max_connections=upstream.max_connections,
-                preserve_host=upstream.preserve_host,
-                metrics=UpstreamMetrics(metrics, name),
-            )
+            self.upstreams[name] = _pool(name, targets, upstream, metrics)
             if upstream.sandbox:
-                self.sandboxes[name] = UpstreamPool(
-                    f"{name}:sandbox",
-                    upstream.sandbox,
-                    max_connections=upstream.max_connections,
-                    preserve_host=upstream.preserve_host,
-                    metrics=UpstreamMetrics(metrics, f"{name}:sandbox"),
-                )
+                sandbox = f"{name}:sandbox"
+                self.sandboxes[name] = _pool(sandbox, upstream.sandbox, upstream, metrics)
         self.plugins: list[Plugin] = []
         entries: list[tuple[str, Sequence[str] | None, str | None, CompiledRoute]] = []
         if config.identity.enabled:
@@ -95,6 +84,7 @@ class Snapshot:
                 max_body_size=route.max_body_size,
                 sandbox=self.sandboxes.get(route.upstream),
                 forward_authorization=route.forward_authorization,
+                injected_headers=[name for p in plugins for name in p.upstream_headers],
             )
             compiled = CompiledRoute(
                 config=route,
@@ -118,6 +108,18 @@ class Snapshot:
             await plugin.shutdown()
         for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
             await pool.shutdown()
+
+
+def _pool(
+    name: str, targets: Sequence[str], config: UpstreamConfig, metrics: Metrics
+) -> UpstreamPool:
+    return UpstreamPool(
+        name,
+        targets,
+        max_connections=config.max_connections,
+        preserve_host=config.preserve_host,
+        metrics=UpstreamMetrics(metrics, name),
+    )
 
 
 def _override(route_value: float | None, upstream_value: float) -> float:

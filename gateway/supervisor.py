@@ -16,19 +16,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, multiprocess
 
-from gateway.admin import build_admin_app, redacted_config, resolve_admin_token
+from gateway.admin import redacted_config, start_admin_listener
 from gateway.admin_api import AdminApi
 from gateway.config import LoadedConfig
 from gateway.keys import KeyFormat
+from gateway.listen import ListenError
 from gateway.log import flush_logs
-from gateway.server import (
-    CONFIG_DIGEST_ENV,
-    READY_FD_ENV,
-    WORKER_ENV,
-    ListenError,
-    listen,
-    store_state,
-)
+from gateway.server import CONFIG_DIGEST_ENV, READY_FD_ENV, WORKER_ENV, store_state
 from gateway.store import Store, StoreError, open_store
 
 log = structlog.get_logger("gateway.supervisor")
@@ -113,23 +107,17 @@ class Supervisor:
         self._store_open = True
         key_format = KeyFormat.from_config(config.keys)
         admin_api = AdminApi(self.store, config, key_format)
-        token = resolve_admin_token(config.admin, create=True)
-        if token is None:  # create=True always yields one
-            return 1
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call] # untyped upstream
-        app = build_admin_app(
-            registry=registry,
-            token=token,
-            readiness=self.readiness,
-            config_view=lambda: redacted_config(self.loaded),
-            install=admin_api.add_routes,
-        )
-        self._admin = web.AppRunner(app, access_log=None, shutdown_timeout=5)
-        await self._admin.setup()
         try:
-            await listen(self._admin, config.admin.host, config.admin.port, "admin", False)
-        except ListenError as exc:
+            self._admin, _ = await start_admin_listener(
+                config.admin,
+                registry=registry,
+                readiness=self.readiness,
+                config_view=lambda: redacted_config(self.loaded),
+                install=admin_api.add_routes,
+            )
+        except (ListenError, OSError) as exc:
             log.error("gateway_start_failed", error=str(exc))
             return 1
         self._workers = [await self._spawn() for _ in range(config.workers)]

@@ -14,26 +14,11 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.forwarded import address_in
+from gateway.headers import IDENTITY_HEADERS, bearer_token
 from gateway.identity import KeyRing
 from gateway.pipeline import Handler, RequestContext
 from gateway.scopes import ScopePolicy
 from gateway.store import StoreError
-
-
-def bearer_token(request: web.BaseRequest) -> str | None:
-    """The token of exactly one ``Authorization: Bearer <token>`` header, else None.
-
-    SECURITY: keys are read from this header only, never from the query string, where they
-    would end up in logs and browser histories.
-    """
-    values = request.headers.getall("Authorization", ())
-    if len(values) != 1:
-        return None
-    scheme, _, token = values[0].partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 256:
-        return None
-    return token
 
 
 class AuthPlugin:
@@ -41,6 +26,7 @@ class AuthPlugin:
 
     name: ClassVar[str] = "auth"
     priority: ClassVar[int] = 1000
+    upstream_headers: ClassVar[tuple[str, ...]] = IDENTITY_HEADERS
 
     def __init__(
         self,
@@ -62,7 +48,7 @@ class AuthPlugin:
         """Nothing of its own to release."""
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
-        token = bearer_token(ctx.request)
+        token = bearer_token(ctx.request.headers)
         if token is None:
             raise Unauthorized()
         try:

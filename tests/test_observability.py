@@ -167,6 +167,7 @@ class _Tag:
 
     name: ClassVar[str] = "tag"
     priority: ClassVar[int] = 0
+    upstream_headers: ClassVar[tuple[str, ...]] = ("X-Tag-low", "X-Tag-high")
     calls: ClassVar[list[str]] = []
 
     def __init__(self, label: str, priority: int) -> None:
