@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gateway.admin import json_response
-from gateway.config.models import GatewayConfig
+from gateway.config.models import GatewayConfig, RateLimitConfig
 from gateway.config.types import Duration, parse_network
 from gateway.errors import ApiAccessDisabled, BadRequest, GatewayError
 from gateway.keys import KeyFormat
@@ -77,6 +77,7 @@ class CreateKey(_Body):
     environment: Literal["live", "test"] = "live"
     expiresAt: datetime | None = None
     allowedIps: tuple[str, ...] = ()
+    rateLimit: RateLimitConfig | None = None  # overrides the plan's per-key limit
 
     @field_validator("scopes")
     @classmethod
@@ -98,6 +99,11 @@ class CreateKey(_Body):
         if value.timestamp() <= time.time():
             raise ValueError("must be in the future")
         return value
+
+
+class UpdateKey(_Body):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    rateLimit: RateLimitConfig | None = None  # null removes the override
 
 
 class RotateKey(_Body):
@@ -138,6 +144,7 @@ def key_view(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
             "lastUsedAt": iso(key.last_used_at),
             "revokedAt": iso(key.revoked_at),
             "rotatedTo": key.rotated_to,
+            "rateLimit": key.rate_limit,
         }
     )
     return view
@@ -168,6 +175,7 @@ class AdminApi:
         r.add_post("/admin/orgs/{org}/keys", self.create_key)
         r.add_get("/admin/orgs/{org}/keys", self.list_keys)
         r.add_get("/admin/keys/{id}", self.get_key)
+        r.add_patch("/admin/keys/{id}", self.update_key)
         r.add_post("/admin/keys/{id}/revoke", self.revoke_key)
         r.add_post("/admin/keys/{id}/rotate", self.rotate_key)
 
@@ -242,6 +250,7 @@ class AdminApi:
             environment=body.environment,
             expires_at=body.expiresAt.timestamp() if body.expiresAt else None,
             allowed_ips=body.allowedIps,
+            rate_limit=body.rateLimit.model_dump() if body.rateLimit else None,
         )
         await self.store.create_key(key)
         return json_response(key_view(key, secret), 201)
@@ -283,6 +292,19 @@ class AdminApi:
 
     async def get_key(self, request: web.Request) -> web.Response:
         return json_response(key_view(await self._key(request)))
+
+    async def update_key(self, request: web.Request) -> web.Response:
+        key = await self._key(request)
+        body: UpdateKey = await self._body(request, UpdateKey)
+        changes: dict[str, Any] = {}
+        if body.name is not None:
+            changes["name"] = body.name
+        if "rateLimit" in body.model_fields_set:
+            changes["rate_limit"] = body.rateLimit.model_dump() if body.rateLimit else None
+        updated = await self.store.update_key(key.id, lambda k: k.with_changes(**changes))
+        if updated is None:
+            raise NotFound(f"No key {key.id!r}.")
+        return json_response(key_view(updated))
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         key = await self._key(request)

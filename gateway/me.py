@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -11,6 +12,25 @@ from gateway.config.models import IdentityConfig
 from gateway.errors import Unauthorized
 from gateway.headers import stamp
 from gateway.pipeline import RequestContext
+from gateway.ratelimit.policy import Decision
+
+
+def _limits(decision: Decision | None) -> dict[str, Any] | None:
+    """The caller's limits after this request (None when its plan sets none)."""
+    if decision is None:
+        return None
+    return {
+        "policies": [
+            {
+                "name": o.policy,
+                "limit": o.limit,
+                "window": math.ceil(o.window),
+                "remaining": o.remaining,
+                "reset": math.ceil(o.reset),
+            }
+            for o in decision.outcomes
+        ]
+    }
 
 
 class IdentityEndpoint:
@@ -33,7 +53,7 @@ class IdentityEndpoint:
             "plan": org.plan,
             "scopes": list(key.scopes),
             "environment": key.environment,
-            "rateLimit": None,  # no limits are enforced until a plan defines them
+            "rateLimit": _limits(ctx.rate_limit),
         }
         if self._rename:
             data = {self._rename.get(k, k): v for k, v in data.items()}

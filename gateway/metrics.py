@@ -84,7 +84,33 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.rate_limit_decisions = Counter(
+            "gateway_rate_limit_decisions_total",
+            "Rate-limit decisions, by policy (key, org, quota, route:<name>) and decision.",
+            ["policy", "decision"],
+            registry=r,
+        )
+        self.rate_limit_store_errors = Counter(
+            "gateway_rate_limit_store_errors_total",
+            "Rate-limit decisions the shared store could not make (on_store_error applied).",
+            registry=r,
+        )
+        self.rate_limit_degraded = Gauge(
+            "gateway_rate_limit_degraded",
+            "1 while rate limits are decided without the shared store (on_store_error).",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self._config_hash: str | None = None
+        self._decision_children: dict[tuple[str, bool], Counter] = {}
+
+    def count_decision(self, policy: str, allowed: bool) -> None:
+        child = self._decision_children.get((policy, allowed))
+        if child is None:
+            decision = "allowed" if allowed else "refused"
+            child = self.rate_limit_decisions.labels(policy, decision)
+            self._decision_children[(policy, allowed)] = child
+        child.inc()
 
     def set_config(self, digest: str) -> None:
         if self._config_hash is not None and self._config_hash != digest:

@@ -11,6 +11,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.forwarded import Forwarded
     from gateway.identity import Identity
+    from gateway.ratelimit.policy import Decision
     from gateway.snapshot import CompiledRoute
 
 
@@ -27,6 +28,7 @@ class RequestContext:
     started: float  # time.perf_counter() at arrival
     route: CompiledRoute | None = None
     identity: Identity | None = None  # set by the auth plugin
+    rate_limit: Decision | None = None  # set by the rate_limit plugin
     params: dict[str, str] = field(default_factory=dict)
     # Headers a plugin wants on the upstream request; names here are also stripped from the
     # client's request in every case and '_' variant, so a client can never supply them.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -25,10 +26,14 @@ from gateway.listen import ListenError, listen
 from gateway.log import access_log, flush_logs
 from gateway.metrics import Metrics
 from gateway.pipeline import Plugin
+from gateway.ratelimit.backends import LocalLimits, RedisLimits
+from gateway.ratelimit.limiter import RateLimiter
 from gateway.scopes import ScopePolicy
 from gateway.snapshot import PluginFactory, Snapshot
 from gateway.store import Store, StoreError, open_store
+from gateway.store.redis import RedisStore
 from plugins.auth import AuthPlugin
+from plugins.rate_limit import RateLimitPlugin
 
 log = structlog.get_logger("gateway")
 
@@ -49,9 +54,12 @@ class GatewayProcess:
         admin: bool = True,
         reuse_port: bool = False,
         plugins_for: PluginFactory | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.loaded = loaded
+        self.clock = clock
         self.metrics = Metrics()
+        self.limiter: RateLimiter | None = None
         self._admin_enabled = admin
         self._reuse_port = reuse_port
         self._extra_plugins = plugins_for
@@ -68,8 +76,9 @@ class GatewayProcess:
             self.scopes,
             cache_ttl=config.keys.cache_ttl,
             last_used_interval=config.keys.last_used_interval,
+            clock=clock,
         )
-        self.admin_api = AdminApi(self.store, config, self.key_format)
+        self.admin_api = AdminApi(self.store, config, self.key_format, clock=clock)
         self.snapshot: Snapshot | None = None
         self.plane: DataPlane | None = None
         self.draining = False
@@ -92,6 +101,12 @@ class GatewayProcess:
                     ),
                 )
             )
+            if self.limiter is not None:
+                plugins.append(
+                    RateLimitPlugin(
+                        self.limiter, config.plans, route, key_prefix=config.store.key_prefix
+                    )
+                )
         if self._extra_plugins is not None:
             plugins.extend(self._extra_plugins(route))
         return plugins
@@ -102,6 +117,12 @@ class GatewayProcess:
         self._started.append("store")
         await self.keyring.startup()
         self._started.append("keyring")
+        shared = (
+            RedisLimits(self.store.client) if isinstance(self.store, RedisStore) else LocalLimits()
+        )
+        self.limiter = RateLimiter(
+            shared, mode=config.rate_limits.on_store_error, metrics=self.metrics, clock=self.clock
+        )
         builtin: dict[str, list[str]] = {}
         for name, upstream in config.upstreams.items():
             if upstream.builtin == "echo":
@@ -164,6 +185,7 @@ class GatewayProcess:
             "status": "draining" if self.draining else "ready",
             "config_hash": self.loaded.digest,
             "store": await store_state(self.store, self.loaded.config.store.backend),
+            "rate_limits": self.limiter.state() if self.limiter is not None else None,
         }
 
     def config_view(self) -> dict[str, Any]:

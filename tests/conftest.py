@@ -200,14 +200,17 @@ async def gateway_factory(
     running: list[RunningGateway] = []
 
     async def start(
-        config: dict[str, Any], *, plugins_for: PluginFactory | None = None
+        config: dict[str, Any],
+        *,
+        plugins_for: PluginFactory | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> RunningGateway:
         # State stays in the test's own directory unless the test says otherwise.
         store = {"path": str(tmp_path / f"state-{len(running)}.db"), **config.get("store", {})}
         admin = {"token_file": str(tmp_path / "admin-token"), **config.get("admin", {})}
         config = {**config, "store": store, "admin": admin}
         loaded = parse_config(yaml.safe_dump(config).encode(), source="test.yaml", env=os.environ)
-        process = GatewayProcess(loaded, plugins_for=plugins_for)
+        process = GatewayProcess(loaded, plugins_for=plugins_for, clock=clock or time.time)
         await process.start()
         session = aiohttp.ClientSession(auto_decompress=False)
         _host, port = process.data_address

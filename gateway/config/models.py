@@ -103,6 +103,41 @@ class TimeoutsConfig(Section):
     read: Duration = Field(30.0, description="Longest silence while waiting for upstream bytes.")
 
 
+class RateLimitConfig(Section):
+    requests: int = Field(gt=0, description="Sustained rate: this many requests per `per`.")
+    per: Duration = Field(description="The period of the sustained rate, e.g. 1m.")
+    burst: int = Field(0, ge=0, description="Extra requests a fresh bucket allows at once.")
+
+    @field_validator("per")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be > 0 (got {value:g}s)")
+        return value
+
+
+class QuotaConfig(Section):
+    requests: int = Field(gt=0, description="Requests per calendar period.")
+    per: Literal["day", "month"] = Field(description="UTC day or UTC month.")
+
+
+class RouteLimitConfig(RateLimitConfig):
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Names the policy: route:<name>."
+    )
+    scope: Literal["key", "org"] = Field("key", description="Counted per key or per org.")
+
+
+class RateLimitsConfig(Section):
+    on_store_error: Literal["open", "closed", "local"] = Field(
+        "local",
+        description=(
+            "When the shared store is unreachable: open (no limits), closed (503), or local"
+            " (each instance enforces the plan on its own)."
+        ),
+    )
+
+
 class RouteTimeoutsConfig(Section):
     connect: Duration | None = Field(None, description="Overrides the upstream's connect timeout.")
     read: Duration | None = Field(None, description="Overrides the upstream's read timeout.")
@@ -165,6 +200,10 @@ class RouteConfig(Section):
     forward_authorization: bool = Field(
         False, description="Pass the client's Authorization header to the upstream."
     )
+    cost: int = Field(1, ge=1, le=1000, description="Units a request takes from every limit.")
+    rate_limits: tuple[RouteLimitConfig, ...] = Field(
+        (), description="Extra limits for this route only, e.g. a stricter one on an export."
+    )
 
     @field_validator("scopes")
     @classmethod
@@ -175,6 +214,11 @@ class RouteConfig(Section):
     def _scopes_need_auth(self) -> RouteConfig:
         if self.scopes and self.auth == "none":
             raise ValueError("scopes: a route with auth: none cannot require scopes")
+        if self.rate_limits and self.auth == "none":
+            raise ValueError("rate_limits: limits count per key or org; they need auth: key")
+        names = [limit.name for limit in self.rate_limits]
+        if len(set(names)) != len(names):
+            raise ValueError("rate_limits: each limit of a route needs its own name")
         return self
 
     @field_validator("path")
@@ -252,6 +296,13 @@ class KeysConfig(Section):
 class PlanConfig(Section):
     api_keys: bool = Field(True, description="false: orgs on this plan get no API keys.")
     description: str | None = Field(None, description="Shown to people.")
+    rate_limit: RateLimitConfig | None = Field(None, description="Limit of each key of the org.")
+    org_rate_limit: RateLimitConfig | None = Field(
+        None, description="Limit shared by all keys of the org."
+    )
+    quota: QuotaConfig | None = Field(
+        None, description="Requests per UTC calendar day or month, for the whole org."
+    )
 
 
 class ScopesConfig(Section):
@@ -335,6 +386,7 @@ class GatewayConfig(Section):
     )
     scopes: ScopesConfig = Field(default_factory=ScopesConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     demo: DemoConfig | None = Field(
         None, description="Make a demo org and key on first start and print the key (development)."
     )

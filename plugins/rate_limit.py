@@ -1,0 +1,156 @@
+"""rate_limit: per-key, per-org and per-route limits and calendar quotas, with standard headers."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import ClassVar
+
+from aiohttp import web
+
+from gateway.config.models import PlanConfig, RateLimitConfig, RouteConfig
+from gateway.errors import GatewayError
+from gateway.identity import Identity
+from gateway.pipeline import Handler, RequestContext
+from gateway.ratelimit.limiter import RateLimiter
+from gateway.ratelimit.policy import Decision, Limit, Outcome, calendar_window
+
+
+class RateLimited(GatewayError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, outcome: Outcome) -> None:
+        wait = max(1, math.ceil(outcome.retry_after))
+        super().__init__(
+            f"Rate limit {outcome.policy!r} exceeded: {outcome.limit} requests per"
+            f" {math.ceil(outcome.window)} s. Retry in {wait} s.",
+            headers=[("Retry-After", str(wait))],
+        )
+
+
+def rate_limit_headers(decision: Decision) -> list[tuple[str, str]]:
+    """draft-ietf-httpapi-ratelimit-headers fields, and the X-RateLimit-* that clients know.
+
+    A bucket of ``requests`` per ``per`` with ``burst`` is reported as its capacity
+    ``q = requests + burst`` over ``w`` = the time to refill that capacity, which is the same
+    sustained rate. ``t`` and X-RateLimit-Reset are seconds from now.
+    """
+    policy = ", ".join(
+        f'"{o.policy}";q={o.limit};w={math.ceil(o.window)}' for o in decision.outcomes
+    )
+    current = ", ".join(
+        f'"{o.policy}";r={o.remaining};t={math.ceil(o.reset)}' for o in decision.outcomes
+    )
+    headers = [("RateLimit-Policy", policy), ("RateLimit", current)]
+    tightest = decision.tightest
+    if tightest is not None:
+        headers += [
+            ("X-RateLimit-Limit", str(tightest.limit)),
+            ("X-RateLimit-Remaining", str(tightest.remaining)),
+            ("X-RateLimit-Reset", str(math.ceil(tightest.reset))),
+        ]
+    return headers
+
+
+def _bucket(policy: str, key: str, config: RateLimitConfig) -> Limit:
+    # The bucket's shape is part of its state key: a changed limit (a plan change, a per-key
+    # override set or removed) starts with a full bucket instead of inheriting a debt measured
+    # in another rate. Quota windows keep their count across changes: usage is usage.
+    capacity = config.requests + config.burst
+    interval = config.per / config.requests
+    return Limit(policy, f"{key}:{capacity}:{interval:g}", "gcra", capacity, interval)
+
+
+class RateLimitPlugin:
+    """Counts each authenticated request against every limit that applies, all at once."""
+
+    name: ClassVar[str] = "rate_limit"
+    priority: ClassVar[int] = 900  # after auth: limits are per key and org
+    upstream_headers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        plans: dict[str, PlanConfig],
+        route: RouteConfig,
+        *,
+        key_prefix: str,
+    ) -> None:
+        self.limiter = limiter
+        self.plans = plans
+        self.route = route
+        self.cost = route.cost
+        self.prefix = f"{key_prefix}:rl"
+        self._buckets: OrderedDict[tuple[str, str, str], tuple[Limit, ...]] = OrderedDict()
+
+    async def startup(self) -> None:
+        """The limiter is shared by every route and owned by the process."""
+
+    async def shutdown(self) -> None:
+        """Nothing of its own to release."""
+
+    def limits(self, identity: Identity, now: float) -> list[Limit]:
+        """Every limit this request counts against; keys share the org's hash tag."""
+        key, org = identity.key, identity.org
+        plan = self.plans.get(org.plan)
+        if plan is None:
+            return []
+        override = key.rate_limit
+        cache_key = (key.id, org.plan, repr(override))
+        buckets = self._buckets.get(cache_key)
+        if buckets is None:
+            buckets = self._build(identity, plan)
+            self._buckets[cache_key] = buckets
+            if len(self._buckets) > 10_000:
+                self._buckets.popitem(last=False)
+        limits = list(buckets)
+        if plan.quota is not None:
+            start, end, label = calendar_window(plan.quota.per, now)
+            limits.append(
+                Limit(
+                    "quota",
+                    f"{self.prefix}:{{{org.id}}}:quota:{label}",
+                    "window",
+                    plan.quota.requests,
+                    window_start=start,
+                    window_end=end,
+                )
+            )
+        return limits
+
+    def _build(self, identity: Identity, plan: PlanConfig) -> tuple[Limit, ...]:
+        key, org = identity.key, identity.org
+        tag = f"{self.prefix}:{{{org.id}}}"
+        per_key = (
+            RateLimitConfig.model_validate(key.rate_limit) if key.rate_limit else plan.rate_limit
+        )
+        buckets = []
+        if per_key is not None:
+            buckets.append(_bucket("key", f"{tag}:key:{key.id}", per_key))
+        if plan.org_rate_limit is not None:
+            buckets.append(_bucket("org", f"{tag}:org", plan.org_rate_limit))
+        for extra in self.route.rate_limits:
+            subject = key.id if extra.scope == "key" else "org"
+            buckets.append(
+                _bucket(f"route:{extra.name}", f"{tag}:route:{extra.name}:{subject}", extra)
+            )
+        return tuple(buckets)
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
+        identity = ctx.identity
+        if identity is None:
+            return await call_next(ctx)
+        limits = self.limits(identity, self.limiter.clock())
+        if not limits:
+            return await call_next(ctx)
+        decision = await self.limiter.decide(limits, self.cost)
+        if decision is None:  # on_store_error: open
+            return await call_next(ctx)
+        ctx.rate_limit = decision
+        ctx.response_headers.extend(rate_limit_headers(decision))
+        ctx.log_fields["rate_limited"] = not decision.allowed
+        refused = decision.refused_by
+        if refused is not None:
+            ctx.log_fields["rate_limit_policy"] = refused.policy
+            raise RateLimited(refused)
+        return await call_next(ctx)

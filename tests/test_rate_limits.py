@@ -1,0 +1,350 @@
+"""Rate limits and quotas through real HTTP, on both stores, with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from multidict import CIMultiDictProxy
+
+from gateway.ratelimit.backends import RedisLimits
+from tests.conftest import (
+    LogLines,
+    RedisServer,
+    RunningGateway,
+    Upstream,
+    _start_redis,
+    free_port,
+    make_config,
+    unique_prefix,
+)
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
+
+
+class Clock:
+    def __init__(self, start: float | None = None) -> None:
+        self.now = start if start is not None else time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["local", "redis"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    if request.param == "local":
+        return {"backend": "local", "path": str(tmp_path / "limits.db")}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+
+
+def limited_config(
+    upstream: Upstream, store: dict[str, Any], plan: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    routes = extra.pop("routes", None) or [
+        {"path": "/v1/{rest:.*}", "upstream": "app", "auth": "key"}
+    ]
+    return make_config(
+        {"app": {"targets": [upstream.url]}}, routes, store=store, plans={"p": plan}, **extra
+    )
+
+
+class Client:
+    def __init__(self, gw: RunningGateway) -> None:
+        self.gw = gw
+
+    async def admin(self, method: str, path: str, body: Any = None) -> Any:
+        async with self.gw.session.request(
+            method, f"{self.gw.admin_url}{path}", json=body, headers=ADMIN
+        ) as r:
+            assert r.status < 300, await r.text()
+            return (await r.json())["data"]
+
+    async def key(self, org: str = "acme", **fields: Any) -> dict[str, Any]:
+        if not any(o["slug"] == org for o in await self.admin("GET", "/admin/orgs")):
+            await self.admin("POST", "/admin/orgs", {"slug": org, "name": org, "plan": "p"})
+        return await self.admin("POST", f"/admin/orgs/{org}/keys", {"name": "k", **fields})  # type: ignore[no-any-return]
+
+    async def get(self, secret: str, path: str = "/v1/x") -> tuple[int, CIMultiDictProxy[str], Any]:
+        async with self.gw.session.get(
+            f"{self.gw.url}{path}", headers={"Authorization": f"Bearer {secret}"}
+        ) as r:
+            body = await r.json() if r.content_type == "application/json" else None
+            return r.status, r.headers, body
+
+
+async def test_burst_then_one_per_interval_and_refusals_are_not_counted(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    clock = Clock()
+    gw = await gateway_factory(
+        limited_config(
+            upstream, store_config, {"rate_limit": {"requests": 10, "per": "1m", "burst": 5}}
+        ),
+        clock=clock,
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    remaining = []
+    for _ in range(15):
+        status, headers, _ = await client.get(secret)
+        assert status == 200
+        assert headers["RateLimit-Policy"] == '"key";q=15;w=90'
+        remaining.append(int(headers["X-RateLimit-Remaining"]))
+    assert remaining == list(range(14, -1, -1))
+    assert headers["RateLimit"] == '"key";r=0;t=90'
+    assert (headers["X-RateLimit-Limit"], headers["X-RateLimit-Reset"]) == ("15", "90")
+    for _ in range(5):  # refused: none of these is counted
+        status, headers, body = await client.get(secret)
+        assert status == 429
+        assert headers["Retry-After"] == "6"
+        assert headers["RateLimit"] == '"key";r=0;t=90'
+        assert body["error"]["code"] == "rate_limited"
+        assert "'key'" in body["error"]["message"]
+    assert len(upstream.seen) == 15
+    clock.now += 6.0
+    assert (await client.get(secret))[0] == 200  # exactly one more after Retry-After
+    assert (await client.get(secret))[0] == 429
+    clock.now += 60.0  # ten more intervals refill ten requests
+    assert [(await client.get(secret))[0] for _ in range(11)] == [200] * 10 + [429]
+
+
+async def test_org_limit_is_shared_by_all_keys_of_the_org(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    gw = await gateway_factory(
+        limited_config(upstream, store_config, {"org_rate_limit": {"requests": 5, "per": "1m"}}),
+        clock=Clock(),
+    )
+    client = Client(gw)
+    a, b = (await client.key())["secret"], (await client.key())["secret"]
+    other = (await client.key(org="other"))["secret"]
+    statuses = [(await client.get(secret))[0] for secret in (a, b, a, b, a, b)]
+    assert statuses == [200] * 5 + [429]
+    status, headers, body = await client.get(b)
+    assert (status, headers["RateLimit-Policy"]) == (429, '"org";q=5;w=60')
+    assert "'org'" in body["error"]["message"]
+    assert (await client.get(other))[0] == 200  # another org has its own
+
+
+async def test_all_limits_are_decided_together(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """A request refused by one limit is counted by none: the key's limit is untouched."""
+    gw = await gateway_factory(
+        limited_config(
+            upstream,
+            store_config,
+            {
+                "rate_limit": {"requests": 3, "per": "1m"},
+                "org_rate_limit": {"requests": 100, "per": "1m"},
+            },
+            routes=[
+                {
+                    "path": "/v1/export",
+                    "upstream": "app",
+                    "auth": "key",
+                    "cost": 1,
+                    "rate_limits": [{"name": "export", "requests": 1, "per": "1h"}],
+                },
+                {"path": "/v1/{rest:.*}", "upstream": "app", "auth": "key"},
+            ],
+        ),
+        clock=Clock(),
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    status, headers, _ = await client.get(secret, "/v1/export")
+    assert status == 200
+    assert (
+        headers["RateLimit-Policy"] == '"key";q=3;w=60, "org";q=100;w=60, "route:export";q=1;w=3600'
+    )
+    for _ in range(3):
+        status, headers, body = await client.get(secret, "/v1/export")
+        assert status == 429
+        assert "'route:export'" in body["error"]["message"]
+        assert headers["Retry-After"] == "3600"
+    # The key's limit only saw the one export that went through.
+    assert [(await client.get(secret))[0] for _ in range(3)] == [200, 200, 429]
+
+
+async def test_route_cost_takes_several_units(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    gw = await gateway_factory(
+        limited_config(
+            upstream,
+            store_config,
+            {"rate_limit": {"requests": 5, "per": "1m"}},
+            routes=[
+                {"path": "/v1/search", "upstream": "app", "auth": "key", "cost": 2},
+                {"path": "/v1/{rest:.*}", "upstream": "app", "auth": "key"},
+            ],
+        ),
+        clock=Clock(),
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    assert [(await client.get(secret, "/v1/search"))[0] for _ in range(3)] == [200, 200, 429]
+    assert (await client.get(secret))[0] == 200  # one unit was left
+
+
+async def test_quota_rolls_over_at_the_utc_month_boundary(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    clock = Clock(datetime(2026, 1, 31, 23, 59, 50, tzinfo=UTC).timestamp())
+    gw = await gateway_factory(
+        limited_config(upstream, store_config, {"quota": {"requests": 3, "per": "month"}}),
+        clock=clock,
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    assert [(await client.get(secret))[0] for _ in range(3)] == [200] * 3
+    status, headers, body = await client.get(secret)
+    assert status == 429
+    assert headers["Retry-After"] == "10"
+    assert headers["RateLimit-Policy"] == f'"quota";q=3;w={31 * 86400}'
+    assert "'quota'" in body["error"]["message"]
+    clock.now = datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC).timestamp()
+    status, headers, _ = await client.get(secret)
+    assert status == 200
+    assert headers["RateLimit-Policy"] == f'"quota";q=3;w={28 * 86400}'
+    assert headers["RateLimit"] == f'"quota";r=2;t={28 * 86400 - 1}'
+
+
+async def test_per_key_override_through_the_admin_api(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    gw = await gateway_factory(
+        limited_config(upstream, store_config, {"rate_limit": {"requests": 100, "per": "1m"}}),
+        clock=Clock(),
+    )
+    client = Client(gw)
+    key = await client.key(rateLimit={"requests": 2, "per": "1m"})
+    assert key["rateLimit"] == {"requests": 2, "per": 60.0, "burst": 0}
+    assert [(await client.get(key["secret"]))[0] for _ in range(3)] == [200, 200, 429]
+    other = await client.key()
+    updated = await client.admin(
+        "PATCH", f"/admin/keys/{other['id']}", {"rateLimit": {"requests": 1, "per": "1h"}}
+    )
+    assert updated["rateLimit"] == {"requests": 1, "per": 3600.0, "burst": 0}
+    statuses = [(await client.get(other["secret"]))[0] for _ in range(2)]
+    assert statuses == [200, 429]
+    cleared = await client.admin("PATCH", f"/admin/keys/{other['id']}", {"rateLimit": None})
+    assert cleared["rateLimit"] is None
+    assert (await client.get(other["secret"]))[0] == 200  # back on the plan's 100/min
+
+
+async def test_identity_endpoint_reports_limits_and_what_remains(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    gw = await gateway_factory(
+        limited_config(
+            upstream,
+            store_config,
+            {
+                "rate_limit": {"requests": 10, "per": "1m", "burst": 5},
+                "quota": {"requests": 1000, "per": "day"},
+            },
+        ),
+        clock=Clock(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()),
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    await client.get(secret)
+    status, _, body = await client.get(secret, "/v1/me")
+    assert status == 200
+    assert body["data"]["rateLimit"] == {
+        "policies": [
+            {"name": "key", "limit": 15, "window": 90, "remaining": 13, "reset": 12},
+            {"name": "quota", "limit": 1000, "window": 86400, "remaining": 998, "reset": 43200},
+        ]
+    }
+
+
+async def test_decisions_are_counted_and_logged(
+    gateway_factory: GatewayFactory, upstream: Upstream, logs: LogLines
+) -> None:
+    gw = await gateway_factory(
+        limited_config(upstream, {}, {"rate_limit": {"requests": 1, "per": "1m"}}), clock=Clock()
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    await client.get(secret)
+    await client.get(secret)
+    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
+        text = await r.text()
+    assert 'gateway_rate_limit_decisions_total{decision="allowed",policy="key"} 1.0' in text
+    assert 'gateway_rate_limit_decisions_total{decision="refused",policy="key"} 1.0' in text
+    assert [line.get("rate_limited") for line in logs.events("request")] == [False, True]
+    assert logs.events("request")[1]["rate_limit_policy"] == "key"
+
+
+async def test_concurrent_decisions_share_redis_round_trips(
+    gateway_factory: GatewayFactory, upstream: Upstream, redis_server: RedisServer
+) -> None:
+    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
+    gw = await gateway_factory(
+        limited_config(upstream, store, {"rate_limit": {"requests": 1000, "per": "1m"}})
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    assert (await client.get(secret))[0] == 200  # warm: the key is cached
+    limits = gw.process.limiter.shared if gw.process.limiter else None
+    assert isinstance(limits, RedisLimits)
+    before = limits.round_trips
+    statuses = await asyncio.gather(*(client.get(secret) for _ in range(50)))
+    assert [s for s, _, _ in statuses] == [200] * 50
+    assert limits.round_trips - before < 50
+
+
+@pytest.mark.parametrize("mode", ["open", "closed", "local"])
+async def test_store_outage_does_what_the_config_says(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Path, mode: str
+) -> None:
+    port = free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(f"redis://127.0.0.1:{port}/0", port, _start_redis(port, workdir), workdir)
+    try:
+        store = {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+        gw = await gateway_factory(
+            limited_config(
+                upstream,
+                store,
+                {"rate_limit": {"requests": 2, "per": "1m"}},
+                rate_limits={"on_store_error": mode},
+            )
+        )
+        client = Client(gw)
+        secret = (await client.key())["secret"]
+        assert (await client.get(secret))[0] == 200  # the key is warm in the cache
+        server.stop()
+        statuses = []
+        for _ in range(3):
+            status, headers, body = await client.get(secret)
+            statuses.append(status)
+            if mode == "open":
+                assert "RateLimit" not in headers
+            elif mode == "closed":
+                assert body["error"]["code"] == "unavailable"
+                assert headers["Retry-After"] == "1"
+            else:
+                assert headers["RateLimit-Policy"] == '"key";q=2;w=60'
+        assert statuses == {"open": [200] * 3, "closed": [503] * 3, "local": [200, 200, 429]}[mode]
+        async with gw.session.get(f"{gw.admin_url}/readyz") as r:
+            ready = (await r.json())["data"]
+        assert ready["rate_limits"] == {"on_store_error": mode, "degraded": True}
+        async with gw.session.get(f"{gw.admin_url}/metrics") as r:
+            text = await r.text()
+        assert "gateway_rate_limit_degraded 1.0" in text
+        assert "gateway_rate_limit_store_errors_total 3.0" in text
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
