@@ -140,3 +140,43 @@ async def test_redis_outage_is_503_never_a_disguised_401(
     finally:
         if server.proc.poll() is None:
             server.stop()
+
+
+async def test_limits_are_exact_across_two_instances(
+    spawn_gateway: Spawn, upstream: Upstream, redis_server: RedisServer
+) -> None:
+    """40 concurrent requests over two gateways on a 10/min + burst 5 plan: exactly 15 pass;
+    every answer has the headers; after Retry-After exactly one more passes."""
+    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
+    config = {
+        **_config(upstream, store),
+        "plans": {"p": {"rate_limit": {"requests": 10, "per": "1m", "burst": 5}}},
+    }
+    a, b = spawn_gateway(config), spawn_gateway(config)
+    async with aiohttp.ClientSession() as session:
+        await _admin(session, a, "POST", "/admin/orgs", {"slug": "acme", "name": "A", "plan": "p"})
+        secret = (await _admin(session, a, "POST", "/admin/orgs/acme/keys", {"name": "k"}))[
+            "secret"
+        ]
+        auth = {"Authorization": f"Bearer {secret}"}
+
+        async def call(gp: GatewayProc) -> tuple[int, dict[str, str]]:
+            async with session.get(f"{gp.url}/v1/x", headers=auth) as r:
+                return r.status, dict(r.headers)
+
+        answers = await asyncio.gather(*(call(a if i % 2 else b) for i in range(40)))
+        statuses = [status for status, _ in answers]
+        assert statuses.count(200) == 15
+        assert statuses.count(429) == 25
+        for status, headers in answers:
+            assert headers["RateLimit-Policy"] == '"key";q=15;w=90'
+            assert headers["RateLimit"].startswith('"key";r=')
+            assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
+                headers
+            )
+            if status == 429:
+                assert headers["Retry-After"] in ("5", "6")
+        wait = max(int(h["Retry-After"]) for s, h in answers if s == 429)
+        await asyncio.sleep(wait)
+        assert (await call(b))[0] == 200
+        assert (await call(a))[0] == 429
