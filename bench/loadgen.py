@@ -56,7 +56,9 @@ async def _connection(
             tally.non_2xx_3xx += 1
 
 
-async def run_load(url: str, connections: int, duration: float) -> LoadResult:
+async def run_load(
+    url: str, connections: int, duration: float, headers: dict[str, str] | None = None
+) -> LoadResult:
     """Keep `connections` keep-alive requests in flight for `duration` seconds."""
     tally = Tally()
     # One pooled connection per worker task, as wrk -c does: limit caps the pool at that count.
@@ -64,7 +66,10 @@ async def run_load(url: str, connections: int, duration: float) -> LoadResult:
     # Like wrk's default 2 s socket timeout: a stuck request is an error, not an endless wait.
     timeout = aiohttp.ClientTimeout(total=2.0)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, skip_auto_headers=("Accept-Encoding",)
+        connector=connector,
+        timeout=timeout,
+        headers=headers,
+        skip_auto_headers=("Accept-Encoding",),
     ) as session:
         began = time.perf_counter()
         deadline = began + duration
@@ -83,12 +88,29 @@ async def run_load(url: str, connections: int, duration: float) -> LoadResult:
     )
 
 
+def parse_header(value: str) -> tuple[str, str]:
+    """`Name: value`, as wrk -H takes it."""
+    name, sep, rest = value.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+    return name.strip(), rest.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("url")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument(
+        "-H",
+        "--header",
+        type=parse_header,
+        action="append",
+        default=[],
+        help="'Name: value' sent with every request (repeatable), like wrk -H",
+    )
     args = parser.parse_args()
+    headers = dict(args.header)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     # uvloop, when present, so the generator is less of a bottleneck than it would be otherwise.
     with contextlib.suppress(ImportError):
@@ -96,7 +118,7 @@ def main() -> None:
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        result = runner.run(run_load(args.url, args.connections, args.duration))
+        result = runner.run(run_load(args.url, args.connections, args.duration, headers))
     print(json.dumps(asdict(result)))
 
 

@@ -1,4 +1,8 @@
-"""Benchmark the gateway against direct, a bare aiohttp proxy and nginx on one fast upstream."""
+"""Benchmark the gateway against direct, a bare aiohttp proxy and nginx on one fast upstream.
+
+The gateway also runs with API keys (gateway+auth) and with rate limits that never refuse,
+on the local store (gateway+limits) and on a Redis the harness starts (gateway+limits+redis).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import http.client
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -17,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -27,7 +32,16 @@ import yaml
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-CONTENDERS = ("direct", "aiohttp-bare", "gateway", "gateway+log", "nginx-proxy")
+CONTENDERS = (
+    "direct",
+    "aiohttp-bare",
+    "gateway",
+    "gateway+log",
+    "gateway+auth",
+    "gateway+limits",
+    "gateway+limits+redis",
+    "nginx-proxy",
+)
 BENCH_PATH = "/bench/path"
 EXPECTED_BODY = b'{"ok":true}'
 # Bounds on everything that waits, so a wedged process fails the run instead of hanging it.
@@ -90,13 +104,23 @@ class Processes:
         for proc in reversed(self._running[:]):
             self.stop(proc)
 
-    def start(self, name: str, argv: Sequence[str], stdout: Path | None = None) -> Child:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        stdout: Path | None = None,
+        *,
+        stdout_to_stderr: bool = False,
+    ) -> Child:
+        """Start argv; stdout goes to the file given, to the stderr log, or nowhere."""
         log = self.workdir / f"{_slug(name)}.stderr"
         with contextlib.ExitStack() as files:
             err = files.enter_context(log.open("wb"))
             out: IO[bytes] | int = subprocess.DEVNULL
             if stdout is not None:
                 out = files.enter_context(stdout.open("wb"))
+            elif stdout_to_stderr:
+                out = err
             proc = subprocess.Popen(
                 list(argv),
                 cwd=ROOT,
@@ -161,19 +185,24 @@ def wait_for_port(child: Child, port: int, timeout: float = START_TIMEOUT) -> No
     raise BenchError(f"{child.name} did not accept connections on port {port} in {timeout:g}s")
 
 
-def probe(name: str, port: int) -> None:
-    """One request before loading: a contender that answers 404 or 502 would post fine rps."""
+def _get(name: str, port: int, headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", BENCH_PATH)
+        conn.request("GET", BENCH_PATH, headers=headers)
         response = conn.getresponse()
-        body = response.read()
+        return response, response.read()
     except OSError as exc:
         raise BenchError(f"{name}: probe request failed: {exc}") from None
     finally:
         conn.close()
+
+
+def probe(name: str, port: int, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    """One request before loading: a contender that answers 404 or 502 would post fine rps."""
+    response, body = _get(name, port, headers or {})
     if response.status != 200 or body != EXPECTED_BODY:
         raise BenchError(f"{name}: probe got {response.status} {body[:200]!r}, not 200 OK")
+    return response
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,62 +300,260 @@ def start_upstream(procs: Processes, kind: str) -> tuple[int, Child]:
     return port, child
 
 
-def gateway_config(workdir: Path, port: int, upstream_port: int, access_log: bool) -> Path:
+@dataclass(frozen=True)
+class GatewayVariant:
+    """What a gateway contender turns on beyond the plain proxy path."""
+
+    access_log: bool = False
+    auth: bool = False  # the route takes `auth: key`; load carries a key made at start-up
+    limits: bool = False  # the key's plan has a rate limit too high to ever refuse
+    redis: bool = False  # the store is a Redis the harness starts, not SQLite
+
+
+GATEWAYS = {
+    "gateway": GatewayVariant(),
+    "gateway+log": GatewayVariant(access_log=True),
+    "gateway+auth": GatewayVariant(auth=True),
+    "gateway+limits": GatewayVariant(auth=True, limits=True),
+    "gateway+limits+redis": GatewayVariant(auth=True, limits=True, redis=True),
+}
+BENCH_PLAN = "bench"
+BENCH_ORG = "bench"
+# A sustained rate no run comes near: every request is counted, none is refused.
+NEVER_REFUSE = {"requests": 1_000_000_000, "per": "1m"}
+
+
+def unsupported(variant: GatewayVariant) -> str | None:
+    """Why the checked-out gateway cannot run this variant, or None when it can."""
+    from gateway.config.models import AdminConfig, PlanConfig, RouteConfig
+
+    if variant.auth and "token" not in AdminConfig.model_fields:
+        return "this gateway has no admin token setting"
+    if variant.auth and "auth" not in RouteConfig.model_fields:
+        return "this gateway has no API keys"
+    if variant.limits and "rate_limit" not in PlanConfig.model_fields:
+        return "this gateway has no rate limits"
+    if variant.redis and not shutil.which("redis-server"):
+        return "redis-server not installed"
+    return None
+
+
+@dataclass(frozen=True)
+class GatewaySetup:
+    """Where and how the gateway under test listens, beyond its data port."""
+
+    admin_port: int
+    admin_token: str | None = None  # set when the harness must call the admin API
+    redis_url: str | None = None
+
+
+def gateway_config(
+    workdir: Path,
+    name: str,
+    port: int,
+    upstream_port: int,
+    variant: GatewayVariant,
+    setup: GatewaySetup,
+) -> Path:
     # Settings that only some versions of the config have are set when the model knows them,
     # so the harness measures whichever gateway is checked out.
-    from gateway.config.models import AdminConfig, RouteConfig
+    from gateway.config.models import AdminConfig, RateLimitsConfig, RouteConfig
 
-    admin: dict[str, object] = {"host": "127.0.0.1", "port": free_port()}
+    admin: dict[str, object] = {"host": "127.0.0.1", "port": setup.admin_port}
     if "token_file" in AdminConfig.model_fields:
         # Else the gateway would make and save an admin token inside the work tree.
         admin["token_file"] = str(workdir / "admin-token")
+    if setup.admin_token is not None:
+        admin["token"] = setup.admin_token
     route: dict[str, object] = {"path": "/{rest:.*}", "upstream": "up"}
-    if "auth" in RouteConfig.model_fields:
+    if variant.auth:
+        route["auth"] = "key"
+    elif "auth" in RouteConfig.model_fields:
         # The benchmark measures the proxy path; API-key checks would answer 401 to wrk.
         route["auth"] = "none"
-    config = {
+    store: dict[str, object]
+    if variant.redis:
+        store = {"backend": "redis", "url": setup.redis_url, "key_prefix": "bench"}
+    else:
+        # Kept in the temp dir so a run leaves no state in the work tree. A keyed variant gets
+        # a file of its own: the org it makes would already exist in another's.
+        db = f"{_slug(name)}-state.db" if variant.auth else "state.db"
+        store = {"backend": "local", "path": str(workdir / db)}
+    config: dict[str, object] = {
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": admin,
         "workers": 1,
-        # Kept in the temp dir so a run leaves no state in the work tree.
-        "store": {"backend": "local", "path": str(workdir / "state.db")},
+        "store": store,
         # A short drain so stopping the gateway between contenders is quick.
         "server": {"drain_timeout": 2},
-        "log": {"level": "info", "format": "json", "access_log": access_log},
-        "upstreams": {"up": {"targets": [f"http://127.0.0.1:{upstream_port}"]}},
-        "routes": [route],
+        "log": {"level": "info", "format": "json", "access_log": variant.access_log},
     }
-    path = workdir / f"gateway-{'log' if access_log else 'nolog'}.yaml"
+    if variant.auth:
+        plan: dict[str, object] = {"rate_limit": NEVER_REFUSE} if variant.limits else {}
+        config["plans"] = {BENCH_PLAN: plan}
+    if variant.limits and "on_store_error" in RateLimitsConfig.model_fields:
+        # A store failure must show as 503s in the table, not as a silent switch to local
+        # limits that would make the store look free.
+        config["rate_limits"] = {"on_store_error": "closed"}
+    config["upstreams"] = {"up": {"targets": [f"http://127.0.0.1:{upstream_port}"]}}
+    config["routes"] = [route]
+    path = workdir / f"{_slug(name)}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def start_contender(
-    procs: Processes, name: str, upstream_port: int
-) -> tuple[int, Child | None, Path | None]:
-    """The contender's port, its process (None for direct) and its captured stdout if any."""
-    if name == "direct":
-        return upstream_port, None, None
+def admin_post(name: str, setup: GatewaySetup, path: str, body: Mapping[str, object]) -> object:
+    """POST to the admin API; the answer's `data`, or a BenchError naming the step."""
+    conn = http.client.HTTPConnection("127.0.0.1", setup.admin_port, timeout=10)
+    headers = {
+        "Authorization": f"Bearer {setup.admin_token}",
+        "Content-Type": "application/json",
+    }
+    try:
+        conn.request("POST", path, body=json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+    except OSError as exc:
+        raise BenchError(f"{name}: POST {path} failed: {exc}") from None
+    finally:
+        conn.close()
+    # A refusal carries no secret (only a 201 to key creation does), so it can be shown.
+    if response.status != 201:
+        raise BenchError(f"{name}: POST {path} got {response.status} {raw[:300]!r}, not 201")
+    try:
+        return json.loads(raw)["data"]
+    except (ValueError, KeyError, TypeError):
+        raise BenchError(f"{name}: POST {path}: no data in the answer") from None
+
+
+def create_bench_key(name: str, setup: GatewaySetup) -> str:
+    """An org on the bench plan and one key of it, made through the admin API; the secret."""
+    org = {"slug": BENCH_ORG, "name": "Bench", "plan": BENCH_PLAN}
+    admin_post(name, setup, "/admin/orgs", org)
+    key = admin_post(name, setup, f"/admin/orgs/{BENCH_ORG}/keys", {"name": "bench"})
+    secret = key.get("secret") if isinstance(key, dict) else None
+    if not isinstance(secret, str) or not secret:
+        raise BenchError(f"{name}: the key creation answer has no data.secret")
+    return secret
+
+
+def check_gateway(
+    name: str, port: int, variant: GatewayVariant, key_headers: dict[str, str]
+) -> None:
+    """The start-up probe, plus proof that the variant's features are really on: a contender
+    whose auth or limits were silently off would measure the plain proxy under another name."""
+    response = probe(name, port, key_headers)
+    if variant.auth:
+        refused, _ = _get(name, port, {})
+        if refused.status != 401:
+            raise BenchError(f"{name}: a request without a key got {refused.status}, not 401")
+    if variant.limits and response.getheader("RateLimit") is None:
+        raise BenchError(f"{name}: the probe's answer has no RateLimit header: no limit applied")
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis: the shared store of gateway+limits+redis, always one of our own.
+
+
+def _redis_info(port: int) -> str:
+    """INFO server, over a bare socket (RESP inline command; the reply is one bulk string)."""
+    with socket.create_connection(("127.0.0.1", port), 2) as sock:
+        sock.sendall(b"INFO server\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = data.partition(b"\r\n")
+        if not head.startswith(b"$"):
+            return ""
+        size = int(head[1:])
+        while len(rest) < size:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return rest[:size].decode(errors="replace")
+
+
+def start_redis(procs: Processes) -> tuple[str, Child]:
+    """A redis-server of our own on a free port, in the temp dir, persisting nothing."""
     port = free_port()
-    stdout: Path | None = None
+    workdir = procs.workdir / "redis"
+    workdir.mkdir(exist_ok=True)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    child = procs.start("redis", argv, stdout_to_stderr=True)
+    wait_for_port(child, port)
+    # Whoever answers on the port must be the process just started, never another Redis.
+    try:
+        info = _redis_info(port)
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"redis: INFO failed on port {port}: {exc}") from None
+    if f"process_id:{child.proc.pid}\r\n" not in info:
+        raise BenchError(f"redis: the server on port {port} is not the one the harness started")
+    return f"redis://127.0.0.1:{port}/0", child
+
+
+@dataclass(frozen=True)
+class Started:
+    """A contender ready for load."""
+
+    port: int
+    child: Child | None = None  # None for direct
+    stdout: Path | None = None  # captured stdout, if any, to report the gateway's warnings
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
+    helpers: tuple[Child, ...] = ()  # processes it needs (Redis), stopped after it
+
+
+def start_contender(procs: Processes, name: str, upstream_port: int) -> Started:
+    """Start the contender, check it answers as it should, and say how to load it."""
+    if name == "direct":
+        probe(name, upstream_port)
+        return Started(upstream_port)
+    port = free_port()
     if name == "aiohttp-bare":
         upstream = f"http://127.0.0.1:{upstream_port}"
         argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(port)]
         child = procs.start(name, [*argv, "--upstream", upstream])
-    elif name in ("gateway", "gateway+log"):
-        with_log = name == "gateway+log"
-        config = gateway_config(procs.workdir, port, upstream_port, access_log=with_log)
-        # Without the access log, stdout carries only warnings and errors: keep them to report.
-        # With it, /dev/null: the cost measured is formatting and writing, not a disk.
-        stdout = None if with_log else procs.workdir / f"{_slug(name)}.stdout"
-        argv = [sys.executable, "-m", "gateway", "run", "-c", str(config)]
-        child = procs.start(name, argv, stdout=stdout)
-    elif name == "nginx-proxy":
-        return port, start_nginx(procs, name, port, proxy_server(port, upstream_port)), None
-    else:
-        raise BenchError(f"unknown contender {name!r}")
+        wait_for_port(child, port)
+        probe(name, port)
+        return Started(port, child)
+    if name == "nginx-proxy":
+        child = start_nginx(procs, name, port, proxy_server(port, upstream_port))
+        probe(name, port)
+        return Started(port, child)
+    if name in GATEWAYS:
+        return start_gateway(procs, name, GATEWAYS[name], port, upstream_port)
+    raise BenchError(f"unknown contender {name!r}")
+
+
+def start_gateway(
+    procs: Processes, name: str, variant: GatewayVariant, port: int, upstream_port: int
+) -> Started:
+    helpers: list[Child] = []
+    redis_url = None
+    if variant.redis:
+        redis_url, redis = start_redis(procs)
+        helpers.append(redis)
+    # A fresh random admin token per run: the harness is the only client of the admin API.
+    token = secrets.token_urlsafe(24) if variant.auth else None
+    setup = GatewaySetup(admin_port=free_port(), admin_token=token, redis_url=redis_url)
+    config = gateway_config(procs.workdir, name, port, upstream_port, variant, setup)
+    # Without the access log, stdout carries only warnings and errors: keep them to report.
+    # With it, /dev/null: the cost measured is formatting and writing, not a disk.
+    stdout = None if variant.access_log else procs.workdir / f"{_slug(name)}.stdout"
+    argv = [sys.executable, "-m", "gateway", "run", "-c", str(config)]
+    child = procs.start(name, argv, stdout=stdout)
+    # A failure here ends the run, and Processes stops the gateway and its Redis.
     wait_for_port(child, port)
-    return port, child, stdout
+    headers: dict[str, str] = {}
+    if variant.auth:
+        wait_for_port(child, setup.admin_port)
+        headers["Authorization"] = f"Bearer {create_bench_key(name, setup)}"
+    check_gateway(name, port, variant, headers)
+    return Started(port, child, stdout, headers, tuple(helpers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,8 +586,16 @@ def parse_wrk(output: str) -> Measurement:
     )
 
 
-def run_wrk(url: str, connections: int, duration: int) -> Measurement:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+def _header_args(headers: dict[str, str]) -> list[str]:
+    # The same `-H 'Name: value'` form for wrk and for bench/loadgen.py.
+    return [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+
+
+def run_wrk(
+    url: str, connections: int, duration: int, headers: dict[str, str] | None = None
+) -> Measurement:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    argv += [*_header_args(headers or {}), url]
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=duration + LOAD_GRACE, check=False
     )
@@ -369,9 +604,12 @@ def run_wrk(url: str, connections: int, duration: int) -> Measurement:
     return parse_wrk(done.stdout)
 
 
-def run_python_load(url: str, connections: int, duration: int) -> Measurement:
+def run_python_load(
+    url: str, connections: int, duration: int, headers: dict[str, str] | None = None
+) -> Measurement:
     argv = [sys.executable, str(BENCH / "loadgen.py"), url]
     argv += ["--connections", str(connections), "--duration", str(duration)]
+    argv += _header_args(headers or {})
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=duration + LOAD_GRACE, check=False
     )
@@ -538,7 +776,7 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
     python = ".".join(str(v) for v in sys.version_info[:3])
 
     rows: list[Row] = []
-    skipped: list[str] = []
+    skipped: dict[str, list[str]] = {}  # reason: contenders
     with (
         tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
         Processes(Path(tmp)) as procs,
@@ -546,23 +784,34 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
         upstream_port, _ = start_upstream(procs, upstream_kind)
         probe("upstream", upstream_port)
         for name in args.contenders:
+            reason = unsupported(GATEWAYS[name]) if name in GATEWAYS else None
             if name == "nginx-proxy" and not have_nginx:
-                skipped.append(name)
+                reason = "nginx not installed"
+            if reason is not None:
+                skipped.setdefault(reason, []).append(name)
                 continue
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
-            port, child, stdout = start_contender(procs, name, upstream_port)
+            started = start_contender(procs, name, upstream_port)
+            child = started.child
             try:
-                probe(name, port)
-                url = f"http://127.0.0.1:{port}{BENCH_PATH}"
+                url = f"http://127.0.0.1:{started.port}{BENCH_PATH}"
                 if args.warmup:
-                    load(url, args.connections, args.warmup)
-                result = load(url, args.connections, args.duration)
-                if child is not None and child.proc.poll() is not None:
-                    raise BenchError(child.describe_exit())
+                    load(url, args.connections, args.warmup, started.headers)
+                result = load(url, args.connections, args.duration, started.headers)
+                for proc in (child, *started.helpers):
+                    if proc is not None and proc.proc.poll() is not None:
+                        raise BenchError(proc.describe_exit())
             finally:
-                if child is not None:
-                    procs.stop(child.proc)
-            rows.append(Row(name, result, gateway_problems(stdout)))
+                for proc in (child, *reversed(started.helpers)):
+                    if proc is not None:
+                        procs.stop(proc.proc)
+            notes = gateway_problems(started.stdout)
+            if result.non_2xx:
+                # Refusals and errors are cheap to send: the rate would not be of the real work.
+                what = f"{result.non_2xx:,} of {result.requests:,} responses were not 2xx/3xx"
+                print(f"bench: {name}: {what}", file=sys.stderr, flush=True)
+                notes = (f"{what} (counted in requests/s)", *notes)
+            rows.append(Row(name, result, notes))
             print(f"bench: {name}: {result.rps:,.0f} requests/s", file=sys.stderr, flush=True)
 
     header = (
@@ -572,8 +821,8 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
         f" · **reproduce:** `{reproduce(argv)}`"
     )
     report = render(rows, header)
-    if skipped:
-        report += f"\nskipped (nginx not installed): {', '.join(skipped)}\n"
+    for reason, names in skipped.items():
+        report += f"\nskipped ({reason}): {', '.join(names)}\n"
     return report
 
 

@@ -225,7 +225,7 @@ def test_check_command_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
 def test_check_command_exits_0_for_a_valid_file() -> None:
     result = run_cli("check", "-c", str(ROOT / "gateway.yaml"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{ROOT / 'gateway.yaml'}: ok (3 routes, 1 upstreams, hash ")
+    assert result.stdout.startswith(f"{ROOT / 'gateway.yaml'}: ok (4 routes, 1 upstreams, hash ")
 
 
 def test_run_with_broken_config_exits_1_without_traceback(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ def _start_shipped(tmp_path: Path, port: int, admin_port: int, run: int) -> subp
     return proc
 
 
+async def _wait_for_text(path: Path, text: str, timeout: float = 10) -> str:
+    """The file's content once it holds text (the banner follows the listener by a moment)."""
+    deadline = time.monotonic() + timeout
+    while text not in (content := path.read_text()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in {path.name}: {content!r}")
+        await asyncio.sleep(0.05)
+    return content
+
+
 def _cli(tmp_path: Path, admin_port: int, *args: str) -> Any:
     """The CLI as an operator runs it, finding the admin API and token like `make run` left them."""
     env = {**os.environ, "GATEWAY_ADMIN_PORT": str(admin_port)}
@@ -94,7 +105,7 @@ async def test_newcomer_flow_on_the_shipped_config(tmp_path: Path) -> None:
     proc = _start_shipped(tmp_path, port, admin_port, 1)
     url = f"http://127.0.0.1:{port}"
     try:
-        banner = (tmp_path / "err-1.log").read_text()
+        banner = await _wait_for_text(tmp_path / "err-1.log", "Try it:")
         [demo_key] = re.findall(r"fw_live_[0-9A-Za-z]{38}", banner)[:1]
         assert f'curl -H "Authorization: Bearer {demo_key}" http://localhost:{port}/v1/me' in banner
         assert demo_key not in (tmp_path / "out-1.log").read_text()  # never in the JSON log
@@ -146,7 +157,7 @@ async def test_newcomer_flow_on_the_shipped_config(tmp_path: Path) -> None:
         assert await _exit_code(proc) == 0
     proc = _start_shipped(tmp_path, port, admin_port, 2)
     try:
-        assert "Demo org 'demo' exists" in (tmp_path / "err-2.log").read_text()
+        assert "Demo org 'demo' exists" in await _wait_for_text(tmp_path / "err-2.log", "exists")
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{url}/v1/me", headers=demo) as r:
                 assert r.status == 200
