@@ -28,9 +28,11 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Plugin
 from gateway.ratelimit.backends import LocalLimits, RedisLimits
 from gateway.ratelimit.limiter import RateLimiter
+from gateway.ratelimit.persistence import LocalLimitsPersistence
 from gateway.scopes import ScopePolicy
 from gateway.snapshot import PluginFactory, Snapshot
 from gateway.store import Store, StoreError, open_store
+from gateway.store.local import LocalStore
 from gateway.store.redis import RedisStore
 from plugins.auth import AuthPlugin
 from plugins.rate_limit import RateLimitPlugin
@@ -60,6 +62,8 @@ class GatewayProcess:
         self.clock = clock
         self.metrics = Metrics()
         self.limiter: RateLimiter | None = None
+        self._limits_saver: LocalLimitsPersistence | None = None
+        self._stopping = False
         self._admin_enabled = admin
         self._reuse_port = reuse_port
         self._extra_plugins = plugins_for
@@ -123,6 +127,10 @@ class GatewayProcess:
         self.limiter = RateLimiter(
             shared, mode=config.rate_limits.on_store_error, metrics=self.metrics, clock=self.clock
         )
+        if isinstance(shared, LocalLimits) and isinstance(self.store, LocalStore):
+            self._limits_saver = LocalLimitsPersistence(shared, self.store, self.clock)
+            await self._limits_saver.startup()
+            self._started.append("limits")
         builtin: dict[str, list[str]] = {}
         for name, upstream in config.upstreams.items():
             if upstream.builtin == "echo":
@@ -192,7 +200,13 @@ class GatewayProcess:
         return redacted_config(self.loaded)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (up to drain_timeout), release all."""
+        """Stop accepting, let in-flight requests finish (up to drain_timeout), release all.
+
+        Safe to call again (a second signal, a failed start followed by cleanup): it runs once.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
         self.draining = True
         log.info("gateway_draining", drain_timeout=self.loaded.config.server.drain_timeout)
         if self._data_runner is not None:
@@ -205,6 +219,8 @@ class GatewayProcess:
             await self._admin_runner.cleanup()
         if "keyring" in self._started:
             await self.keyring.shutdown()  # saves pending last-used times
+        if "limits" in self._started and self._limits_saver is not None:
+            await self._limits_saver.shutdown()  # counts survive the restart
         if "store" in self._started:
             await self.store.shutdown()
         log.info("gateway_stopped")

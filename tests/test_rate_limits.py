@@ -348,3 +348,21 @@ async def test_store_outage_does_what_the_config_says(
     finally:
         if server.proc.poll() is None:
             server.stop()
+
+
+async def test_local_counts_survive_a_restart(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    """A restart must not hand out a fresh monthly quota."""
+    store = {"backend": "local", "path": str(tmp_path / "kept.db")}
+    config = limited_config(upstream, store, {"quota": {"requests": 3, "per": "month"}})
+    gw = await gateway_factory(config)
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    assert [(await client.get(secret))[0] for _ in range(3)] == [200] * 3
+    await gw.session.close()
+    await gw.process.stop()
+    again = await gateway_factory(config)
+    status, headers, _ = await Client(again).get(secret)
+    assert status == 429
+    assert headers["RateLimit"].startswith('"quota";r=0;')

@@ -47,6 +47,19 @@ class LocalLimits:
             self._sweep(now)
         return decision
 
+    def export(self, now: float) -> dict[str, tuple[float, float]]:
+        """The live state, key -> (value, expires at), to save across a restart."""
+        return {
+            key: (self._state[key], at)
+            for key, at in self._expires.items()
+            if at > now and key in self._state
+        }
+
+    def restore(self, saved: dict[str, tuple[float, float]]) -> None:
+        for key, (value, at) in saved.items():
+            self._state[key] = value
+            self._expires[key] = at
+
     def _sweep(self, now: float) -> None:
         # Idle buckets are full and ended windows are over: their state means nothing now.
         for key in [k for k, at in self._expires.items() if at < now]:

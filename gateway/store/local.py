@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS api_keys (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_keys_org ON api_keys (org_id, created_at);
+CREATE TABLE IF NOT EXISTS limit_state (
+    key TEXT PRIMARY KEY,
+    value REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 
@@ -202,6 +207,26 @@ class LocalStore(Store):
         if key is not None:
             self._notify(Invalidation("key", key.key_hash))
         return key
+
+    async def save_limit_state(self, state: Mapping[str, tuple[float, float]]) -> None:
+        """Replace the saved rate-limit state: key -> (value, expires_at)."""
+
+        def save(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM limit_state")
+            db.executemany(
+                "INSERT INTO limit_state (key, value, expires_at) VALUES (?, ?, ?)",
+                [(key, value, expires) for key, (value, expires) in state.items()],
+            )
+
+        await self._run(save)
+
+    async def load_limit_state(self, now: float) -> dict[str, tuple[float, float]]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT key, value, expires_at FROM limit_state WHERE expires_at > ?", (now,)
+            ).fetchall()
+        )
+        return {key: (value, expires) for key, value, expires in rows}
 
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
