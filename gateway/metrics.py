@@ -101,6 +101,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.idempotency = Counter(
+            "gateway_idempotency_total",
+            "Requests with an Idempotency-Key, by outcome"
+            " (stored, replayed, conflict, mismatch, released, not_stored).",
+            ["outcome"],
+            registry=r,
+        )
         self._config_hash: str | None = None
         self._decision_children: dict[tuple[str, bool], Counter] = {}
 

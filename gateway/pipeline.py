@@ -38,6 +38,10 @@ class RequestContext:
     # Extra access-log fields (e.g. "rate_limited": True).
     log_fields: dict[str, object] = field(default_factory=dict)
     upstream_target: str | None = None
+    # False until the upstream may have seen the request (a connect failure leaves it False).
+    upstream_reached: bool = False
+    body: bytes | None = None  # the request body, when a plugin had to read it whole
+    capture: ResponseCapture | None = None  # set to keep a copy of the upstream's answer
     upstream_seconds: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
@@ -45,6 +49,41 @@ class RequestContext:
     @property
     def client_ip(self) -> str:
         return self.forwarded.client_ip
+
+
+@dataclass(slots=True)
+class ResponseCapture:
+    """A copy of the upstream's answer, up to ``limit`` bytes of body, taken as it streams."""
+
+    limit: int
+    status: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    overflow: bool = False  # the body was larger than limit: it was not kept
+    complete: bool = False  # the whole answer arrived from the upstream
+    # Awaited once the whole answer is captured, before the client gets its last byte: a
+    # client that retries the moment it has the answer must find it stored.
+    on_complete: Callable[[], Awaitable[None]] | None = None
+
+    async def finish(self) -> None:
+        self.complete = True
+        if self.on_complete is not None:
+            await self.on_complete()
+
+    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        self.headers = headers
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.overflow:
+            return
+        if self.size > self.limit:
+            self.overflow = True
+            self.chunks.clear()
+        else:
+            self.chunks.append(chunk)
 
 
 Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]

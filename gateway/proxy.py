@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import time
 from collections.abc import Sequence
@@ -40,6 +41,9 @@ log = structlog.get_logger("gateway.proxy")
 # Bodies up to this size with a known length are read whole and sent with the head in one write;
 # larger or open-ended ones stream.
 _WHOLE_BODY_LIMIT = 64 * 1024
+
+# Failures in which the request never left: the upstream cannot have acted on it.
+_NOT_SENT = frozenset({"connect", "connect_timeout"})
 
 # Methods that may be sent to a second target after a connect failure: they are safe to repeat.
 _RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -107,6 +111,8 @@ class Proxy:
         if expect is not None and expect.strip().lower() != "100-continue":
             raise ExpectationFailed()
         has_body = request.body_exists
+        if ctx.body is not None:  # a plugin read it whole: send those bytes
+            declared = len(ctx.body)
         headers = self._upstream_headers(ctx, declared if has_body else None)
         pool = self.pool
         identity = ctx.identity
@@ -120,7 +126,11 @@ class Proxy:
             target = pool.targets[(index + attempt) % len(pool.targets)]
             ctx.upstream_target = target
             url = f"{target}{ctx.path}?{ctx.query}" if ctx.query else f"{target}{ctx.path}"
-            pump = BodyPump(ctx, self.max_body_size, self.body_timeout) if has_body else None
+            pump = (
+                BodyPump(ctx, self.max_body_size, self.body_timeout)
+                if has_body and ctx.body is None
+                else None
+            )
             try:
                 return await self._exchange(pool, ctx, url, headers, pump)
             except asyncio.CancelledError:
@@ -135,6 +145,8 @@ class Proxy:
             except _UpstreamFailure as failure:
                 if pump is not None and pump.failure is not None:
                     raise pump.failure from None
+                if failure.kind not in _NOT_SENT:
+                    ctx.upstream_reached = True  # the upstream may have acted on it
                 pool.metrics.error(failure.kind)
                 log.warning(
                     "upstream_failed",
@@ -180,7 +192,7 @@ class Proxy:
                 ctx.method,
                 URL(url, encoded=True),
                 headers=headers,
-                data=pump.chunks() if pump is not None else None,
+                data=pump.chunks() if pump is not None else _bytes(ctx.body),
                 allow_redirects=False,
                 timeout=self.timeout,
             )
@@ -196,10 +208,14 @@ class Proxy:
             raise _UpstreamFailure("protocol", BadGateway(), False, exc) from None
         if pump is not None:
             pump.response_started = True
+        ctx.upstream_reached = True
         try:
             ctx.upstream_seconds = time.perf_counter() - started
             pool.metrics.observe(ctx.upstream_seconds)
             response = self._response_head(ctx, upstream)
+            capture = ctx.capture
+            if capture is not None:
+                capture.head(response.status, list(response.headers.items()))
             length = upstream.content_length
             if length is not None and length <= _WHOLE_BODY_LIMIT and response.content_length:
                 return await self._whole(pool, ctx, upstream, response)
@@ -208,6 +224,7 @@ class Proxy:
             except ConnectionError:
                 raise ClientDisconnected() from None
             content = upstream.content
+            held: list[bytes] = []
             while True:
                 try:
                     chunk = await content.readany()
@@ -230,11 +247,18 @@ class Proxy:
                     return response
                 if not chunk:
                     break
-                try:
-                    await response.write(chunk)
-                except ConnectionError:
-                    raise ClientDisconnected() from None
-                ctx.bytes_out += len(chunk)
+                if capture is not None:
+                    capture.add(chunk)
+                    if not capture.overflow:
+                        held.append(chunk)  # held back until the capture is stored
+                        continue
+                    chunks, held = [*held, chunk], []
+                else:
+                    chunks = [chunk]
+                await _send(response, chunks, ctx)
+            if capture is not None:
+                await capture.finish()
+                await _send(response, held, ctx)
             try:
                 await response.write_eof()
             except ConnectionError:
@@ -262,6 +286,10 @@ class Proxy:
             raise _UpstreamFailure(
                 "read_timeout" if timeout else "body_truncated", answer, False, exc
             ) from None
+        capture = ctx.capture
+        if capture is not None:
+            capture.add(body)
+            await capture.finish()
         try:
             await response.prepare(ctx.request)
             await response.write_eof(body)
@@ -287,10 +315,24 @@ class Proxy:
         return response
 
 
+async def _send(response: web.StreamResponse, chunks: list[bytes], ctx: RequestContext) -> None:
+    for chunk in chunks:
+        try:
+            await response.write(chunk)
+        except ConnectionError:
+            raise ClientDisconnected() from None
+        ctx.bytes_out += len(chunk)
+
+
 def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
+
+
+def _bytes(body: bytes | None) -> io.BytesIO | None:
+    # A file-like payload is sent in pieces, without blocking the loop on a large body.
+    return None if body is None else io.BytesIO(body)
 
 
 def describe_failure(exc: BaseException) -> str:

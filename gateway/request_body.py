@@ -12,6 +12,58 @@ from gateway.errors import ClientDisconnected, GatewayError, PayloadTooLarge, Re
 from gateway.pipeline import RequestContext
 
 
+async def send_continue(ctx: RequestContext) -> None:
+    """Answer ``Expect: 100-continue``: the client sends its body only after this.
+
+    Called when the gateway is about to read the body, so a request refused before (401, 413,
+    429) never gets it and its body is never sent.
+    """
+    request = ctx.request
+    if (
+        request.version < (1, 1)
+        or request.headers.get("Expect", "").strip().lower() != "100-continue"
+    ):
+        return
+    writer = request.writer
+    if writer.output_size:  # already sent for this request
+        return
+    try:
+        await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    except ConnectionError:
+        raise ClientDisconnected() from None
+    writer.output_size = 0  # the interim answer is not part of the response
+
+
+async def read_body(ctx: RequestContext, limit: int, idle_seconds: float) -> bytes:
+    """The whole request body, for a plugin that must see it before the upstream does.
+
+    idle_seconds bounds each wait for the next piece, as for a streamed body.
+    """
+    request = ctx.request
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(limit)
+    await send_continue(ctx)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(idle_seconds):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RequestTimeout() from None
+        except (aiohttp.ClientError, ConnectionError, web.HTTPException):
+            raise ClientDisconnected() from None
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    ctx.bytes_in = size
+    return b"".join(chunks)
+
+
 class BodyRefused(Exception):
     """The client's body broke a rule; the reason is in the pump's failure."""
 
@@ -27,7 +79,6 @@ class BodyPump:
 
     __slots__ = (
         "_ctx",
-        "_expect_continue",
         "_handler",
         "_limit",
         "_timeout",
@@ -38,11 +89,6 @@ class BodyPump:
 
     def __init__(self, ctx: RequestContext, limit: int, timeout: float) -> None:
         self._ctx = ctx
-        # The client waits for "100 Continue" before sending its body; it is sent only now,
-        # when the gateway has accepted the request and is about to read the body.
-        self._expect_continue = ctx.request.version >= (1, 1) and (
-            ctx.request.headers.get("Expect", "").strip().lower() == "100-continue"
-        )
         self._limit = limit
         self._timeout = timeout
         self._handler = asyncio.current_task()
@@ -59,14 +105,11 @@ class BodyPump:
     async def chunks(self) -> AsyncIterator[bytes]:
         ctx = self._ctx
         content = ctx.request.content
-        if self._expect_continue:
-            writer = ctx.request.writer
-            try:
-                await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            except ConnectionError:
-                self._fail(ClientDisconnected())
-                raise
-            writer.output_size = 0  # the interim answer is not part of the response
+        try:
+            await send_continue(ctx)
+        except ClientDisconnected as exc:
+            self._fail(exc)
+            raise
         while True:
             try:
                 async with asyncio.timeout(self._timeout):

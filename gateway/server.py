@@ -35,6 +35,7 @@ from gateway.store import Store, StoreError, open_store
 from gateway.store.local import LocalStore
 from gateway.store.redis import RedisStore
 from plugins.auth import AuthPlugin
+from plugins.idempotency import IdempotencyPlugin
 from plugins.rate_limit import RateLimitPlugin
 
 log = structlog.get_logger("gateway")
@@ -111,6 +112,17 @@ class GatewayProcess:
                         self.limiter, config.plans, route, key_prefix=config.store.key_prefix
                     )
                 )
+        if route.idempotency != "off":
+            plugins.append(
+                IdempotencyPlugin(
+                    self.store,
+                    route,
+                    config.idempotency,
+                    self.metrics,
+                    body_timeout=config.server.body_timeout,
+                    clock=self.clock,
+                )
+            )
         if self._extra_plugins is not None:
             plugins.extend(self._extra_plugins(route))
         return plugins

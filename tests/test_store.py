@@ -220,3 +220,67 @@ async def _eventually(condition: Callable[[], bool], timeout: float = 2.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def test_idempotency_lock_replay_and_mismatch(store: Store) -> None:
+    now = time.time()
+    scope = "org_a:hash1"
+    assert (await store.idempotency_begin(scope, "fp", "t1", now, 60)).outcome == "acquired"
+    assert (await store.idempotency_begin(scope, "fp", "t2", now, 60)).outcome == "in_flight"
+    assert (await store.idempotency_begin(scope, "other", "t2", now, 60)).outcome == "mismatch"
+    assert not await store.idempotency_finish(scope, "t2", b"not mine", now, 3600)
+    assert await store.idempotency_finish(scope, "t1", b"\x00response\xff", now, 3600)
+    replay = await store.idempotency_begin(scope, "fp", "t3", now + 1, 60)
+    assert (replay.outcome, replay.response) == ("replay", b"\x00response\xff")
+    assert (await store.idempotency_begin(scope, "other", "t3", now, 60)).outcome == "mismatch"
+    # Another org's identical key is another record.
+    assert (await store.idempotency_begin("org_b:hash1", "fp", "t4", now, 60)).outcome == "acquired"
+
+
+async def test_idempotency_release_lets_a_retry_proceed(store: Store) -> None:
+    now = time.time()
+    assert (await store.idempotency_begin("o:h", "fp", "t1", now, 60)).outcome == "acquired"
+    assert await store.idempotency_finish("o:h", "t1", None, now, 0)
+    assert (await store.idempotency_begin("o:h", "fp", "t2", now, 60)).outcome == "acquired"
+
+
+async def test_idempotency_lock_of_a_crashed_holder_runs_out(store: Store) -> None:
+    now = time.time()
+    assert (await store.idempotency_begin("o:h", "fp", "crashed", now, 1.0)).outcome == "acquired"
+    assert (await store.idempotency_begin("o:h", "fp", "t2", now + 0.5, 1.0)).outcome == "in_flight"
+    await asyncio.sleep(1.1)  # on Redis the record's own expiry is server time
+    later = now + 1.2
+    assert (await store.idempotency_begin("o:h", "fp", "t2", later, 60)).outcome == "acquired"
+    # The crashed holder, were it to come back, can no longer store anything.
+    assert not await store.idempotency_finish("o:h", "crashed", b"late", later, 3600)
+
+
+async def test_stored_responses_survive_a_restart(store_factory: StoreFactory) -> None:
+    first = store_factory()
+    await first.startup()
+    now = time.time()
+    await first.idempotency_begin("o:h", "fp", "t1", now, 60)
+    await first.idempotency_finish("o:h", "t1", b"kept", now, 3600)
+    await first.shutdown()
+    second = store_factory()
+    await second.startup()
+    try:
+        answer = await second.idempotency_begin("o:h", "fp", "t2", now + 1, 60)
+        assert (answer.outcome, answer.response) == ("replay", b"kept")
+    finally:
+        await second.shutdown()
+
+
+async def test_idempotency_lock_is_renewed_only_by_its_holder(store: Store) -> None:
+    assert (
+        await store.idempotency_begin("o:h", "fp", "t1", time.time(), 1.0)
+    ).outcome == "acquired"
+    await asyncio.sleep(0.6)
+    assert await store.idempotency_renew("o:h", "t1", time.time(), 1.0)
+    assert not await store.idempotency_renew("o:h", "intruder", time.time(), 1.0)
+    await asyncio.sleep(0.6)  # past the first deadline, within the renewed one
+    assert (
+        await store.idempotency_begin("o:h", "fp", "t2", time.time(), 1.0)
+    ).outcome == "in_flight"
+    assert await store.idempotency_finish("o:h", "t1", b"done", time.time(), 60)
+    assert not await store.idempotency_renew("o:h", "t1", time.time(), 1.0)  # nothing to hold

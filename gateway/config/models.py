@@ -128,6 +128,17 @@ class RouteLimitConfig(RateLimitConfig):
     scope: Literal["key", "org"] = Field("key", description="Counted per key or per org.")
 
 
+class IdempotencyConfig(Section):
+    ttl: Duration = Field(86400.0, description="How long a response is replayed to retries.")
+    lock_timeout: Duration = Field(
+        60.0, description="How long a request in flight holds its key (a crashed holder's ends)."
+    )
+    max_response_body: ByteSize = Field(
+        1024 * 1024,
+        description="Largest response kept for replay; retries of a larger one get a 409.",
+    )
+
+
 class RateLimitsConfig(Section):
     on_store_error: Literal["open", "closed", "local"] = Field(
         "local",
@@ -201,6 +212,12 @@ class RouteConfig(Section):
         False, description="Pass the client's Authorization header to the upstream."
     )
     cost: int = Field(1, ge=1, le=1000, description="Units a request takes from every limit.")
+    idempotency: Literal["off", "optional", "required"] = Field(
+        "off", description="Idempotency-Key on POST, PATCH and DELETE: off, optional or required."
+    )
+    idempotency_keep_5xx: bool = Field(
+        True, description="Replay an upstream 5xx to retries too (false: let them try again)."
+    )
     rate_limits: tuple[RouteLimitConfig, ...] = Field(
         (), description="Extra limits for this route only, e.g. a stricter one on an export."
     )
@@ -216,6 +233,8 @@ class RouteConfig(Section):
             raise ValueError("scopes: a route with auth: none cannot require scopes")
         if self.rate_limits and self.auth == "none":
             raise ValueError("rate_limits: limits count per key or org; they need auth: key")
+        if self.idempotency != "off" and self.auth == "none":
+            raise ValueError("idempotency: records are kept per org; it needs auth: key")
         names = [limit.name for limit in self.rate_limits]
         if len(set(names)) != len(names):
             raise ValueError("rate_limits: each limit of a route needs its own name")
@@ -387,6 +406,7 @@ class GatewayConfig(Section):
     scopes: ScopesConfig = Field(default_factory=ScopesConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
     demo: DemoConfig | None = Field(
         None, description="Make a demo org and key on first start and print the key (development)."
     )

@@ -1,12 +1,13 @@
 """State store: orgs and keys (and later limits, idempotency records, webhooks)."""
 
 from gateway.config.models import StoreConfig
-from gateway.store.base import Conflict, Invalidation, Store, StoreError
+from gateway.store.base import Conflict, IdempotencyBegin, Invalidation, Store, StoreError
 from gateway.store.models import ApiKey, Org, new_id
 
 __all__ = [
     "ApiKey",
     "Conflict",
+    "IdempotencyBegin",
     "Invalidation",
     "Org",
     "Store",

@@ -44,6 +44,14 @@ T = TypeVar("T")
 Change = Callable[[T], T]
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyBegin:
+    """What a store says when a request with an Idempotency-Key arrives."""
+
+    outcome: Literal["acquired", "mismatch", "in_flight", "replay"]
+    response: bytes | None = None  # the stored response, for "replay"
+
+
 class Store(ABC):
     """Orgs and keys; later issues add limits, idempotency records and webhooks here."""
 
@@ -102,6 +110,27 @@ class Store(ABC):
         Read-modify-write in one step: two admins (a revoke and a rotate) never undo each
         other's change. change may raise to abort; nothing is written then.
         """
+
+    @abstractmethod
+    async def idempotency_begin(
+        self, scope: str, fingerprint: str, token: str, now: float, lock_seconds: float
+    ) -> IdempotencyBegin:
+        """Take the lock for scope, or report a replay, a request in flight or a mismatch.
+
+        A lock older than lock_seconds is taken over: a crashed gateway cannot wedge a key.
+        """
+
+    @abstractmethod
+    async def idempotency_renew(
+        self, scope: str, token: str, now: float, lock_seconds: float
+    ) -> bool:
+        """Extend the lock of a holder that is still working; False if it lost the lock."""
+
+    @abstractmethod
+    async def idempotency_finish(
+        self, scope: str, token: str, response: bytes | None, now: float, keep_seconds: float
+    ) -> bool:
+        """Store the response (or, with None, drop the record), if token still holds the lock."""
 
     @abstractmethod
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:

@@ -11,7 +11,14 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.store.base import Change, Conflict, Invalidation, Store, StoreError
+from gateway.store.base import (
+    Change,
+    Conflict,
+    IdempotencyBegin,
+    Invalidation,
+    Store,
+    StoreError,
+)
 from gateway.store.models import ApiKey, Org
 
 T = TypeVar("T")
@@ -32,6 +39,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_keys_org ON api_keys (org_id, created_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    token TEXT,
+    lock_until REAL,
+    response BLOB,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
 CREATE TABLE IF NOT EXISTS limit_state (
     key TEXT PRIMARY KEY,
     value REAL NOT NULL,
@@ -51,6 +68,7 @@ class LocalStore(Store):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._idempotency_writes = 0
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -207,6 +225,68 @@ class LocalStore(Store):
         if key is not None:
             self._notify(Invalidation("key", key.key_hash))
         return key
+
+    async def idempotency_begin(
+        self, scope: str, fingerprint: str, token: str, now: float, lock_seconds: float
+    ) -> IdempotencyBegin:
+        def begin(db: sqlite3.Connection) -> IdempotencyBegin:
+            row = db.execute(
+                "SELECT state, fingerprint, lock_until, response FROM idempotency"
+                " WHERE scope = ? AND expires_at > ?",
+                (scope, now),
+            ).fetchone()
+            if row is not None:
+                state, stored_fingerprint, lock_until, response = row
+                if stored_fingerprint != fingerprint:
+                    return IdempotencyBegin("mismatch")
+                if state == "done":
+                    return IdempotencyBegin("replay", bytes(response))
+                if lock_until > now:
+                    return IdempotencyBegin("in_flight")
+            # Free, expired, or held by a crashed holder whose lock ran out: take it.
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency"
+                " (scope, state, fingerprint, token, lock_until, response, expires_at)"
+                " VALUES (?, 'in_flight', ?, ?, ?, NULL, ?)",
+                (scope, fingerprint, token, now + lock_seconds, now + lock_seconds),
+            )
+            if self._idempotency_writes % 1000 == 0:  # old records go now and then
+                db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+            self._idempotency_writes += 1
+            return IdempotencyBegin("acquired")
+
+        return await self._run(begin)
+
+    async def idempotency_renew(
+        self, scope: str, token: str, now: float, lock_seconds: float
+    ) -> bool:
+        until = now + lock_seconds
+        cursor = await self._run(
+            lambda db: db.execute(
+                "UPDATE idempotency SET lock_until = ?, expires_at = ?"
+                " WHERE scope = ? AND token = ? AND state = 'in_flight'",
+                (until, until, scope, token),
+            )
+        )
+        return cursor.rowcount == 1
+
+    async def idempotency_finish(
+        self, scope: str, token: str, response: bytes | None, now: float, keep_seconds: float
+    ) -> bool:
+        def finish(db: sqlite3.Connection) -> bool:
+            if response is None:
+                cursor = db.execute(
+                    "DELETE FROM idempotency WHERE scope = ? AND token = ?", (scope, token)
+                )
+            else:
+                cursor = db.execute(
+                    "UPDATE idempotency SET state = 'done', response = ?, token = NULL,"
+                    " lock_until = NULL, expires_at = ? WHERE scope = ? AND token = ?",
+                    (response, now + keep_seconds, scope, token),
+                )
+            return cursor.rowcount == 1
+
+        return await self._run(finish)
 
     async def save_limit_state(self, state: Mapping[str, tuple[float, float]]) -> None:
         """Replace the saved rate-limit state: key -> (value, expires_at)."""

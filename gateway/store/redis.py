@@ -13,7 +13,14 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, WatchError
 
-from gateway.store.base import Change, Conflict, Invalidation, Store, StoreError
+from gateway.store.base import (
+    Change,
+    Conflict,
+    IdempotencyBegin,
+    Invalidation,
+    Store,
+    StoreError,
+)
 from gateway.store.models import ApiKey, Org
 
 log = structlog.get_logger("gateway.store")
@@ -32,6 +39,7 @@ class RedisStore(Store):
     def __init__(self, url: str, *, key_prefix: str = "gw") -> None:
         super().__init__()
         self.url = url
+        self._key_prefix = key_prefix
         self._p = f"{key_prefix}:{{meta}}"
         self._channel = f"{key_prefix}:invalidate"
         self._client: aioredis.Redis | None = None
@@ -57,6 +65,8 @@ class RedisStore(Store):
         )
         self._create_org = self._client.register_script(_script("create_org.lua"))
         self._touch = self._client.register_script(_script("touch_keys.lua"))
+        self._idem_begin = self._client.register_script(_script("idem_begin.lua"))
+        self._idem_finish = self._client.register_script(_script("idem_finish.lua"))
         await self.ping()
         self._listener = asyncio.create_task(self._listen(), name="gateway-store-invalidation")
         with contextlib.suppress(TimeoutError):
@@ -220,6 +230,50 @@ class RedisStore(Store):
             return key, orjson.dumps(record), Invalidation("key", key.key_hash)
 
         return await self._update(f"{self._p}:key:{key_id}", apply)
+
+    def _idem_key(self, scope: str) -> str:
+        # scope is "<org id>:<key hash>": the org is the hash tag, like the org's rate limits.
+        org, _, rest = scope.partition(":")
+        return f"{self._key_prefix}:idem:{{{org}}}:{rest}"
+
+    async def idempotency_begin(
+        self, scope: str, fingerprint: str, token: str, now: float, lock_seconds: float
+    ) -> IdempotencyBegin:
+        answer = await self._call(
+            self._idem_begin(
+                keys=[self._idem_key(scope)],
+                args=[fingerprint, token, int(now * 1000), max(1, int(lock_seconds * 1000))],
+            )
+        )
+        outcome = answer[0].decode()
+        if outcome == "replay":
+            return IdempotencyBegin("replay", bytes(answer[1]))
+        if outcome in ("acquired", "mismatch", "in_flight"):
+            return IdempotencyBegin(outcome)
+        raise StoreError(f"redis store: unexpected idempotency answer {outcome!r}")
+
+    async def idempotency_renew(
+        self, scope: str, token: str, now: float, lock_seconds: float
+    ) -> bool:
+        lock_ms = max(1, int(lock_seconds * 1000))
+        renewed = await self._call(
+            self._idem_finish(
+                keys=[self._idem_key(scope)],
+                args=[token, "renew", int(now * 1000) + lock_ms, lock_ms],
+            )
+        )
+        return bool(renewed)
+
+    async def idempotency_finish(
+        self, scope: str, token: str, response: bytes | None, now: float, keep_seconds: float
+    ) -> bool:
+        args: list[str | bytes | int] = (
+            [token, "release", b"", 1]
+            if response is None
+            else [token, "complete", response, max(1, int(keep_seconds * 1000))]
+        )
+        done = await self._call(self._idem_finish(keys=[self._idem_key(scope)], args=args))
+        return bool(done)
 
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:
         if not last_used:

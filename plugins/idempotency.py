@@ -1,0 +1,280 @@
+"""idempotency: Idempotency-Key on POST, PATCH and DELETE; one side effect, replayed answers.
+
+draft-ietf-httpapi-idempotency-key-header with Stripe's semantics: the first request takes a
+lock; duplicates in flight get 409; the same key with another request gets 422; the finished
+answer is replayed, with ``Idempotent-Replayed: true``, for ``idempotency.ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.config.models import IdempotencyConfig, RouteConfig
+from gateway.errors import BadRequest, GatewayError, Unavailable
+from gateway.headers import stamp
+from gateway.metrics import Metrics
+from gateway.pipeline import Handler, RequestContext, ResponseCapture
+from gateway.request_body import read_body
+from gateway.store import Store, StoreError
+
+log = structlog.get_logger("gateway.idempotency")
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+_METHODS = frozenset({"POST", "PATCH", "DELETE"})
+_PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}\Z")
+# What a replay may carry from the original answer: describes the resource, never a session
+# (Set-Cookie), a connection (hop-by-hop) or this gateway's own per-request headers.
+_REPLAYED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-encoding",
+        "content-language",
+        "content-disposition",
+        "location",
+        "etag",
+        "last-modified",
+        "link",
+        "cache-control",
+        "expires",
+        "vary",
+    }
+)
+_OURS = ("x-request-id", "x-ratelimit-", "ratelimit", "x-org-", "x-api-key-", "x-scopes")
+
+
+class IdempotencyKeyRequired(GatewayError):
+    status, code = 400, "idempotency_key_required"
+    message = "This endpoint requires an Idempotency-Key header."
+
+
+class IdempotencyInFlight(GatewayError):
+    status, code = 409, "idempotency_in_flight"
+    message = "A request with this Idempotency-Key is still being processed; retry shortly."
+
+    def __init__(self) -> None:
+        super().__init__(headers=[("Retry-After", "1")])
+
+
+class IdempotencyKeyReused(GatewayError):
+    status, code = 422, "idempotency_key_reused"
+    message = "This Idempotency-Key was used with a different request (method, path or body)."
+
+
+class IdempotencyResponseNotStored(GatewayError):
+    status, code = 409, "idempotency_response_not_stored"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(
+            f"The request with this Idempotency-Key completed with status {status}; its"
+            " response was too large to keep for replay, and it was not run again."
+        )
+
+
+def parse_key(values: list[str]) -> str:
+    """The key: 1 to 255 printable ASCII characters, bare or as the draft's quoted string."""
+    if len(values) != 1:
+        raise BadRequest("Send exactly one Idempotency-Key header.")
+    key = values[0].strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not _PRINTABLE.match(key):
+        raise BadRequest("The Idempotency-Key must be 1 to 255 printable ASCII characters.")
+    return key
+
+
+def _keep_header(name: str) -> bool:
+    lower = name.lower()
+    if lower in _REPLAYED_HEADERS:
+        return True
+    return lower.startswith("x-") and not lower.startswith(_OURS)
+
+
+class IdempotencyPlugin:
+    """Runs a write once per (org, Idempotency-Key); later copies get the first answer."""
+
+    name: ClassVar[str] = "idempotency"
+    priority: ClassVar[int] = 800  # after auth (the org scopes records) and rate limits
+    upstream_headers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        store: Store,
+        route: RouteConfig,
+        settings: IdempotencyConfig,
+        metrics: Metrics,
+        *,
+        body_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.required = route.idempotency == "required"
+        self.keep_5xx = route.idempotency_keep_5xx
+        self.max_body = route.max_body_size
+        self.settings = settings
+        self.body_timeout = body_timeout
+        self.clock = clock
+        self._outcomes = {
+            outcome: metrics.idempotency.labels(outcome)
+            for outcome in ("stored", "replayed", "conflict", "mismatch", "released", "not_stored")
+        }
+
+    async def startup(self) -> None:
+        """The store is shared and owned by the process."""
+
+    async def shutdown(self) -> None:
+        """Nothing of its own to release."""
+
+    def _count(self, ctx: RequestContext, outcome: str) -> None:
+        self._outcomes[outcome].inc()
+        ctx.log_fields["idempotency"] = outcome
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
+        if ctx.method not in _METHODS:
+            return await call_next(ctx)
+        values = ctx.request.headers.getall(IDEMPOTENCY_KEY, [])
+        if not values:
+            if self.required:
+                raise IdempotencyKeyRequired()
+            return await call_next(ctx)
+        key = parse_key(list(values))
+        identity = ctx.identity
+        if identity is None:  # config validation requires auth: key on these routes
+            return await call_next(ctx)
+        # The body is read whole: a reused key with another body must be refused before the
+        # upstream sees anything. The route's max_body_size bounds it.
+        body = await read_body(ctx, self.max_body, self.body_timeout)
+        ctx.body = body
+        fingerprint = hashlib.sha256(
+            b"\n".join(
+                [
+                    ctx.method.encode(),
+                    ctx.path.encode(),
+                    ctx.query.encode(),
+                    hashlib.sha256(body).hexdigest().encode(),
+                ]
+            )
+        ).hexdigest()
+        # Scoped to the org, not the key: a retry made after a key rotation still replays.
+        scope = f"{identity.org.id}:{hashlib.sha256(key.encode()).hexdigest()}"
+        token = os.urandom(16).hex()
+        try:
+            begin = await self.store.idempotency_begin(
+                scope, fingerprint, token, self.clock(), self.settings.lock_timeout
+            )
+        except StoreError:
+            raise Unavailable(
+                "Idempotency records are unavailable; try again shortly.",
+                headers=[("Retry-After", "1")],
+            ) from None
+        if begin.outcome == "mismatch":
+            self._count(ctx, "mismatch")
+            raise IdempotencyKeyReused()
+        if begin.outcome == "in_flight":
+            self._count(ctx, "conflict")
+            raise IdempotencyInFlight()
+        if begin.outcome == "replay" and begin.response is not None:
+            self._count(ctx, "replayed")
+            return self._replay(ctx, begin.response)
+        return await self._first(ctx, scope, token, call_next)
+
+    async def _first(
+        self, ctx: RequestContext, scope: str, token: str, call_next: Handler
+    ) -> web.StreamResponse:
+        """The request holds the lock: run it, then keep its answer for the retries."""
+        capture = ctx.capture = ResponseCapture(self.settings.max_response_body)
+        stored = False
+
+        async def store() -> None:
+            nonlocal stored
+            if not stored:
+                stored = True
+                await self._store(ctx, scope, token, capture)
+
+        # The proxy stores the answer before the client has all of it (see ResponseCapture).
+        capture.on_complete = store
+        renewer = asyncio.create_task(self._renew(scope, token), name="idempotency-lock")
+        try:
+            response = await call_next(ctx)
+        except BaseException:
+            if capture.complete:
+                # The upstream answered in full (only the client went away): that answer is
+                # the outcome, and retries must get it, not run the write again.
+                await store()
+            elif not ctx.upstream_reached:
+                await self._finish(ctx, scope, token, None, "released")
+            # Else the upstream may have acted without our seeing its answer: the lock is kept
+            # until it runs out, so retries get 409 for a while instead of a second write.
+            raise
+        finally:
+            renewer.cancel()
+        if capture.complete:
+            await store()
+        elif not stored:
+            await self._finish(ctx, scope, token, None, "released")
+        return response
+
+    async def _renew(self, scope: str, token: str) -> None:
+        """Keep the lock while the request is in flight. A gateway that crashes stops renewing,
+        so its lock runs out within lock_timeout; a slow upstream never loses it."""
+        lock = self.settings.lock_timeout
+        while True:
+            await asyncio.sleep(lock / 3)
+            try:
+                if not await self.store.idempotency_renew(scope, token, self.clock(), lock):
+                    return
+            except StoreError as exc:
+                log.warning("idempotency_lock_not_renewed", error=str(exc))
+
+    async def _store(
+        self, ctx: RequestContext, scope: str, token: str, capture: ResponseCapture
+    ) -> None:
+        if capture.status >= 500 and not self.keep_5xx:
+            await self._finish(ctx, scope, token, None, "released")
+            return
+        head = {
+            "status": capture.status,
+            "headers": [[k, v] for k, v in capture.headers if _keep_header(k)],
+            "too_large": capture.overflow,
+        }
+        record = orjson.dumps(head) + b"\n" + b"".join(capture.chunks)
+        await self._finish(
+            ctx, scope, token, record, "not_stored" if capture.overflow else "stored"
+        )
+
+    async def _finish(
+        self, ctx: RequestContext, scope: str, token: str, record: bytes | None, outcome: str
+    ) -> None:
+        try:
+            await self.store.idempotency_finish(
+                scope, token, record, self.clock(), self.settings.ttl
+            )
+        except StoreError as exc:
+            # The answer is already on its way; the lock runs out by itself.
+            log.error("idempotency_not_saved", error=str(exc), outcome=outcome)
+            return
+        self._count(ctx, outcome)
+
+    def _replay(self, ctx: RequestContext, record: bytes) -> web.StreamResponse:
+        head_raw, _, body = record.partition(b"\n")
+        head = orjson.loads(head_raw)
+        if head.get("too_large"):
+            raise IdempotencyResponseNotStored(int(head["status"]))
+        response = web.Response(status=int(head["status"]), body=body)
+        headers = response.headers
+        for name, value in head["headers"]:
+            headers.add(name, value)
+        headers[REPLAYED] = "true"
+        stamp(headers, ctx.request_id, ctx.response_headers)
+        ctx.bytes_out = len(body)
+        return response

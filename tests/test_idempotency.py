@@ -1,0 +1,265 @@
+"""Idempotency keys through real HTTP: one side effect, replays, conflicts, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import (
+    LogLines,
+    RedisServer,
+    RunningGateway,
+    Upstream,
+    free_port,
+    make_config,
+    unique_prefix,
+)
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+UpstreamFactory = Callable[..., Awaitable[Upstream]]
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
+
+
+@pytest.fixture(params=["local", "redis"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    if request.param == "local":
+        return {"backend": "local", "path": str(tmp_path / "idem.db")}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+
+
+def creating_upstream(
+    delay: float = 0.0, status: int = 201
+) -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
+    counter = itertools.count(1)
+
+    async def create(request: web.BaseRequest) -> web.Response:
+        await request.read()
+        await asyncio.sleep(delay)
+        n = next(counter)
+        return web.json_response(
+            {"id": f"inv_{n}", "created": n},
+            status=status,
+            headers={
+                "Location": f"/v1/invoices/inv_{n}",
+                "Set-Cookie": "session=abc",
+                "X-Invoice-Number": str(n),
+            },
+        )
+
+    return create
+
+
+def idem_config(
+    targets: list[str], store: dict[str, Any], mode: str = "optional", **route: Any
+) -> dict[str, Any]:
+    return make_config(
+        {"app": {"targets": targets}},
+        [{"path": "/v1/invoices", "upstream": "app", "auth": "key", "idempotency": mode, **route}],
+        store=store,
+        idempotency={"lock_timeout": "2s"},
+    )
+
+
+class Api:
+    def __init__(self, gw: RunningGateway) -> None:
+        self.gw = gw
+
+    async def key(self, org: str = "acme") -> str:
+        s = self.gw.session
+        async with s.get(f"{self.gw.admin_url}/admin/orgs/{org}", headers=ADMIN) as r:
+            exists = r.status == 200
+        if not exists:
+            async with s.post(
+                f"{self.gw.admin_url}/admin/orgs",
+                json={"slug": org, "name": org, "plan": "default"},
+                headers=ADMIN,
+            ) as r:
+                assert r.status == 201
+        async with s.post(
+            f"{self.gw.admin_url}/admin/orgs/{org}/keys", json={"name": "k"}, headers=ADMIN
+        ) as r:
+            return str((await r.json())["data"]["secret"])
+
+    async def post(
+        self, secret: str, body: bytes = b'{"amount": 100}', key: str | None = "ik-1"
+    ) -> tuple[int, Any, bytes]:
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        async with self.gw.session.post(
+            f"{self.gw.url}/v1/invoices", data=body, headers=headers
+        ) as r:
+            return r.status, r.headers, await r.read()
+
+
+async def test_concurrent_duplicates_reach_the_upstream_once(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    up = await upstream_factory(creating_upstream(delay=0.5))
+    gw = await gateway_factory(idem_config([up.url], store_config))
+    api = Api(gw)
+    secret = await api.key()
+    answers = await asyncio.gather(*(api.post(secret) for _ in range(20)))
+    assert len(up.seen) == 1
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses.count(201) == 1
+    assert set(statuses) <= {201, 409}
+    conflict = next(a for a in answers if a[0] == 409)
+    assert b'"code":"idempotency_in_flight"' in conflict[2]
+    assert conflict[1]["Retry-After"] == "1"
+    original = next(a for a in answers if a[0] == 201)
+    # After completion: the byte-identical answer, marked as a replay.
+    status, headers, body = await api.post(secret)
+    assert (status, body) == (201, original[2])
+    assert headers["Idempotent-Replayed"] == "true"
+    assert headers["Location"] == original[1]["Location"] == "/v1/invoices/inv_1"
+    assert headers["X-Invoice-Number"] == "1"
+    assert headers["Content-Type"] == original[1]["Content-Type"]
+    assert "Set-Cookie" not in headers
+    assert headers["X-Request-Id"] != original[1]["X-Request-Id"]
+    assert "Idempotent-Replayed" not in original[1]
+    assert len(up.seen) == 1
+
+
+async def test_same_key_other_request_is_422_and_leaves_the_record(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    up = await upstream_factory(creating_upstream())
+    gw = await gateway_factory(idem_config([up.url], store_config))
+    api = Api(gw)
+    secret = await api.key()
+    first = await api.post(secret)
+    status, _, body = await api.post(secret, body=b'{"amount": 999}')
+    assert status == 422
+    assert b'"code":"idempotency_key_reused"' in body
+    replay = await api.post(secret)
+    assert (replay[0], replay[2]) == (first[0], first[2])
+    assert len(up.seen) == 1
+
+
+async def test_records_are_per_org_and_survive_a_key_rotation(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    up = await upstream_factory(creating_upstream())
+    gw = await gateway_factory(idem_config([up.url], store_config))
+    api = Api(gw)
+    acme, acme_again, other = await api.key("acme"), await api.key("acme"), await api.key("other")
+    first = await api.post(acme)
+    # Another key of the same org (e.g. after a rotation) gets the replay ...
+    again = await api.post(acme_again)
+    assert (again[0], again[2], again[1]["Idempotent-Replayed"]) == (201, first[2], "true")
+    # ... another org's identical key is its own request.
+    theirs = await api.post(other)
+    assert theirs[0] == 201
+    assert "Idempotent-Replayed" not in theirs[1]
+    assert len(up.seen) == 2
+
+
+async def test_required_optional_and_malformed_keys(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    up = await upstream_factory(creating_upstream())
+    gw = await gateway_factory(idem_config([up.url], store_config, mode="required"))
+    api = Api(gw)
+    secret = await api.key()
+    status, _, body = await api.post(secret, key=None)
+    assert status == 400
+    assert b'"code":"idempotency_key_required"' in body
+    for bad in ("", "x" * 256, "caf\u00e9"):
+        headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": bad}
+        async with gw.session.post(f"{gw.url}/v1/invoices", data=b"{}", headers=headers) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["code"] == "bad_request"
+    assert (await api.post(secret, key='"quoted-key"'))[0] == 201
+    assert (await api.post(secret, key="quoted-key"))[1]["Idempotent-Replayed"] == "true"
+    assert len(up.seen) == 1
+    optional = await gateway_factory(idem_config([up.url], store_config, mode="optional"))
+    api2 = Api(optional)
+    assert (await api2.post(await api2.key("opt"), key=None))[0] == 201
+
+
+async def test_upstream_not_reached_stores_nothing(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    port = free_port()
+    gw = await gateway_factory(idem_config([f"http://127.0.0.1:{port}"], store_config))
+    api = Api(gw)
+    secret = await api.key()
+    assert (await api.post(secret))[0] == 502
+    runner = web.ServerRunner(web.Server(creating_upstream()), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        status, headers, _ = await api.post(secret)  # the retry proceeds: not 409, not a replay
+        assert status == 201
+        assert "Idempotent-Replayed" not in headers
+    finally:
+        await runner.cleanup()
+
+
+async def test_upstream_5xx_is_kept_unless_the_route_says_not(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    failing = await upstream_factory(creating_upstream(status=500))
+    gw = await gateway_factory(idem_config([failing.url], store_config))
+    api = Api(gw)
+    secret = await api.key()
+    await api.post(secret)
+    replay = await api.post(secret)
+    assert (replay[0], replay[1]["Idempotent-Replayed"]) == (500, "true")
+    assert len(failing.seen) == 1
+    again = await upstream_factory(creating_upstream(status=503))
+    gw2 = await gateway_factory(idem_config([again.url], store_config, idempotency_keep_5xx=False))
+    api2 = Api(gw2)
+    secret2 = await api2.key("retry5xx")
+    assert [(await api2.post(secret2))[0] for _ in range(2)] == [503, 503]
+    assert len(again.seen) == 2
+
+
+async def test_too_large_responses_are_not_replayed_nor_repeated(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    async def big(request: web.BaseRequest) -> web.Response:
+        await request.read()
+        return web.Response(status=201, body=b"x" * 5000)
+
+    up = await upstream_factory(big)
+    config = idem_config([up.url], store_config)
+    config["idempotency"]["max_response_body"] = 1000
+    gw = await gateway_factory(config)
+    api = Api(gw)
+    secret = await api.key()
+    assert (await api.post(secret))[0] == 201
+    status, _, body = await api.post(secret)
+    assert status == 409
+    assert b'"code":"idempotency_response_not_stored"' in body
+    assert b"status 201" in body
+    assert len(up.seen) == 1
+
+
+async def test_outcomes_are_counted_and_logged(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, logs: LogLines
+) -> None:
+    up = await upstream_factory(creating_upstream())
+    gw = await gateway_factory(idem_config([up.url], {}))
+    api = Api(gw)
+    secret = await api.key()
+    await api.post(secret)
+    await api.post(secret)
+    await api.post(secret, body=b"{}")
+    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
+        text = await r.text()
+    for outcome in ("stored", "replayed", "mismatch"):
+        assert f'gateway_idempotency_total{{outcome="{outcome}"}} 1.0' in text
+    assert [line.get("idempotency") for line in logs.events("request")] == [
+        "stored",
+        "replayed",
+        "mismatch",
+    ]
