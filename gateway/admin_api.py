@@ -236,9 +236,21 @@ class AdminApi:
             raise NotFound(f"No org {org.id!r}.")
         return json_response(org_view(changed))
 
+    def _check_override(self, limit: RateLimitConfig | None) -> None:
+        """A per-key limit must let the costliest route through, or its callers wait forever."""
+        if limit is None:
+            return
+        costliest = max((r.cost for r in self.config.routes if r.auth == "key"), default=1)
+        if limit.requests + limit.burst < costliest:
+            raise BadRequest(
+                f"rateLimit: allows {limit.requests + limit.burst} at once, but a route costs"
+                f" {costliest}; raise requests or burst"
+            )
+
     async def create_key(self, request: web.Request) -> web.Response:
         org = await self._org(request)
         body: CreateKey = await self._body(request, CreateKey)
+        self._check_override(body.rateLimit)
         if not self.config.plans[org.plan].api_keys:
             raise ApiAccessDisabled(
                 f"The plan {org.plan!r} of org {org.slug!r} includes no API keys."
@@ -296,6 +308,7 @@ class AdminApi:
     async def update_key(self, request: web.Request) -> web.Response:
         key = await self._key(request)
         body: UpdateKey = await self._body(request, UpdateKey)
+        self._check_override(body.rateLimit)
         changes: dict[str, Any] = {}
         if body.name is not None:
             changes["name"] = body.name

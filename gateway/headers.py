@@ -18,6 +18,14 @@ API_KEY_ID = "X-Api-Key-Id"
 SCOPES = "X-Scopes"
 KEY_ENVIRONMENT = "X-Key-Environment"
 IDENTITY_HEADERS = (ORG_ID, ORG_SLUG, API_KEY_ID, SCOPES, KEY_ENVIRONMENT)
+# The rate-limit fields: on a route the gateway limits, the backend's own are replaced by ours.
+RATE_LIMIT_HEADERS = (
+    "RateLimit-Policy",
+    "RateLimit",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+)
 
 # What our own responses say in Server, instead of the HTTP library and its version.
 SERVER = "Server"

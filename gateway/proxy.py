@@ -27,6 +27,7 @@ from gateway.headers import (
     FORWARDED_HOST,
     FORWARDED_PROTO,
     IDENTITY_HEADERS,
+    RATE_LIMIT_HEADERS,
     REQUEST_ID,
     copy_end_to_end,
     stamp,
@@ -65,6 +66,7 @@ _ALWAYS_STRIPPED = strip_set(
     ]
 )
 _RESPONSE_STRIPPED = strip_set(["Content-Length", REQUEST_ID])
+_RESPONSE_STRIPPED_LIMITED = _RESPONSE_STRIPPED | strip_set(RATE_LIMIT_HEADERS)
 
 
 class Proxy:
@@ -303,9 +305,8 @@ class Proxy:
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         source = upstream.headers
-        copy_end_to_end(
-            source.items(), response.headers, _RESPONSE_STRIPPED, source.getall("Connection", ())
-        )
+        dropped = _RESPONSE_STRIPPED if ctx.rate_limit is None else _RESPONSE_STRIPPED_LIMITED
+        copy_end_to_end(source.items(), response.headers, dropped, source.getall("Connection", ()))
         if (
             upstream.content_length is not None
             and "chunked" not in upstream.headers.get("Transfer-Encoding", "").lower()

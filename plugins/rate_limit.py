@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from aiohttp import web
 
@@ -13,7 +14,7 @@ from gateway.errors import GatewayError
 from gateway.identity import Identity
 from gateway.pipeline import Handler, RequestContext
 from gateway.ratelimit.limiter import RateLimiter
-from gateway.ratelimit.policy import Decision, Limit, Outcome, calendar_window
+from gateway.ratelimit.policy import US, Decision, Limit, Outcome, calendar_window
 
 
 class RateLimited(GatewayError):
@@ -57,8 +58,8 @@ def _bucket(policy: str, key: str, config: RateLimitConfig) -> Limit:
     # override set or removed) starts with a full bucket instead of inheriting a debt measured
     # in another rate. Quota windows keep their count across changes: usage is usage.
     capacity = config.requests + config.burst
-    interval = config.per / config.requests
-    return Limit(policy, f"{key}:{capacity}:{interval:g}", "gcra", capacity, interval)
+    interval_us = max(1, round(config.per * US / config.requests))
+    return Limit(policy, f"{key}:{capacity}:{interval_us}", "gcra", capacity, interval_us)
 
 
 class RateLimitPlugin:
@@ -82,6 +83,9 @@ class RateLimitPlugin:
         self.cost = route.cost
         self.prefix = f"{key_prefix}:rl"
         self._buckets: OrderedDict[tuple[str, str, str], tuple[Limit, ...]] = OrderedDict()
+        # Route limits are this route's own, even where two routes name a limit alike.
+        self._route_tag = hashlib.sha256(route.label.encode()).hexdigest()[:12]
+        self._window: tuple[float, float, str] | None = None
 
     async def startup(self) -> None:
         """The limiter is shared by every route and owned by the process."""
@@ -98,25 +102,34 @@ class RateLimitPlugin:
         override = key.rate_limit
         cache_key = (key.id, org.plan, repr(override))
         buckets = self._buckets.get(cache_key)
-        if buckets is None:
+        if buckets is not None:
+            self._buckets.move_to_end(cache_key)
+        else:
             buckets = self._build(identity, plan)
             self._buckets[cache_key] = buckets
             if len(self._buckets) > 10_000:
                 self._buckets.popitem(last=False)
         limits = list(buckets)
         if plan.quota is not None:
-            start, end, label = calendar_window(plan.quota.per, now)
+            start, end, label = self._calendar(plan.quota.per, now)
             limits.append(
                 Limit(
                     "quota",
                     f"{self.prefix}:{{{org.id}}}:quota:{label}",
                     "window",
                     plan.quota.requests,
-                    window_start=start,
-                    window_end=end,
+                    window_start_us=int(start * US),
+                    window_end_us=int(end * US),
                 )
             )
         return limits
+
+    def _calendar(self, per: Literal["day", "month"], now: float) -> tuple[float, float, str]:
+        window = self._window
+        if window is None or not window[0] <= now < window[1] or window[2] != per:
+            start, end, label = calendar_window(per, now)
+            self._window = window = (start, end, label)
+        return window[0], window[1], window[2]
 
     def _build(self, identity: Identity, plan: PlanConfig) -> tuple[Limit, ...]:
         key, org = identity.key, identity.org
@@ -131,9 +144,8 @@ class RateLimitPlugin:
             buckets.append(_bucket("org", f"{tag}:org", plan.org_rate_limit))
         for extra in self.route.rate_limits:
             subject = key.id if extra.scope == "key" else "org"
-            buckets.append(
-                _bucket(f"route:{extra.name}", f"{tag}:route:{extra.name}:{subject}", extra)
-            )
+            key_name = f"{tag}:route:{self._route_tag}:{extra.name}:{subject}"
+            buckets.append(_bucket(f"route:{extra.name}", key_name, extra))
         return tuple(buckets)
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:

@@ -175,8 +175,10 @@ async def test_limits_are_exact_across_two_instances(
             assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
                 headers
             )
-            if status == 429:  # whole seconds, at most one interval of the policy
-                assert 1 <= int(headers["Retry-After"]) <= 6
+            if status == 429:
+                # Whole seconds: one interval (6 s), plus up to a second when the request was
+                # stamped before a concurrent one that Redis ran first (a safe overestimate).
+                assert 1 <= int(headers["Retry-After"]) <= 7
         wait = max(int(h["Retry-After"]) for s, h in answers if s == 429)
         await asyncio.sleep(wait)
         assert (await call(b))[0] == 200

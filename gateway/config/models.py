@@ -323,6 +323,19 @@ class PlanConfig(Section):
         None, description="Requests per UTC calendar day or month, for the whole org."
     )
 
+    def capacities(self) -> list[tuple[str, int]]:
+        """The most each of the plan's limits lets through at once."""
+        found = []
+        if self.rate_limit is not None:
+            found.append(("rate_limit", self.rate_limit.requests + self.rate_limit.burst))
+        if self.org_rate_limit is not None:
+            found.append(
+                ("org_rate_limit", self.org_rate_limit.requests + self.org_rate_limit.burst)
+            )
+        if self.quota is not None:
+            found.append(("quota", self.quota.requests))
+        return found
+
 
 class ScopesConfig(Section):
     implies: dict[str, tuple[str, ...]] = Field(
@@ -432,6 +445,17 @@ class GatewayConfig(Section):
             raise ValueError(
                 f"demo: unknown plan {self.demo.plan!r} (known: {', '.join(self.plans)})"
             )
+        for i, route in enumerate(self.routes):
+            if route.auth != "key" or route.cost == 1:
+                continue
+            for plan_name, plan in self.plans.items():
+                for what, capacity in plan.capacities():
+                    if route.cost > capacity:
+                        raise ValueError(
+                            f"routes: routes[{i}].cost {route.cost} is more than plan"
+                            f" {plan_name!r} allows at once ({what}: {capacity}); such a request"
+                            " could never pass"
+                        )
         if self.identity.enabled:
             for i, route in enumerate(self.routes):
                 takes_get = route.methods is None or "GET" in route.methods

@@ -10,20 +10,29 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.ratelimit.policy import Decision, Limit, Outcome, evaluate
+from gateway.ratelimit.policy import US, Decision, Limit, Outcome, evaluate
+
+log = structlog.get_logger("gateway.ratelimit")
+
+# State outlives its meaning by this much, so instances whose clocks differ a little never see
+# a refused client's bucket vanish early.
+_TTL_MARGIN_MS = 60_000
+
+Entry = tuple[list[str], list[Any], "asyncio.Future[list[bytes]]"]
 
 
 class LimiterError(Exception):
     """The shared limit store could not decide; the outage policy says what happens."""
 
 
-def _ttl_ms(limit: Limit, now: float) -> int:
+def _ttl_ms(limit: Limit, now_us: int) -> int:
     """How long state must live: until a bucket is full again, or the window is over."""
     if limit.kind == "gcra":
-        return math.ceil(limit.capacity * limit.interval * 1000) + 1000
-    return math.ceil(max(0.0, limit.window_end - now) * 1000) + 60_000
+        return math.ceil(limit.capacity * limit.interval_us / 1000) + _TTL_MARGIN_MS
+    return math.ceil(max(0, limit.window_end_us - now_us) / 1000) + _TTL_MARGIN_MS
 
 
 class LocalLimits:
@@ -32,65 +41,71 @@ class LocalLimits:
     SWEEP_EVERY = 10_000
 
     def __init__(self) -> None:
-        self._state: dict[str, float] = {}
-        self._expires: dict[str, float] = {}
+        self._state: dict[str, int] = {}
+        self._expires: dict[str, int] = {}  # epoch microseconds
+        self._dirty: set[str] = set()  # changed since the last export
         self._decisions = 0
 
-    async def decide(self, limits: Sequence[Limit], cost: int, now: float) -> Decision:
-        decision, updates = evaluate(limits, self._state, cost, now)
+    async def decide(self, limits: Sequence[Limit], cost: int, now_us: int) -> Decision:
+        decision, updates = evaluate(limits, self._state, cost, now_us)
         for limit in limits:
             if limit.key in updates:
                 self._state[limit.key] = updates[limit.key]
-                self._expires[limit.key] = now + _ttl_ms(limit, now) / 1000
+                self._expires[limit.key] = now_us + _ttl_ms(limit, now_us) * 1000
+                self._dirty.add(limit.key)
         self._decisions += 1
         if self._decisions % self.SWEEP_EVERY == 0:
-            self._sweep(now)
+            self._sweep(now_us)
         return decision
 
-    def export(self, now: float) -> dict[str, tuple[float, float]]:
-        """The live state, key -> (value, expires at), to save across a restart."""
-        return {
-            key: (self._state[key], at)
-            for key, at in self._expires.items()
-            if at > now and key in self._state
+    def export_changes(self) -> dict[str, tuple[int, int]]:
+        """What changed since the last call, key -> (value, expires at in us), to be saved."""
+        changed = {
+            key: (self._state[key], self._expires[key]) for key in self._dirty if key in self._state
         }
+        self._dirty.clear()
+        return changed
 
-    def restore(self, saved: dict[str, tuple[float, float]]) -> None:
-        for key, (value, at) in saved.items():
+    def restore(self, saved: dict[str, tuple[int, int]]) -> None:
+        for key, (value, expires) in saved.items():
             self._state[key] = value
-            self._expires[key] = at
+            self._expires[key] = expires
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, now_us: int) -> None:
         # Idle buckets are full and ended windows are over: their state means nothing now.
-        for key in [k for k, at in self._expires.items() if at < now]:
+        for key in [k for k, at in self._expires.items() if at < now_us]:
             del self._expires[key]
             self._state.pop(key, None)
 
 
 class RedisLimits:
-    """State in Redis. Each request is one script call that decides all its limits at once;
-    the calls of one event-loop tick go out together in one pipeline: one round trip.
+    """State in Redis. Each request is one script call that decides all its limits at once.
+
+    One pipeline is in flight at a time: the calls that arrive meanwhile wait for the next one,
+    so a slow Redis makes batches larger instead of opening ever more connections, and every
+    request waits for at most one round trip plus the one before it.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._script = resources.files("gateway.ratelimit").joinpath("ratelimit.lua").read_text()
         self._sha = hashlib.sha1(self._script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-        self._queue: list[tuple[list[str], list[Any], asyncio.Future[list[bytes]]]] = []
+        self._queue: list[Entry] = []
+        self._sender: asyncio.Task[None] | None = None
         self.round_trips = 0  # pipelines sent: fewer than decisions when requests overlap
 
-    async def decide(self, limits: Sequence[Limit], cost: int, now: float) -> Decision:
+    async def decide(self, limits: Sequence[Limit], cost: int, now_us: int) -> Decision:
         keys = [limit.key for limit in limits]
-        args: list[Any] = [f"{now:.6f}", cost]
+        args: list[Any] = [now_us, cost]
         for limit in limits:
             if limit.kind == "gcra":
-                args += ["g", limit.capacity, f"{limit.interval:.9f}", _ttl_ms(limit, now)]
+                args += ["g", limit.capacity, limit.interval_us, _ttl_ms(limit, now_us)]
             else:
-                args += ["w", limit.capacity, f"{limit.window_end:.6f}", _ttl_ms(limit, now)]
+                args += ["w", limit.capacity, limit.window_end_us, _ttl_ms(limit, now_us)]
         future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
         self._queue.append((keys, args, future))
-        if len(self._queue) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_all(), name="gateway-rate-limits")
         raw = await future
         outcomes = tuple(
             Outcome(
@@ -98,45 +113,69 @@ class RedisLimits:
                 allowed=raw[1 + i * 4] == b"1",
                 limit=limit.capacity,
                 window=limit.window,
-                remaining=int(float(raw[2 + i * 4])),
-                reset=float(raw[3 + i * 4]),
-                retry_after=float(raw[4 + i * 4]),
+                remaining=int(raw[2 + i * 4]),
+                reset=int(raw[3 + i * 4]) / US,
+                retry_after=int(raw[4 + i * 4]) / US,
             )
             for i, limit in enumerate(limits)
         )
         return Decision(raw[0] == b"1", outcomes)
 
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.ensure_future(self._send(batch))
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-
-    async def _send(
-        self, batch: list[tuple[list[str], list[Any], asyncio.Future[list[bytes]]]]
-    ) -> None:
-        self.round_trips += 1
+    async def _send_all(self) -> None:
         try:
-            results = await self._pipeline(batch)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted or flushed its scripts: load ours and send the batch again.
+            await asyncio.sleep(0)  # let the rest of this tick join the first batch
+            while self._queue:
+                batch, self._queue = self._queue, []
+                # A request that gave up before its batch left is not counted.
+                batch = [entry for entry in batch if not entry[2].done()]
+                if batch:
+                    await self._send(batch)
+        except BaseException as exc:
+            # Whatever happened, no request may wait forever on a future nobody will set.
+            for _, _, future in self._queue:
+                if not future.done():
+                    future.set_exception(LimiterError(f"rate limits unavailable: {exc!r}"))
+            self._queue = []
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("rate_limit_sender_failed")
+        finally:
+            self._sender = None
+            if self._queue:  # arrived while we were finishing: start the next sender
+                self._sender = asyncio.create_task(self._send_all(), name="gateway-rate-limits")
+
+    async def _send(self, batch: list[Entry]) -> None:
+        pending = batch
+        try:
+            for _ in range(2):
+                results = await self._pipeline(pending)
+                retry = []
+                for entry, result in zip(pending, results, strict=True):
+                    future = entry[2]
+                    if future.done():
+                        continue
+                    if isinstance(result, NoScriptError):
+                        retry.append(entry)  # Redis lost our script (restart, flush)
+                    elif isinstance(result, Exception):
+                        future.set_exception(LimiterError(str(result)))
+                    else:
+                        future.set_result(result)
+                if not retry:
+                    return
                 await self._client.script_load(self._script)
-                results = await self._pipeline(batch)
-        except (RedisError, OSError) as exc:
+                pending = retry
+            for _, _, future in pending:
+                if not future.done():
+                    future.set_exception(LimiterError("the rate-limit script could not be loaded"))
+        except BaseException as exc:
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(LimiterError(str(exc)))
-            return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(LimiterError(str(result)))
-            else:
-                future.set_result(result)
+            if not isinstance(exc, (RedisError, OSError)):
+                raise
 
-    async def _pipeline(
-        self, batch: list[tuple[list[str], list[Any], asyncio.Future[list[bytes]]]]
-    ) -> list[Any]:
+    async def _pipeline(self, batch: list[Entry]) -> list[Any]:
+        self.round_trips += 1
         async with self._client.pipeline(transaction=False) as pipe:
             for keys, args, _ in batch:
                 pipe.evalsha(self._sha, len(keys), *keys, *args)

@@ -11,7 +11,7 @@ import structlog
 from gateway.errors import Unavailable
 from gateway.metrics import Metrics
 from gateway.ratelimit.backends import LimiterError, LocalLimits, RedisLimits
-from gateway.ratelimit.policy import Decision, Limit
+from gateway.ratelimit.policy import US, Decision, Limit
 
 log = structlog.get_logger("gateway.ratelimit")
 
@@ -25,8 +25,11 @@ class RateLimiter:
     - ``closed``: ``503 unavailable``;
     - ``local``: this instance enforces the plan alone, with its own counters.
 
-    Either way the error is counted and the degraded gauge and /readyz say so.
+    Either way the error is counted and the degraded gauge and /readyz say so. A call that
+    timed out may still have been counted by Redis; the request is then decided again here.
     """
+
+    RETRY_AFTER_ERROR = 1.0
 
     def __init__(
         self,
@@ -42,14 +45,22 @@ class RateLimiter:
         self.clock = clock
         self.fallback = LocalLimits()
         self.degraded = False
+        self._retry_at = 0.0  # after a store error, the store is left alone until then
 
     async def decide(self, limits: Sequence[Limit], cost: int) -> Decision | None:
         """The decision, or None when limits are off for now (``open`` during an outage)."""
         now = self.clock()
+        now_us = int(now * US)
         try:
-            decision = await self.shared.decide(limits, cost, now)
+            if now < self._retry_at:
+                raise LimiterError("the store failed a moment ago")
+            decision = await self.shared.decide(limits, cost, now_us)
         except LimiterError as exc:
-            self.metrics.rate_limit_store_errors.inc()
+            if now >= self._retry_at:
+                # A real failure: count it, and give the store a second before the next try
+                # instead of making every request wait for it.
+                self._retry_at = now + self.RETRY_AFTER_ERROR
+                self.metrics.rate_limit_store_errors.inc()
             if not self.degraded:
                 self.degraded = True
                 self.metrics.rate_limit_degraded.set(1)
@@ -61,7 +72,7 @@ class RateLimiter:
                     "Rate limits cannot be checked right now; try again shortly.",
                     headers=[("Retry-After", "1")],
                 ) from None
-            decision = await self.fallback.decide(limits, cost, now)
+            decision = await self.fallback.decide(limits, cost, now_us)
         else:
             if self.degraded:
                 self.degraded = False

@@ -29,7 +29,7 @@ class LocalLimitsPersistence:
         self._task: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
-        self.limits.restore(await self.store.load_limit_state(self.clock()))
+        self.limits.restore(await self.store.load_limit_state(int(self.clock() * 1_000_000)))
         self._task = asyncio.create_task(self._save_periodically(), name="gateway-limit-state")
 
     async def shutdown(self) -> None:
@@ -42,7 +42,9 @@ class LocalLimitsPersistence:
 
     async def save(self) -> None:
         try:
-            await self.store.save_limit_state(self.limits.export(self.clock()))
+            await self.store.save_limit_state(
+                self.limits.export_changes(), int(self.clock() * 1_000_000)
+            )
         except StoreError as exc:
             log.warning("limit_state_not_saved", error=str(exc))
 

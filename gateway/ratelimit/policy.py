@@ -7,38 +7,36 @@ the contract tests hold both to the same answers.
 from __future__ import annotations
 
 import calendar
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-# Float rounding must never turn an allowed request into a refusal (or the other way).
-EPSILON = 1e-6
+US = 1_000_000  # all arithmetic is in integer microseconds: exact in Python and in Lua doubles
 
 
 @dataclass(frozen=True, slots=True)
 class Limit:
     """One limit a request is counted against.
 
-    ``gcra``: ``capacity`` requests at once (requests + burst), then one every ``interval``
-    seconds. ``window``: ``capacity`` requests until ``window_end`` (a UTC day or month).
+    ``gcra``: ``capacity`` requests at once (requests + burst), then one every ``interval_us``.
+    ``window``: ``capacity`` requests until ``window_end_us`` (a UTC day or month).
     """
 
     policy: str  # the name clients see: "key", "org", "quota", "route:<name>"
     key: str  # where its state is kept
     kind: Literal["gcra", "window"]
     capacity: int
-    interval: float = 0.0  # gcra: seconds per request
-    window_start: float = 0.0  # window: the period's bounds (epoch seconds)
-    window_end: float = 0.0
+    interval_us: int = 0  # gcra: microseconds per request
+    window_start_us: int = 0  # window: the period's bounds (epoch microseconds)
+    window_end_us: int = 0
 
     @property
     def window(self) -> float:
         """Seconds in which ``capacity`` requests are allowed (for RateLimit-Policy's w)."""
         if self.kind == "gcra":
-            return self.capacity * self.interval
-        return self.window_end - self.window_start
+            return self.capacity * self.interval_us / US
+        return (self.window_end_us - self.window_start_us) / US
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +45,7 @@ class Outcome:
     allowed: bool
     limit: int
     window: float
-    remaining: int
+    remaining: int  # never negative
     reset: float  # seconds until the limit is whole again (gcra) or the window ends
     retry_after: float  # seconds until this request would be allowed (0 when it was)
 
@@ -65,66 +63,65 @@ class Decision:
 
     @property
     def tightest(self) -> Outcome | None:
-        """The limit closest to refusing, for the X-RateLimit-* headers."""
+        """The limit that refused, else the one closest to refusing (for X-RateLimit-*)."""
         if not self.outcomes:
             return None
-        return min(self.outcomes, key=lambda o: (o.remaining, -o.reset))
+        return self.refused_by or min(self.outcomes, key=lambda o: (o.remaining, -o.reset))
 
 
 def evaluate(
-    limits: Sequence[Limit], state: Mapping[str, float], cost: int, now: float
-) -> tuple[Decision, dict[str, float]]:
+    limits: Sequence[Limit], state: Mapping[str, int], cost: int, now_us: int
+) -> tuple[Decision, dict[str, int]]:
     """Decide every limit; the new state is returned only if all of them allow the request.
 
-    Refused requests change nothing: they are not counted against anyone. A cost of 0 reports
-    without counting.
+    Refused requests change nothing: they are not counted against anyone.
     """
     outcomes = []
-    updates: dict[str, float] = {}
+    updates: dict[str, int] = {}
     for limit in limits:
         current = state.get(limit.key)
         if limit.kind == "gcra":
-            outcome, new = _gcra(limit, current, cost, now)
+            outcome, new = _gcra(limit, current, cost, now_us)
         else:
-            outcome, new = _window(limit, current, cost, now)
+            outcome, new = _window(limit, current, cost, now_us)
         outcomes.append(outcome)
         updates[limit.key] = new
     allowed = all(o.allowed for o in outcomes)
     return Decision(allowed, tuple(outcomes)), (updates if allowed and cost > 0 else {})
 
 
-def _gcra(limit: Limit, tat: float | None, cost: int, now: float) -> tuple[Outcome, float]:
-    interval = limit.interval
+def _gcra(limit: Limit, tat: int | None, cost: int, now: int) -> tuple[Outcome, int]:
+    interval = limit.interval_us
     tolerance = limit.capacity * interval
     tat = now if tat is None or tat < now else tat
     new_tat = tat + cost * interval
-    if new_tat - now <= tolerance + EPSILON:
-        remaining = math.floor((tolerance - (new_tat - now)) / interval + EPSILON)
-        return Outcome(
-            limit.policy, True, limit.capacity, limit.window, remaining, new_tat - now, 0.0
-        ), new_tat
-    remaining = max(0, math.floor((tolerance - (tat - now)) / interval + EPSILON))
-    retry = new_tat - tolerance - now
-    return Outcome(
-        limit.policy, False, limit.capacity, limit.window, remaining, tat - now, retry
-    ), tat
+    if new_tat - now <= tolerance:
+        remaining = (tolerance - (new_tat - now)) // interval
+        return _outcome(limit, True, remaining, new_tat - now, 0), new_tat
+    remaining = max(0, (tolerance - (tat - now)) // interval)
+    return _outcome(limit, False, remaining, tat - now, new_tat - tolerance - now), tat
 
 
-def _window(limit: Limit, count: float | None, cost: int, now: float) -> tuple[Outcome, float]:
-    used = int(count or 0)
-    reset = max(0.0, limit.window_end - now)
+def _window(limit: Limit, count: int | None, cost: int, now: int) -> tuple[Outcome, int]:
+    used = count or 0
+    reset = max(0, limit.window_end_us - now)
     if used + cost <= limit.capacity:
-        remaining = limit.capacity - used - cost
-        return Outcome(
-            limit.policy, True, limit.capacity, limit.window, remaining, reset, 0.0
-        ), float(used + cost)
+        return _outcome(limit, True, limit.capacity - used - cost, reset, 0), used + cost
+    # A plan change can leave more used than the new capacity: nothing remains, never less.
+    return _outcome(limit, False, max(0, limit.capacity - used), reset, reset), used
+
+
+def _outcome(limit: Limit, allowed: bool, remaining: int, reset_us: int, retry_us: int) -> Outcome:
     return Outcome(
-        limit.policy, False, limit.capacity, limit.window, limit.capacity - used, reset, reset
-    ), float(used)
+        limit.policy, allowed, limit.capacity, limit.window, remaining, reset_us / US, retry_us / US
+    )
 
 
 def calendar_window(per: Literal["day", "month"], now: float) -> tuple[float, float, str]:
-    """The UTC day or month that ``now`` falls in: (start, end, a label for storage keys)."""
+    """The UTC day or month that ``now`` falls in: (start, end, a label for storage keys).
+
+    Seconds; callers turn them into microseconds.
+    """
     moment = datetime.fromtimestamp(now, UTC)
     if per == "day":
         start = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)

@@ -51,8 +51,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
 CREATE TABLE IF NOT EXISTS limit_state (
     key TEXT PRIMARY KEY,
-    value REAL NOT NULL,
-    expires_at REAL NOT NULL
+    value INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL  -- epoch microseconds
 );
 """
 
@@ -288,25 +288,25 @@ class LocalStore(Store):
 
         return await self._run(finish)
 
-    async def save_limit_state(self, state: Mapping[str, tuple[float, float]]) -> None:
-        """Replace the saved rate-limit state: key -> (value, expires_at)."""
+    async def save_limit_state(self, changed: Mapping[str, tuple[int, int]], now_us: int) -> None:
+        """Save what changed (key -> (value, expires at in us)) and forget what expired."""
 
         def save(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM limit_state")
             db.executemany(
-                "INSERT INTO limit_state (key, value, expires_at) VALUES (?, ?, ?)",
-                [(key, value, expires) for key, (value, expires) in state.items()],
+                "INSERT OR REPLACE INTO limit_state (key, value, expires_at) VALUES (?, ?, ?)",
+                [(key, value, expires) for key, (value, expires) in changed.items()],
             )
+            db.execute("DELETE FROM limit_state WHERE expires_at <= ?", (now_us,))
 
         await self._run(save)
 
-    async def load_limit_state(self, now: float) -> dict[str, tuple[float, float]]:
+    async def load_limit_state(self, now_us: int) -> dict[str, tuple[int, int]]:
         rows = await self._run(
             lambda db: db.execute(
-                "SELECT key, value, expires_at FROM limit_state WHERE expires_at > ?", (now,)
+                "SELECT key, value, expires_at FROM limit_state WHERE expires_at > ?", (now_us,)
             ).fetchall()
         )
-        return {key: (value, expires) for key, value, expires in rows}
+        return {key: (int(value), int(expires)) for key, value, expires in rows}
 
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
