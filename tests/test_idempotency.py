@@ -106,7 +106,7 @@ async def test_concurrent_duplicates_reach_the_upstream_once(
     gw = await gateway_factory(idem_config([up.url], store_config))
     api = Api(gw)
     secret = await api.key()
-    answers = await asyncio.gather(*(api.post(secret) for _ in range(20)))
+    answers = await asyncio.gather(*(api.post(secret) for _ in range(50)))
     assert len(up.seen) == 1
     statuses = sorted(status for status, _, _ in answers)
     assert statuses.count(201) == 1
