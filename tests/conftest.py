@@ -423,3 +423,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def unique_prefix() -> str:
     """A key namespace of one test's own, so tests never see each other's data."""
     return "t" + os.urandom(6).hex()
+
+
+@pytest.fixture(params=["local", "redis"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The store section for a gateway: each test using it runs on SQLite and on Redis."""
+    if request.param == "local":
+        return {"backend": "local", "path": str(tmp_path / "state.db")}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which the test may stop (the session's one is shared)."""
+    port = free_port()
+    workdir = tmp_path / "private-redis"
+    workdir.mkdir()
+    server = RedisServer(f"redis://127.0.0.1:{port}/0", port, _start_redis(port, workdir), workdir)
+    yield server
+    if server.proc.poll() is None:
+        server.stop()

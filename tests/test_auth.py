@@ -25,14 +25,6 @@ ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 UNAUTHORIZED = 'Bearer realm="api", error="invalid_token"'
 
 
-@pytest.fixture(params=["local", "redis"])
-def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    if request.param == "local":
-        return {"backend": "local", "path": str(tmp_path / "auth.db")}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
-
-
 def auth_config(upstream: Upstream, store: dict[str, Any], **extra: Any) -> dict[str, Any]:
     routes = extra.pop("routes", None) or [
         {

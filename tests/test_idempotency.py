@@ -5,33 +5,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from tests.conftest import (
     LogLines,
-    RedisServer,
     RunningGateway,
     Upstream,
     free_port,
     make_config,
-    unique_prefix,
 )
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 UpstreamFactory = Callable[..., Awaitable[Upstream]]
 ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
-
-
-@pytest.fixture(params=["local", "redis"])
-def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    if request.param == "local":
-        return {"backend": "local", "path": str(tmp_path / "idem.db")}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
 
 
 def creating_upstream(

@@ -23,8 +23,6 @@ from tests.conftest import (
     RedisServer,
     RunningGateway,
     Upstream,
-    _start_redis,
-    free_port,
     make_config,
     unique_prefix,
 )
@@ -39,14 +37,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["local", "redis"])
-def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    if request.param == "local":
-        return {"backend": "local", "path": str(tmp_path / "limits.db")}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
 
 
 def limited_config(
@@ -311,49 +301,42 @@ async def test_concurrent_decisions_share_redis_round_trips(
 
 @pytest.mark.parametrize("mode", ["open", "closed", "local"])
 async def test_store_outage_does_what_the_config_says(
-    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Path, mode: str
+    gateway_factory: GatewayFactory, upstream: Upstream, private_redis: RedisServer, mode: str
 ) -> None:
-    port = free_port()
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(f"redis://127.0.0.1:{port}/0", port, _start_redis(port, workdir), workdir)
-    try:
-        store = {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
-        gw = await gateway_factory(
-            limited_config(
-                upstream,
-                store,
-                {"rate_limit": {"requests": 2, "per": "1m"}},
-                rate_limits={"on_store_error": mode},
-            )
+    server = private_redis
+    store = {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+    gw = await gateway_factory(
+        limited_config(
+            upstream,
+            store,
+            {"rate_limit": {"requests": 2, "per": "1m"}},
+            rate_limits={"on_store_error": mode},
         )
-        client = Client(gw)
-        secret = (await client.key())["secret"]
-        assert (await client.get(secret))[0] == 200  # the key is warm in the cache
-        server.stop()
-        statuses = []
-        for _ in range(3):
-            status, headers, body = await client.get(secret)
-            statuses.append(status)
-            if mode == "open":
-                assert "RateLimit" not in headers
-            elif mode == "closed":
-                assert body["error"]["code"] == "unavailable"
-                assert headers["Retry-After"] == "1"
-            else:
-                assert headers["RateLimit-Policy"] == '"key";q=2;w=60'
-        assert statuses == {"open": [200] * 3, "closed": [503] * 3, "local": [200, 200, 429]}[mode]
-        async with gw.session.get(f"{gw.admin_url}/readyz") as r:
-            ready = (await r.json())["data"]
-        assert ready["rate_limits"] == {"on_store_error": mode, "degraded": True}
-        async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-            text = await r.text()
-        assert "gateway_rate_limit_degraded 1.0" in text
-        # Tried once; for the next second the store is left alone instead of failing slowly.
-        assert "gateway_rate_limit_store_errors_total 1.0" in text
-    finally:
-        if server.proc.poll() is None:
-            server.stop()
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    assert (await client.get(secret))[0] == 200  # the key is warm in the cache
+    server.stop()
+    statuses = []
+    for _ in range(3):
+        status, headers, body = await client.get(secret)
+        statuses.append(status)
+        if mode == "open":
+            assert "RateLimit" not in headers
+        elif mode == "closed":
+            assert body["error"]["code"] == "unavailable"
+            assert headers["Retry-After"] == "1"
+        else:
+            assert headers["RateLimit-Policy"] == '"key";q=2;w=60'
+    assert statuses == {"open": [200] * 3, "closed": [503] * 3, "local": [200, 200, 429]}[mode]
+    async with gw.session.get(f"{gw.admin_url}/readyz") as r:
+        ready = (await r.json())["data"]
+    assert ready["rate_limits"] == {"on_store_error": mode, "degraded": True}
+    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
+        text = await r.text()
+    assert "gateway_rate_limit_degraded 1.0" in text
+    # Tried once; for the next second the store is left alone instead of failing slowly.
+    assert "gateway_rate_limit_store_errors_total 1.0" in text
 
 
 async def test_local_counts_survive_a_restart(
