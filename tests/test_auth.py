@@ -381,7 +381,8 @@ async def test_secret_is_never_stored_nor_logged(
     assert secret not in logs.raw().decode()
     random_part = secret[len("fw_live_") : -6]
     if store_config["backend"] == "local":
-        blob = b"".join(p.read_bytes() for p in Path(store_config["path"]).parent.glob("auth.db*"))
+        path = Path(store_config["path"])
+        blob = b"".join(p.read_bytes() for p in path.parent.glob(f"{path.name}*"))
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         client = redis_sync.Redis(port=server.port)
