@@ -33,7 +33,7 @@ from gateway.headers import (
     stamp,
     strip_set,
 )
-from gateway.pipeline import RequestContext
+from gateway.pipeline import RequestContext, ResponseCapture
 from gateway.request_body import BodyPump, BodyRefused
 from gateway.upstream import UpstreamPool
 
@@ -147,8 +147,8 @@ class Proxy:
             except _UpstreamFailure as failure:
                 if pump is not None and pump.failure is not None:
                     raise pump.failure from None
-                if failure.kind not in _NOT_SENT:
-                    ctx.upstream_reached = True  # the upstream may have acted on it
+                if failure.kind in _NOT_SENT:
+                    ctx.upstream_reached = False  # it never left: the upstream did nothing
                 pool.metrics.error(failure.kind)
                 log.warning(
                     "upstream_failed",
@@ -189,6 +189,9 @@ class Proxy:
         pump: BodyPump | None,
     ) -> web.StreamResponse:
         started = time.perf_counter()
+        # From here the upstream may act on the request, whatever happens to us; only a failure
+        # to connect (see _NOT_SENT) proves that it did not.
+        ctx.upstream_reached = True
         try:
             upstream = await pool.session.request(
                 ctx.method,
@@ -259,7 +262,7 @@ class Proxy:
                     chunks = [chunk]
                 await _send(response, chunks, ctx)
             if capture is not None:
-                await capture.finish()
+                await _finish_capture(capture)
                 await _send(response, held, ctx)
             try:
                 await response.write_eof()
@@ -291,7 +294,7 @@ class Proxy:
         capture = ctx.capture
         if capture is not None:
             capture.add(body)
-            await capture.finish()
+            await _finish_capture(capture)
         try:
             await response.prepare(ctx.request)
             await response.write_eof(body)
@@ -314,6 +317,15 @@ class Proxy:
             response.content_length = upstream.content_length
         stamp(response.headers, ctx.request_id, ctx.response_headers)
         return response
+
+
+async def _finish_capture(capture: ResponseCapture) -> None:
+    # The upstream has answered in full: a plugin's hook failing (say, its store) must not
+    # turn that answer into an error for the client.
+    try:
+        await capture.finish()
+    except Exception:
+        log.exception("capture_hook_failed")
 
 
 async def _send(response: web.StreamResponse, chunks: list[bytes], ctx: RequestContext) -> None:

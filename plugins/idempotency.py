@@ -21,7 +21,14 @@ from aiohttp import web
 
 from gateway.config.models import IdempotencyConfig, RouteConfig
 from gateway.errors import BadRequest, GatewayError, Unavailable
-from gateway.headers import stamp
+from gateway.headers import (
+    IDENTITY_HEADERS,
+    RATE_LIMIT_HEADERS,
+    REQUEST_ID,
+    normalize,
+    stamp,
+    strip_set,
+)
 from gateway.metrics import Metrics
 from gateway.pipeline import Handler, RequestContext, ResponseCapture
 from gateway.request_body import read_body
@@ -50,7 +57,7 @@ _REPLAYED_HEADERS = frozenset(
         "vary",
     }
 )
-_OURS = ("x-request-id", "x-ratelimit-", "ratelimit", "x-org-", "x-api-key-", "x-scopes")
+_OURS = strip_set([REQUEST_ID, *IDENTITY_HEADERS, *RATE_LIMIT_HEADERS])
 
 
 class IdempotencyKeyRequired(GatewayError):
@@ -81,6 +88,29 @@ class IdempotencyResponseNotStored(GatewayError):
         )
 
 
+class IdempotencyOutcomeUnknown(GatewayError):
+    status, code = 409, "idempotency_outcome_unknown"
+    message = (
+        "The request with this Idempotency-Key reached the upstream, but its answer was lost;"
+        " it was not run again. Check the resource's state before using a new key."
+    )
+
+
+def _record(capture: ResponseCapture, *, incomplete: bool = False) -> bytes:
+    head = {
+        "status": capture.status,
+        "headers": [[k, v] for k, v in capture.headers if _keep_header(k)],
+        "too_large": capture.overflow,
+        "incomplete": incomplete,
+    }
+    body = b"" if incomplete or capture.overflow else b"".join(capture.chunks)
+    return orjson.dumps(head) + b"\n" + body
+
+
+def _outcome(capture: ResponseCapture) -> str:
+    return "not_stored" if capture.overflow else "stored"
+
+
 def parse_key(values: list[str]) -> str:
     """The key: 1 to 255 printable ASCII characters, bare or as the draft's quoted string."""
     if len(values) != 1:
@@ -97,7 +127,7 @@ def _keep_header(name: str) -> bool:
     lower = name.lower()
     if lower in _REPLAYED_HEADERS:
         return True
-    return lower.startswith("x-") and not lower.startswith(_OURS)
+    return lower.startswith("x-") and normalize(lower) not in _OURS
 
 
 class IdempotencyPlugin:
@@ -119,6 +149,7 @@ class IdempotencyPlugin:
     ) -> None:
         self.store = store
         self.required = route.idempotency == "required"
+        self.route_label = route.label
         self.keep_5xx = route.idempotency_keep_5xx
         self.max_body = route.max_body_size
         self.settings = settings
@@ -165,8 +196,10 @@ class IdempotencyPlugin:
                 ]
             )
         ).hexdigest()
-        # Scoped to the org, not the key: a retry made after a key rotation still replays.
-        scope = f"{identity.org.id}:{hashlib.sha256(key.encode()).hexdigest()}"
+        # Scoped to the org, not the key: a retry made after a key rotation still replays. Test
+        # and live keys, and routes (which may lead to different backends), never share one.
+        tag = f"{identity.key.environment}\n{self.route_label}\n{key}"
+        scope = f"{identity.org.id}:{hashlib.sha256(tag.encode()).hexdigest()}"
         token = os.urandom(16).hex()
         try:
             begin = await self.store.idempotency_begin(
@@ -191,38 +224,45 @@ class IdempotencyPlugin:
     async def _first(
         self, ctx: RequestContext, scope: str, token: str, call_next: Handler
     ) -> web.StreamResponse:
-        """The request holds the lock: run it, then keep its answer for the retries."""
+        """The request holds the lock: run it, then settle the record for the retries."""
         capture = ctx.capture = ResponseCapture(self.settings.max_response_body)
-        stored = False
+        settled = False
 
-        async def store() -> None:
-            nonlocal stored
-            if not stored:
-                stored = True
-                await self._store(ctx, scope, token, capture)
+        async def settle() -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                await self._settle(ctx, scope, token, capture)
 
-        # The proxy stores the answer before the client has all of it (see ResponseCapture).
-        capture.on_complete = store
+        # The proxy calls this before the client has the last byte (see ResponseCapture): a
+        # client that retries the moment it has the answer must find it stored.
+        capture.on_complete = settle
         renewer = asyncio.create_task(self._renew(scope, token), name="idempotency-lock")
         try:
             response = await call_next(ctx)
         except BaseException:
-            if capture.complete:
-                # The upstream answered in full (only the client went away): that answer is
-                # the outcome, and retries must get it, not run the write again.
-                await store()
-            elif not ctx.upstream_reached:
-                await self._finish(ctx, scope, token, None, "released")
-            # Else the upstream may have acted without our seeing its answer: the lock is kept
-            # until it runs out, so retries get 409 for a while instead of a second write.
+            await settle()
             raise
         finally:
             renewer.cancel()
-        if capture.complete:
-            await store()
-        elif not stored:
-            await self._finish(ctx, scope, token, None, "released")
+        await settle()
         return response
+
+    async def _settle(
+        self, ctx: RequestContext, scope: str, token: str, capture: ResponseCapture
+    ) -> None:
+        if capture.complete:
+            if capture.status >= 500 and not self.keep_5xx:
+                await self._finish(ctx, scope, token, None, "released")
+            else:
+                await self._finish(ctx, scope, token, _record(capture), _outcome(capture))
+        elif not ctx.upstream_reached:
+            # The request never left (a connect failure): nothing happened, the retry runs.
+            await self._finish(ctx, scope, token, None, "released")
+        else:
+            # The upstream may have acted, but its answer is not whole in hand (cut off, timed
+            # out, the client gone mid-stream): a retry must not run the write a second time.
+            await self._finish(ctx, scope, token, _record(capture, incomplete=True), "not_stored")
 
     async def _renew(self, scope: str, token: str) -> None:
         """Keep the lock while the request is in flight. A gateway that crashes stops renewing,
@@ -232,42 +272,38 @@ class IdempotencyPlugin:
             await asyncio.sleep(lock / 3)
             try:
                 if not await self.store.idempotency_renew(scope, token, self.clock(), lock):
+                    log.warning("idempotency_lock_lost", reason="taken over or expired")
                     return
             except StoreError as exc:
                 log.warning("idempotency_lock_not_renewed", error=str(exc))
 
-    async def _store(
-        self, ctx: RequestContext, scope: str, token: str, capture: ResponseCapture
-    ) -> None:
-        if capture.status >= 500 and not self.keep_5xx:
-            await self._finish(ctx, scope, token, None, "released")
-            return
-        head = {
-            "status": capture.status,
-            "headers": [[k, v] for k, v in capture.headers if _keep_header(k)],
-            "too_large": capture.overflow,
-        }
-        record = orjson.dumps(head) + b"\n" + b"".join(capture.chunks)
-        await self._finish(
-            ctx, scope, token, record, "not_stored" if capture.overflow else "stored"
-        )
-
     async def _finish(
         self, ctx: RequestContext, scope: str, token: str, record: bytes | None, outcome: str
     ) -> None:
-        try:
-            await self.store.idempotency_finish(
-                scope, token, record, self.clock(), self.settings.ttl
-            )
-        except StoreError as exc:
-            # The answer is already on its way; the lock runs out by itself.
-            log.error("idempotency_not_saved", error=str(exc), outcome=outcome)
+        for delay in (0.05, 0.25, 1.0, None):
+            try:
+                kept = await self.store.idempotency_finish(
+                    scope, token, record, self.clock(), self.settings.ttl
+                )
+            except StoreError as exc:
+                if delay is None:
+                    # The answer is on its way; the lock runs out by itself, and a retry after
+                    # that may run again. Said loudly, because it breaks the promise.
+                    log.error("idempotency_not_saved", error=str(exc), outcome=outcome)
+                    return
+                await asyncio.sleep(delay)
+                continue
+            if not kept:
+                log.error("idempotency_lock_lost", outcome=outcome)
+                return
+            self._count(ctx, outcome)
             return
-        self._count(ctx, outcome)
 
     def _replay(self, ctx: RequestContext, record: bytes) -> web.StreamResponse:
         head_raw, _, body = record.partition(b"\n")
         head = orjson.loads(head_raw)
+        if head.get("incomplete"):
+            raise IdempotencyOutcomeUnknown()
         if head.get("too_large"):
             raise IdempotencyResponseNotStored(int(head["status"]))
         response = web.Response(status=int(head["status"]), body=body)

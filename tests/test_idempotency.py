@@ -7,6 +7,8 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import (
@@ -251,3 +253,74 @@ async def test_outcomes_are_counted_and_logged(
         "replayed",
         "mismatch",
     ]
+
+
+async def test_an_answer_cut_off_midway_is_never_followed_by_a_second_write(
+    gateway_factory: GatewayFactory, store_config: dict[str, Any]
+) -> None:
+    writes = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writes.append(1)
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 200000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gw = await gateway_factory(idem_config([f"http://127.0.0.1:{port}"], store_config))
+        api = Api(gw)
+        secret = await api.key()
+        with pytest.raises(aiohttp.ClientPayloadError):  # the client sees a truncated body
+            await api.post(secret)
+        status, _, body = await api.post(secret)
+        assert status == 409
+        assert b'"code":"idempotency_outcome_unknown"' in body
+        assert len(writes) == 1
+    finally:
+        server.close()
+
+
+async def test_test_and_live_keys_never_share_a_record(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    up = await upstream_factory(creating_upstream())
+    gw = await gateway_factory(idem_config([up.url], store_config))
+    api = Api(gw)
+    live = await api.key()
+    async with gw.session.post(
+        f"{gw.admin_url}/admin/orgs/acme/keys",
+        json={"name": "t", "environment": "test"},
+        headers=ADMIN,
+    ) as r:
+        test = (await r.json())["data"]["secret"]
+    first = await api.post(test)
+    second = await api.post(live)
+    assert (first[0], second[0]) == (201, 201)
+    assert "Idempotent-Replayed" not in second[1]
+    assert len(up.seen) == 2
+
+
+async def test_identity_headers_echoed_by_the_backend_are_not_replayed(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    async def echoing(request: web.BaseRequest) -> web.Response:
+        await request.read()
+        return web.json_response(
+            {},
+            status=201,
+            headers={"X-Key-Environment": request.headers["X-Key-Environment"], "X-Invoice": "1"},
+        )
+
+    up = await upstream_factory(echoing)
+    gw = await gateway_factory(idem_config([up.url], store_config))
+    api = Api(gw)
+    secret = await api.key()
+    await api.post(secret)
+    status, headers, _ = await api.post(secret)
+    assert (status, headers["Idempotent-Replayed"], headers["X-Invoice"]) == (201, "true", "1")
+    assert "X-Key-Environment" not in headers
