@@ -108,6 +108,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.deprecated_requests = Counter(
+            "gateway_deprecated_requests_total",
+            "Requests to deprecated routes (before and after their sunset), by route.",
+            ["route"],
+            registry=r,
+        )
         self._config_hash: str | None = None
         self._decision_children: dict[tuple[str, bool], Counter] = {}
 

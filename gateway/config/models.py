@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from yarl import URL
 
 from gateway.config.types import ByteSize, Duration, Network
@@ -101,6 +111,44 @@ class LogConfig(Section):
 class TimeoutsConfig(Section):
     connect: Duration = Field(2.0, description="Time to open a connection to a target.")
     read: Duration = Field(30.0, description="Longest silence while waiting for upstream bytes.")
+
+
+def _utc(value: Any) -> Any:
+    """YAML reads 2026-01-01 as a date: midnight UTC. A datetime without a zone is UTC."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
+
+
+UtcDateTime = Annotated[datetime, BeforeValidator(_utc), AfterValidator(_utc)]
+
+
+class DeprecationConfig(Section):
+    deprecated_at: UtcDateTime = Field(description="When the route is (or was) deprecated.")
+    sunset_at: UtcDateTime | None = Field(None, description="After this, the route answers 410.")
+    link: str | None = Field(None, description="Where clients read about the deprecation.")
+    successor: str | None = Field(None, description="The route that replaces this one.")
+
+    @field_validator("link", "successor")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            url = URL(value)
+            if (
+                url.scheme not in ("http", "https")
+                or not url.host
+                or any(c in value for c in '<> "')
+            ):
+                raise ValueError(f"must be an absolute http(s) URL (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _sunset_after_deprecation(self) -> DeprecationConfig:
+        if self.sunset_at is not None and self.sunset_at <= self.deprecated_at:
+            raise ValueError("sunset_at: must be after deprecated_at")
+        return self
 
 
 class RateLimitConfig(Section):
@@ -217,6 +265,9 @@ class RouteConfig(Section):
     )
     idempotency_keep_5xx: bool = Field(
         True, description="Replay an upstream 5xx to retries too (false: let them try again)."
+    )
+    deprecation: DeprecationConfig | None = Field(
+        None, description="Deprecation and Sunset headers; 410 after the sunset."
     )
     rate_limits: tuple[RouteLimitConfig, ...] = Field(
         (), description="Extra limits for this route only, e.g. a stricter one on an export."
