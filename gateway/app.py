@@ -16,6 +16,7 @@ from gateway.paths import split_target
 from gateway.pipeline import RequestContext
 from gateway.request_id import accept_request_id
 from gateway.snapshot import Snapshot
+from plugins.cors import is_preflight
 
 log = structlog.get_logger("gateway")
 access_logger = structlog.get_logger("gateway.access")
@@ -79,9 +80,13 @@ class DataPlane:
         request = ctx.request
         try:
             ctx.path, ctx.query = split_target(request.raw_path)
-            match = snapshot.router.match(
-                ctx.method, host_of(request.headers.get("Host")), ctx.path
-            )
+            method = ctx.method
+            if is_preflight(request):
+                # A browser asks whether it may send another method: route by that one, so
+                # the route's CORS policy answers (a GET-only route would say 405).
+                ctx.preflight = True
+                method = request.headers["Access-Control-Request-Method"].upper()
+            match = snapshot.router.match(method, host_of(request.headers.get("Host")), ctx.path)
             ctx.route = match.target
             ctx.params = match.params
             return await match.target.handler(ctx)

@@ -27,6 +27,7 @@ class RequestContext:
     forwarded: Forwarded  # client address and the X-Forwarded-* to send
     started: float  # time.perf_counter() at arrival
     route: CompiledRoute | None = None
+    preflight: bool = False  # a CORS preflight, routed by the method it asks about
     identity: Identity | None = None  # set by the auth plugin
     rate_limit: Decision | None = None  # set by the rate_limit plugin
     params: dict[str, str] = field(default_factory=dict)

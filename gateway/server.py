@@ -35,6 +35,7 @@ from gateway.store import Store, StoreError, open_store
 from gateway.store.local import LocalStore
 from gateway.store.redis import RedisStore
 from plugins.auth import AuthPlugin
+from plugins.cors import CorsPlugin
 from plugins.deprecation import DeprecationPlugin
 from plugins.idempotency import IdempotencyPlugin
 from plugins.rate_limit import RateLimitPlugin
@@ -95,7 +96,7 @@ class GatewayProcess:
     def plugins_for(self, route: RouteConfig) -> list[Plugin]:
         """The plugins of one route: the core ones its config asks for, then any extra."""
         config = self.loaded.config
-        plugins: list[Plugin] = []
+        plugins: list[Plugin] = [CorsPlugin(route.cors or config.cors)]
         if route.deprecation is not None:
             plugins.append(
                 DeprecationPlugin(route.deprecation, self.metrics, route.label, self.clock)

@@ -96,3 +96,153 @@ routes:
     assert route.deprecation is not None
     assert route.deprecation.sunset_at == datetime(2026, 7, 1, 12, tzinfo=UTC)
     assert time.gmtime(route.deprecation.deprecated_at.timestamp())[:3] == (2026, 1, 1)
+
+
+def cors_config(upstream: Upstream, cors: dict[str, object], **route: object) -> dict[str, object]:
+    return make_config(
+        {"app": {"targets": [upstream.url]}},
+        [
+            {"path": "/v1/contacts", "upstream": "app", "methods": ["GET"], "auth": "key", **route},
+            {
+                "path": "/v1/public",
+                "upstream": "app",
+                "methods": ["GET"],
+                "cors": {"origins": ["https://other.test"]},
+            },
+        ],
+        cors=cors,
+    )
+
+
+PREFLIGHT = {
+    "Access-Control-Request-Method": "GET",
+    "Access-Control-Request-Headers": "authorization, content-type",
+}
+
+
+async def test_a_listed_origin_gets_its_preflight_answered_before_auth(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await gateway_factory(
+        cors_config(upstream, {"origins": ["https://app.example.com"], "max_age": "10m"})
+    )
+    async with gw.session.options(
+        f"{gw.url}/v1/contacts", headers={"Origin": "https://app.example.com", **PREFLIGHT}
+    ) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert r.headers["Access-Control-Allow-Methods"] == "GET, HEAD, POST, PUT, PATCH, DELETE"
+        assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+        assert r.headers["Access-Control-Max-Age"] == "600"
+        assert "Origin" in r.headers["Vary"]
+        assert "Access-Control-Allow-Credentials" not in r.headers
+    assert upstream.seen == []  # answered by the gateway, without a key
+
+
+async def test_an_unlisted_origin_gets_no_cors_headers_at_all(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await gateway_factory(
+        cors_config(upstream, {"origins": ["https://app.example.com"]}, auth="none")
+    )
+    for origin in ("https://evil.test", "https://app.example.com.evil.test", "null"):
+        async with gw.session.options(
+            f"{gw.url}/v1/contacts", headers={"Origin": origin, **PREFLIGHT}
+        ) as r:
+            assert r.status == 403
+            assert (await r.json())["error"]["code"] == "cors_not_allowed"
+            assert not [h for h in r.headers if h.lower().startswith("access-control-")]
+        async with gw.session.get(f"{gw.url}/v1/contacts", headers={"Origin": origin}) as r:
+            assert r.status == 200
+            assert not [h for h in r.headers if h.lower().startswith("access-control-")]
+            assert r.headers["Vary"] == "Origin"
+
+
+async def test_actual_requests_from_a_listed_origin_expose_our_headers(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await gateway_factory(
+        cors_config(upstream, {"origins": ["https://*.example.com"]}, auth="none")
+    )
+    for origin, allowed in [
+        ("https://app.example.com", True),
+        ("https://a.b.example.com", True),
+        ("https://example.com", False),
+        ("https://evil-example.com", False),
+        ("http://app.example.com", False),
+    ]:
+        async with gw.session.get(f"{gw.url}/v1/contacts", headers={"Origin": origin}) as r:
+            assert (r.headers.get("Access-Control-Allow-Origin") == origin) is allowed, origin
+            if allowed:
+                exposed = r.headers["Access-Control-Expose-Headers"]
+                for name in (
+                    "X-Request-Id",
+                    "RateLimit",
+                    "RateLimit-Policy",
+                    "Retry-After",
+                    "Idempotent-Replayed",
+                    "Deprecation",
+                    "Sunset",
+                    "Link",
+                ):
+                    assert name in exposed
+
+
+async def test_preflight_for_a_header_or_method_not_allowed_is_refused(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await gateway_factory(
+        cors_config(
+            upstream,
+            {
+                "origins": ["https://app.example.com"],
+                "methods": ["GET"],
+                "headers": ["Authorization"],
+            },
+        )
+    )
+    origin = {"Origin": "https://app.example.com"}
+    async with gw.session.options(
+        f"{gw.url}/v1/contacts",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-secret",
+        },
+    ) as r:
+        assert r.status == 403
+    async with gw.session.options(
+        f"{gw.url}/v1/contacts", headers={**origin, "Access-Control-Request-Method": "DELETE"}
+    ) as r:
+        assert r.status in (403, 405)
+
+
+async def test_a_route_may_have_its_own_policy_and_the_default_allows_no_origin(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await gateway_factory(cors_config(upstream, {}))
+    async with gw.session.options(
+        f"{gw.url}/v1/contacts", headers={"Origin": "https://app.example.com", **PREFLIGHT}
+    ) as r:
+        assert r.status == 403
+    async with gw.session.options(
+        f"{gw.url}/v1/public",
+        headers={"Origin": "https://other.test", "Access-Control-Request-Method": "GET"},
+    ) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "https://other.test"
+
+
+def test_cors_config_problems() -> None:
+    text = b"""
+cors: {origins: ['*'], credentials: true}
+upstreams: {a: {targets: ['http://127.0.0.1:1']}}
+routes: [{path: /x, upstream: a, cors: {origins: ['https://app.example.com/path']}}]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="t", env={})
+    assert info.value.problems == [
+        "cors.origins: '*' cannot be used with credentials: true (browsers refuse)",
+        "routes[0].cors.origins: not an origin: 'https://app.example.com/path' (scheme://host[:port],"
+        " lower case, no path; a leading *. for subdomains)",
+    ]

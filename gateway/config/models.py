@@ -151,6 +151,46 @@ class DeprecationConfig(Section):
         return self
 
 
+_ORIGIN = re.compile(r"^https?://(\*\.)?[a-z0-9.-]+(:\d{1,5})?$")
+
+
+class CorsConfig(Section):
+    origins: tuple[str, ...] = Field(
+        (), description="Allowed origins: https://app.example.com, https://*.example.com or *."
+    )
+    methods: tuple[str, ...] = Field(
+        ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"), description="Methods browsers may use."
+    )
+    headers: tuple[str, ...] = Field(
+        ("Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"),
+        description="Request headers browsers may send.",
+    )
+    max_age: Duration = Field(600.0, description="How long browsers may cache a preflight.")
+    credentials: bool = Field(False, description="Allow cookies and HTTP auth from browsers.")
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"not an origin: {origin!r} (scheme://host[:port], lower case, no path;"
+                    " a leading *. for subdomains)"
+                )
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(m.upper() for m in value)
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsConfig:
+        if self.credentials and "*" in self.origins:
+            raise ValueError("origins: '*' cannot be used with credentials: true (browsers refuse)")
+        return self
+
+
 class RateLimitConfig(Section):
     requests: int = Field(gt=0, description="Sustained rate: this many requests per `per`.")
     per: Duration = Field(description="The period of the sustained rate, e.g. 1m.")
@@ -268,6 +308,9 @@ class RouteConfig(Section):
     )
     deprecation: DeprecationConfig | None = Field(
         None, description="Deprecation and Sunset headers; 410 after the sunset."
+    )
+    cors: CorsConfig | None = Field(
+        None, description="This route's CORS (default: the global cors)."
     )
     rate_limits: tuple[RouteLimitConfig, ...] = Field(
         (), description="Extra limits for this route only, e.g. a stricter one on an export."
@@ -471,6 +514,11 @@ class GatewayConfig(Section):
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
+    cors: CorsConfig = Field(
+        default_factory=CorsConfig,
+        description="Browser access; no origin is allowed unless listed (Bearer APIs are"
+        " server-to-server by default).",
+    )
     demo: DemoConfig | None = Field(
         None, description="Make a demo org and key on first start and print the key (development)."
     )

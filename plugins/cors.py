@@ -1,0 +1,120 @@
+"""cors: preflights answered before auth; CORS headers only for listed origins."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import ClassVar
+
+from aiohttp import web
+
+from gateway.config.models import CorsConfig
+from gateway.errors import GatewayError
+from gateway.headers import RATE_LIMIT_HEADERS, REQUEST_ID, stamp
+from gateway.pipeline import Handler, RequestContext
+
+# What browser code may read from our answers.
+EXPOSED = ", ".join(
+    [
+        REQUEST_ID,
+        *RATE_LIMIT_HEADERS,
+        "Retry-After",
+        "Idempotent-Replayed",
+        "Deprecation",
+        "Sunset",
+        "Link",
+    ]
+)
+
+
+class CorsRefused(GatewayError):
+    status, code = 403, "cors_not_allowed"
+    message = "This origin, method or header is not allowed by the API's CORS policy."
+
+
+def is_preflight(request: web.BaseRequest) -> bool:
+    return (
+        request.method == "OPTIONS"
+        and "Origin" in request.headers
+        and "Access-Control-Request-Method" in request.headers
+    )
+
+
+class CorsPlugin:
+    """Everything is decided from a policy compiled once per route."""
+
+    name: ClassVar[str] = "cors"
+    priority: ClassVar[int] = 2000  # outermost: a preflight never needs a key
+    upstream_headers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: CorsConfig) -> None:
+        self.any_origin = "*" in config.origins
+        self.exact = frozenset(o for o in config.origins if "*" not in o)
+        self.patterns = tuple(
+            re.compile(re.escape(o).replace(r"\*\.", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*\.") + r"\Z")
+            for o in config.origins
+            if o.startswith(("http://*.", "https://*."))
+        )
+        self.enabled = bool(config.origins)
+        self.credentials = config.credentials
+        self.methods = frozenset(config.methods)
+        self.allow_methods = ", ".join(config.methods)
+        self.headers = frozenset(h.lower() for h in config.headers)
+        self.allow_headers = ", ".join(config.headers)
+        self.max_age = str(math.ceil(config.max_age))
+
+    async def startup(self) -> None:
+        """Nothing to prepare."""
+
+    async def shutdown(self) -> None:
+        """Nothing to release."""
+
+    def allowed(self, origin: str) -> bool:
+        origin = origin.lower()
+        if self.any_origin or origin in self.exact:
+            return True
+        return any(p.match(origin) for p in self.patterns)
+
+    def _origin_headers(self, origin: str) -> list[tuple[str, str]]:
+        value = "*" if self.any_origin and not self.credentials else origin
+        headers = [("Access-Control-Allow-Origin", value)]
+        if self.credentials:
+            headers.append(("Access-Control-Allow-Credentials", "true"))
+        return headers
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
+        request = ctx.request
+        origin = request.headers.get("Origin")
+        if ctx.preflight:
+            return self._preflight(ctx, origin or "")
+        if self.enabled:
+            ctx.response_headers.append(("Vary", "Origin"))
+            if origin is not None and self.allowed(origin):
+                ctx.response_headers.extend(self._origin_headers(origin))
+                ctx.response_headers.append(("Access-Control-Expose-Headers", EXPOSED))
+        return await call_next(ctx)
+
+    def _preflight(self, ctx: RequestContext, origin: str) -> web.StreamResponse:
+        request = ctx.request
+        method = request.headers.get("Access-Control-Request-Method", "").upper()
+        wanted = [
+            h.strip().lower()
+            for h in request.headers.get("Access-Control-Request-Headers", "").split(",")
+            if h.strip()
+        ]
+        vary = ("Vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+        # SECURITY: an unlisted origin gets no CORS headers at all, so the browser stops there.
+        if not (self.enabled and self.allowed(origin) and method in self.methods):
+            raise CorsRefused(headers=[vary])
+        if any(h not in self.headers for h in wanted):
+            raise CorsRefused(headers=[vary])
+        response = web.Response(status=204)
+        headers = response.headers
+        for name, value in self._origin_headers(origin):
+            headers[name] = value
+        headers["Access-Control-Allow-Methods"] = self.allow_methods
+        headers["Access-Control-Allow-Headers"] = self.allow_headers
+        headers["Access-Control-Max-Age"] = self.max_age
+        headers.add(*vary)
+        stamp(headers, ctx.request_id, ())
+        return response
