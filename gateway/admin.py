@@ -27,6 +27,13 @@ log = structlog.get_logger("gateway.admin")
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 ConfigView = Callable[[], dict[str, Any]]
 RouteInstaller = Callable[[web.Application], None]
+Reload = Callable[[], Awaitable[list[str]]]
+
+
+class ConfigInvalid(GatewayError):
+    status, code = 400, "config_invalid"
+
+
 REDACTED = "***"
 
 
@@ -93,6 +100,7 @@ async def start_admin_listener(
     readiness: Readiness,
     config_view: ConfigView,
     install: RouteInstaller | None = None,
+    reload: Reload | None = None,
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     """The admin app on its own listener: its runner, and the address it got."""
     app = build_admin_app(
@@ -101,6 +109,7 @@ async def start_admin_listener(
         readiness=readiness,
         config_view=config_view,
         install=install,
+        reload=reload,
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
@@ -125,6 +134,7 @@ def build_admin_app(
     readiness: Readiness,
     config_view: ConfigView,
     install: RouteInstaller | None = None,
+    reload: Reload | None = None,
 ) -> web.Application:
     """The admin application; later issues add their /admin routes to it."""
 
@@ -170,11 +180,20 @@ def build_admin_app(
     async def config(request: web.Request) -> web.Response:
         return json_response(config_view())
 
+    async def reload_config(request: web.Request) -> web.Response:
+        if reload is None:
+            raise RouteNotFound()
+        problems = await reload()
+        if problems:
+            raise ConfigInvalid("; ".join(problems))
+        return json_response({"reloaded": True, **config_view()})
+
     app = web.Application(middlewares=[envelope])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/config", config)
+    app.router.add_post("/admin/reload", reload_config)
     if install is not None:
         install(app)
     return app

@@ -63,9 +63,11 @@ class DataPlane:
             started=started,
         )
         self._inflight.inc()
+        snapshot.enter()
         try:
             response = await self._dispatch(snapshot, ctx)
         finally:
+            snapshot.leave()
             self._inflight.dec()
         duration = time.perf_counter() - started
         route = ctx.route

@@ -114,6 +114,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "gateway_config_reloads_total",
+            "Config reloads (SIGHUP, POST /admin/reload, file watch), by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
         self._config_hash: str | None = None
         self._decision_children: dict[tuple[str, bool], Counter] = {}
 

@@ -17,7 +17,7 @@ from gateway.admin import redacted_config, start_admin_listener
 from gateway.admin_api import AdminApi
 from gateway.app import DataPlane
 from gateway.bootstrap import ensure_demo
-from gateway.config import LoadedConfig, RouteConfig
+from gateway.config import ConfigError, LoadedConfig, RouteConfig, load_config
 from gateway.demo_upstream import EchoServer
 from gateway.http_server import EnvelopeServer
 from gateway.identity import KeyRing
@@ -29,6 +29,7 @@ from gateway.pipeline import Plugin
 from gateway.ratelimit.backends import LocalLimits, RedisLimits
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.ratelimit.persistence import LocalLimitsPersistence
+from gateway.reload import ConfigWatcher, restart_needed
 from gateway.scopes import ScopePolicy
 from gateway.snapshot import PluginFactory, Snapshot
 from gateway.store import Store, StoreError, open_store
@@ -67,6 +68,9 @@ class GatewayProcess:
         self.limiter: RateLimiter | None = None
         self._limits_saver: LocalLimitsPersistence | None = None
         self._stopping = False
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.watcher: ConfigWatcher | None = None
         self._admin_enabled = admin
         self._reuse_port = reuse_port
         self._extra_plugins = plugins_for
@@ -188,7 +192,11 @@ class GatewayProcess:
                 readiness=self.readiness,
                 config_view=self.config_view,
                 install=self.admin_api.add_routes,
+                reload=self.reload,
             )
+        if config.reload.watch:
+            self.watcher = ConfigWatcher(self.loaded.source, config.reload.interval, self.reload)
+            self.watcher.start()
         log.info(
             "gateway_started",
             listen=f"{self.data_address[0]}:{self.data_address[1]}",
@@ -205,6 +213,59 @@ class GatewayProcess:
             await ensure_demo(
                 self.store, self.admin_api, config, f"http://{host}:{self.data_address[1]}"
             )
+
+    async def reload(self) -> list[str]:
+        """Build and swap in a new snapshot from the config file; the problems, if any.
+
+        A config that fails validation, or changes what needs a restart, is refused and the
+        running one keeps serving. Requests in flight finish on the snapshot they started on.
+        """
+        async with self._reload_lock:
+            problems = await self._reload()
+        self.metrics.config_reloads.labels("error" if problems else "ok").inc()
+        if problems:
+            log.error("config_reload_failed", problems=problems, config=self.loaded.source)
+        return problems
+
+    async def _reload(self) -> list[str]:
+        try:
+            loaded = load_config(self.loaded.source)
+        except ConfigError as exc:
+            return exc.problems
+        changed = restart_needed(self.loaded.config, loaded.config)
+        if changed:
+            return [f"{field}: changing this needs a restart" for field in changed]
+        config = loaded.config
+        builtin = {name: [echo.url] for name, echo in self._echo.items()}
+        for name, upstream in config.upstreams.items():
+            if upstream.builtin == "echo" and name not in builtin:
+                echo = self._echo[name] = EchoServer()
+                builtin[name] = [await echo.start()]
+        old_loaded = self.loaded
+        self.loaded = loaded  # plugins_for reads the config in force
+        try:
+            snapshot = Snapshot(
+                loaded, self.metrics, builtin_targets=builtin, plugins_for=self.plugins_for
+            )
+            await snapshot.startup()
+        except Exception as exc:
+            self.loaded = old_loaded
+            log.exception("config_reload_build_failed")
+            return [f"the new config could not be started: {exc}"]
+        old = self.snapshot
+        self.snapshot = snapshot
+        if self.plane is not None:
+            self.plane.snapshot = snapshot  # one reference: the swap is atomic
+        self.admin_api.config = config
+        if self.limiter is not None:
+            self.limiter.mode = config.rate_limits.on_store_error
+        self.metrics.set_config(loaded.digest)
+        log.info("config_reloaded", config=loaded.source, config_hash=loaded.digest)
+        if old is not None:
+            task = asyncio.create_task(old.retire(config.server.drain_timeout))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return []
 
     async def readiness(self) -> dict[str, Any]:
         return {
@@ -227,6 +288,8 @@ class GatewayProcess:
         self._stopping = True
         self.draining = True
         log.info("gateway_draining", drain_timeout=self.loaded.config.server.drain_timeout)
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self._data_runner is not None:
             await self._data_runner.cleanup()
         if self.snapshot is not None:
@@ -317,6 +380,14 @@ async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
         await process.stop()
         return 1
     _report_listening()
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(process.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     await process.stop()
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -94,7 +96,25 @@ class Snapshot:
             )
             entries.append((route.path, route.methods, route.host, compiled))
         self.router: Router[CompiledRoute] = Router(entries)
+        self.inflight = 0
+        self._retiring: asyncio.Event | None = None
         self.unmatched_metrics = RouteMetrics(metrics, "unmatched")
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._retiring is not None:
+            self._retiring.set()
+
+    async def retire(self, drain_timeout: float) -> None:
+        """After a reload: let the requests that started here finish, then release it all."""
+        self._retiring = asyncio.Event()
+        if self.inflight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retiring.wait(), timeout=drain_timeout)
+        await self.shutdown()
 
     async def startup(self) -> None:
         for pool in [*self.upstreams.values(), *self.sandboxes.values()]:

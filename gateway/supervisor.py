@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from gateway.admin import redacted_config, start_admin_listener
 from gateway.admin_api import AdminApi
-from gateway.config import LoadedConfig
+from gateway.config import ConfigError, LoadedConfig, load_config
 from gateway.keys import KeyFormat
 from gateway.listen import ListenError
 from gateway.log import flush_logs
+from gateway.reload import restart_needed
 from gateway.server import CONFIG_DIGEST_ENV, READY_FD_ENV, WORKER_ENV, store_state
 from gateway.store import Store, StoreError, open_store
 
@@ -70,6 +71,26 @@ class Supervisor:
             "store": await store_state(self.store, self.loaded.config.store.backend),
         }
 
+    async def reload(self) -> list[str]:
+        """Check the config file, then have every worker reload it (SIGHUP)."""
+        try:
+            loaded = load_config(self.loaded.source)
+        except ConfigError as exc:
+            problems = exc.problems
+        else:
+            changed = restart_needed(self.loaded.config, loaded.config)
+            problems = [f"{field}: changing this needs a restart" for field in changed]
+        if problems:
+            log.error("config_reload_failed", problems=problems)
+            return problems
+        self.loaded = loaded
+        self._env[CONFIG_DIGEST_ENV] = loaded.digest  # workers restarted later run it too
+        for worker in self._workers:
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGHUP)
+        log.info("config_reloaded", config_hash=loaded.digest, workers=len(self._workers))
+        return []
+
     async def _spawn(self) -> asyncio.subprocess.Process:
         """Start a worker; it writes one line to a pipe once its listener is open."""
         read_fd, write_fd = os.pipe()
@@ -116,6 +137,7 @@ class Supervisor:
                 readiness=self.readiness,
                 config_view=lambda: redacted_config(self.loaded),
                 install=admin_api.add_routes,
+                reload=self.reload,
             )
         except (ListenError, OSError) as exc:
             log.error("gateway_start_failed", error=str(exc))
@@ -176,6 +198,14 @@ async def supervise(loaded: LoadedConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     supervisor = Supervisor(loaded)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(supervisor.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         return await supervisor.run(stop)
     finally:

@@ -227,6 +227,11 @@ class IdempotencyConfig(Section):
     )
 
 
+class ReloadConfig(Section):
+    watch: bool = Field(False, description="Reload when the config file changes (polling).")
+    interval: Duration = Field(1.0, description="How often the file is checked when watched.")
+
+
 class RateLimitsConfig(Section):
     on_store_error: Literal["open", "closed", "local"] = Field(
         "local",
@@ -514,6 +519,7 @@ class GatewayConfig(Section):
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)
     cors: CorsConfig = Field(
         default_factory=CorsConfig,
         description="Browser access; no origin is allowed unless listed (Bearer APIs are"

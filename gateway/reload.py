@@ -1,0 +1,61 @@
+"""Config reloads without a restart: what may change live, and the opt-in file watch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from gateway.config import GatewayConfig
+
+log = structlog.get_logger("gateway.reload")
+
+# Sections the running process was built from: listeners, the store, worker count, timeouts of
+# the HTTP server, key hashing, logging and scope expansion. Changing them needs a restart.
+RESTART_ONLY = ("listen", "admin", "workers", "store", "server", "keys", "log", "scopes", "reload")
+
+
+def restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    return [field for field in RESTART_ONLY if getattr(old, field) != getattr(new, field)]
+
+
+class ConfigWatcher:
+    """Polls the config file; a change of content triggers a reload (a bad file only logs)."""
+
+    def __init__(
+        self, path: str, interval: float, reload: Callable[[], Awaitable[list[str]]]
+    ) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self.reload = reload
+        self._task: asyncio.Task[None] | None = None
+        self._digest = self._read()
+
+    def _read(self) -> str | None:
+        try:
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="gateway-config-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            digest = self._read()
+            if digest is not None and digest != self._digest:
+                self._digest = digest
+                log.info("config_changed", path=str(self.path))
+                await self.reload()
