@@ -103,6 +103,23 @@ def bearer_token(headers: MultiMapping[str]) -> str | None:
     return token
 
 
+def apply_rules(
+    target: MutableMultiMapping[str],
+    remove: Iterable[str],
+    set_: Iterable[tuple[str, str]],
+    add: Iterable[tuple[str, str]],
+) -> None:
+    """A route's header rules: remove (every variant), then set, then add."""
+    for name in remove:
+        key = normalize(name)
+        for present in [n for n in target if normalize(n) == key]:
+            target.popall(present, None)
+    for name, value in set_:
+        target[name] = value
+    for name, value in add:
+        target.add(name, value)
+
+
 def connection_tokens(values: Iterable[str]) -> set[str]:
     """Header names listed in Connection, which are hop-by-hop for this message only."""
     tokens: set[str] = set()

@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.config.models import HeaderRulesConfig
 from gateway.errors import (
     BadGateway,
     ClientDisconnected,
@@ -29,6 +30,7 @@ from gateway.headers import (
     IDENTITY_HEADERS,
     RATE_LIMIT_HEADERS,
     REQUEST_ID,
+    apply_rules,
     copy_end_to_end,
     stamp,
     strip_set,
@@ -83,6 +85,7 @@ class Proxy:
         sandbox: UpstreamPool | None = None,
         forward_authorization: bool = False,
         injected_headers: Sequence[str] = (),
+        rules: HeaderRulesConfig | None = None,
     ) -> None:
         self.pool = pool
         self.sandbox = sandbox
@@ -103,6 +106,19 @@ class Proxy:
             *([] if forward_authorization else ["Authorization"]),
         ]
         self._stripped = _ALWAYS_STRIPPED | strip_set(stripped)
+        rules = rules or HeaderRulesConfig()
+        self._request_rules = (
+            rules.request.remove,
+            tuple(rules.request.set.items()),
+            tuple(rules.request.add.items()),
+        )
+        self._response_rules = (
+            rules.response.remove,
+            tuple(rules.response.set.items()),
+            tuple(rules.response.add.items()),
+        )
+        self._has_request_rules = any(self._request_rules)
+        self._has_response_rules = any(self._response_rules)
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
@@ -178,6 +194,8 @@ class Proxy:
         if fwd.host:
             headers[FORWARDED_HOST] = fwd.host
         headers.update(ctx.upstream_headers)
+        if self._has_request_rules:
+            apply_rules(headers, *self._request_rules)
         return headers
 
     async def _exchange(
@@ -315,6 +333,8 @@ class Proxy:
             and "chunked" not in upstream.headers.get("Transfer-Encoding", "").lower()
         ):
             response.content_length = upstream.content_length
+        if self._has_response_rules:
+            apply_rules(response.headers, *self._response_rules)
         stamp(response.headers, ctx.request_id, ctx.response_headers)
         return response
 

@@ -87,6 +87,7 @@ class Snapshot:
                 sandbox=self.sandboxes.get(route.upstream),
                 forward_authorization=route.forward_authorization,
                 injected_headers=[name for p in plugins for name in p.upstream_headers],
+                rules=route.headers,
             )
             compiled = CompiledRoute(
                 config=route,

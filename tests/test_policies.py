@@ -246,3 +246,53 @@ routes: [{path: /x, upstream: a, cors: {origins: ['https://app.example.com/path'
         "routes[0].cors.origins: not an origin: 'https://app.example.com/path' (scheme://host[:port],"
         " lower case, no path; a leading *. for subdomains)",
     ]
+
+
+async def test_header_rules_apply_after_our_sanitising(
+    gateway_factory: GatewayFactory, upstream_factory: Callable[..., Awaitable[Upstream]]
+) -> None:
+    from aiohttp import web
+
+    async def backend(request: web.BaseRequest) -> web.Response:
+        return web.Response(text="ok", headers={"X-Powered-By": "php", "X-Backend": "1"})
+
+    up = await upstream_factory(backend)
+    rules = {
+        "request": {
+            "set": {"X-Backend-Token": "s3cret-static"},
+            "remove": ["X-Debug"],
+            "add": {"X-Via": "gw"},
+        },
+        "response": {"remove": ["X-Powered-By"], "set": {"Cache-Control": "no-store"}},
+    }
+    gw = await gateway_factory(
+        make_config(
+            {"app": {"targets": [up.url]}}, [{"path": "/x", "upstream": "app", "headers": rules}]
+        )
+    )
+    async with gw.session.get(
+        f"{gw.url}/x", headers={"X-Backend-Token": "client-forged", "X-Debug": "1", "X_Debug": "2"}
+    ) as r:
+        assert r.status == 200
+        assert "X-Powered-By" not in r.headers
+        assert r.headers["X-Backend"] == "1"
+        assert r.headers["Cache-Control"] == "no-store"
+    assert up.header_values(0, "X-Backend-Token") == ["s3cret-static"]
+    assert up.header_values(0, "X-Via") == ["gw"]
+    assert [k for k, _ in up.seen[0].headers if k.lower().replace("_", "-") == "x-debug"] == []
+
+
+def test_header_rules_cannot_touch_what_the_gateway_owns() -> None:
+    text = b"""
+upstreams: {a: {targets: ['http://127.0.0.1:1']}}
+routes:
+  - {path: /x, upstream: a, headers: {request: {set: {X-Org-Id: org_evil}}}}
+  - {path: /y, upstream: a, headers: {response: {remove: [X_Request_Id]}}}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="t", env={})
+    assert info.value.problems == [
+        "routes[0].headers.request: X-Org-Id is set by the gateway itself and cannot be changed",
+        "routes[1].headers.response: X_Request_Id is set by the gateway itself"
+        " and cannot be changed",
+    ]

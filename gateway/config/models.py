@@ -191,6 +191,59 @@ class CorsConfig(Section):
         return self
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+# What the gateway sets itself: rules may not touch these (they would re-open spoofing).
+_OWNED = frozenset(
+    n.lower().replace("_", "-")
+    for n in (
+        "X-Request-Id",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "Forwarded",
+        "X-Real-Ip",
+        "X-Org-Id",
+        "X-Org-Slug",
+        "X-Api-Key-Id",
+        "X-Scopes",
+        "X-Key-Environment",
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "RateLimit",
+        "RateLimit-Policy",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "Idempotent-Replayed",
+    )
+)
+
+
+class HeaderRuleSet(Section):
+    set: dict[str, str] = Field(default_factory=dict, description="Replace (or add) these.")
+    add: dict[str, str] = Field(default_factory=dict, description="Add these, keeping others.")
+    remove: tuple[str, ...] = Field((), description="Remove these.")
+
+    @model_validator(mode="after")
+    def _names(self) -> HeaderRuleSet:
+        for name in [*self.set, *self.add, *self.remove]:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"not a header name: {name!r}")
+            if name.lower().replace("_", "-") in _OWNED:
+                raise ValueError(f"{name} is set by the gateway itself and cannot be changed")
+        for value in [*self.set.values(), *self.add.values()]:
+            if any(c in value for c in "\r\n\x00"):
+                raise ValueError("header values must not contain CR, LF or NUL")
+        return self
+
+
+class HeaderRulesConfig(Section):
+    request: HeaderRuleSet = Field(default_factory=HeaderRuleSet, description="To the upstream.")
+    response: HeaderRuleSet = Field(default_factory=HeaderRuleSet, description="To the client.")
+
+
 class RateLimitConfig(Section):
     requests: int = Field(gt=0, description="Sustained rate: this many requests per `per`.")
     per: Duration = Field(description="The period of the sustained rate, e.g. 1m.")
@@ -316,6 +369,10 @@ class RouteConfig(Section):
     )
     cors: CorsConfig | None = Field(
         None, description="This route's CORS (default: the global cors)."
+    )
+    headers: HeaderRulesConfig = Field(
+        default_factory=HeaderRulesConfig,
+        description="Add, set or remove headers, after the gateway's own sanitising.",
     )
     rate_limits: tuple[RouteLimitConfig, ...] = Field(
         (), description="Extra limits for this route only, e.g. a stricter one on an export."
