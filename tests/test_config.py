@@ -241,7 +241,7 @@ def test_run_with_broken_config_exits_1_without_traceback(tmp_path: Path) -> Non
     "path", sorted((ROOT / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_example_configs_are_valid(path: Path) -> None:
-    load_config(path, env={})
+    load_config(path, env={"GATEWAY_ADMIN_TOKEN": "t" * 32})
 
 
 def test_run_reports_a_start_failure_and_exits_1(tmp_path: Path) -> None:
