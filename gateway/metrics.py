@@ -71,6 +71,19 @@ class Metrics:
             ["upstream", "kind"],
             registry=r,
         )
+        self.upstream_ejections = Counter(
+            "gateway_upstream_ejections_total",
+            "Targets left out after failing (passive) or failing their health check (active).",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_healthy_targets = Gauge(
+            "gateway_upstream_healthy_targets",
+            "Targets of an upstream that get traffic now.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="min",
+        )
         self.inflight = Gauge(
             "gateway_inflight_requests",
             "Requests being handled now.",
@@ -170,13 +183,15 @@ class RouteMetrics:
 class UpstreamMetrics:
     """An upstream's label children."""
 
-    __slots__ = ("_duration", "_errors", "_metrics", "_name")
+    __slots__ = ("_duration", "_errors", "_metrics", "_name", "ejections", "healthy")
 
     def __init__(self, metrics: Metrics, name: str) -> None:
         self._metrics = metrics
         self._name = name
         self._duration = metrics.upstream_duration.labels(name)
         self._errors: dict[str, Counter] = {}
+        self.ejections = metrics.upstream_ejections.labels(name)
+        self.healthy = metrics.upstream_healthy_targets.labels(name)
 
     def observe(self, seconds: float) -> None:
         self._duration.observe(seconds)

@@ -22,6 +22,7 @@ from gateway.errors import (
     GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
+    Unavailable,
 )
 from gateway.headers import (
     FORWARDED_FOR,
@@ -136,12 +137,28 @@ class Proxy:
         identity = ctx.identity
         if self.sandbox is not None and identity is not None and identity.key.environment == "test":
             pool = self.sandbox  # test keys never reach live targets when a sandbox exists
-        index = pool.first_target()
+        if pool.max_concurrency is not None and pool.inflight >= pool.max_concurrency:
+            # Full: say so at once rather than queue behind a backend that is already slow.
+            pool.metrics.error("saturated")
+            raise Unavailable(
+                "The service is at capacity; try again shortly.", headers=[("Retry-After", "1")]
+            )
+        pool.inflight += 1
+        pool.budget.deposit()
+        try:
+            return await self._forward(ctx, pool, headers, has_body)
+        finally:
+            pool.inflight -= 1
+
+    async def _forward(
+        self, ctx: RequestContext, pool: UpstreamPool, headers: CIMultiDict[str], has_body: bool
+    ) -> web.StreamResponse:
+        index = pool.pick()
         attempts = (
             2 if ctx.method in _RETRYABLE_METHODS and not has_body and len(pool.targets) > 1 else 1
         )
         for attempt in range(attempts):
-            target = pool.targets[(index + attempt) % len(pool.targets)]
+            target = pool.targets[index]
             ctx.upstream_target = target
             url = f"{target}{ctx.path}?{ctx.query}" if ctx.query else f"{target}{ctx.path}"
             pump = (
@@ -150,7 +167,7 @@ class Proxy:
                 else None
             )
             try:
-                return await self._exchange(pool, ctx, url, headers, pump)
+                response = await self._exchange(pool, ctx, url, headers, pump)
             except asyncio.CancelledError:
                 # The body pump cancels us when the client's body fails before any response
                 # started: answer with its reason. Any other cancellation goes on up.
@@ -166,6 +183,7 @@ class Proxy:
                 if failure.kind in _NOT_SENT:
                     ctx.upstream_reached = False  # it never left: the upstream did nothing
                 pool.metrics.error(failure.kind)
+                pool.failed(index)
                 log.warning(
                     "upstream_failed",
                     upstream=pool.name,
@@ -174,9 +192,13 @@ class Proxy:
                     attempt=attempt + 1,
                     error=failure.detail,
                 )
-                if failure.retryable and attempt + 1 < attempts:
+                # One more target, if the method is safe to repeat and the budget allows it.
+                if failure.retryable and attempt + 1 < attempts and pool.budget.withdraw():
+                    index = pool.pick(exclude=index)
                     continue
                 raise failure.answer from None
+            pool.succeeded(index)
+            return response
         raise BadGateway()  # unreachable: the loop returns or raises
 
     def _upstream_headers(self, ctx: RequestContext, body_length: int | None) -> CIMultiDict[str]:

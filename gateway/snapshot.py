@@ -140,6 +140,9 @@ def _pool(
         max_connections=config.max_connections,
         preserve_host=config.preserve_host,
         metrics=UpstreamMetrics(metrics, name),
+        health=config.health,
+        max_concurrency=config.max_concurrency,
+        retry_budget=config.retry_budget,
     )
 
 

@@ -1,13 +1,19 @@
-"""An upstream: its targets in round robin and one pooled HTTP client session."""
+"""An upstream: its healthy targets in round robin, one pooled session, its limits."""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import aiohttp
+import structlog
 
+from gateway.config.models import HealthConfig
+from gateway.health import RetryBudget, TargetSelector
 from gateway.metrics import UpstreamMetrics
+
+log = structlog.get_logger("gateway.upstream")
 
 
 class UpstreamPool:
@@ -21,14 +27,28 @@ class UpstreamPool:
         max_connections: int,
         preserve_host: bool,
         metrics: UpstreamMetrics,
+        health: HealthConfig | None = None,
+        max_concurrency: int | None = None,
+        retry_budget: float = 0.2,
     ) -> None:
         self.name = name
         self.targets = tuple(t.rstrip("/") for t in targets)
         self.preserve_host = preserve_host
         self.metrics = metrics
+        self.health = health or HealthConfig()
+        self.selector = TargetSelector(
+            len(self.targets),
+            failures=self.health.failures,
+            cooldown=self.health.cooldown,
+            max_cooldown=self.health.max_cooldown,
+        )
+        self.budget = RetryBudget(retry_budget)
+        self.max_concurrency = max_concurrency
+        self.inflight = 0
         self._max_connections = max_connections
-        self._cursor = itertools.cycle(range(len(self.targets)))
         self._session: aiohttp.ClientSession | None = None
+        self._checker: asyncio.Task[None] | None = None
+        metrics.healthy.set(len(self.targets))
 
     async def startup(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -45,7 +65,17 @@ class UpstreamPool:
             timeout=aiohttp.ClientTimeout(total=None),
         )
 
+        if self.health.path is not None:
+            self._checker = asyncio.create_task(
+                self._check_periodically(), name=f"health-{self.name}"
+            )
+
     async def shutdown(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+            self._checker = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -56,5 +86,33 @@ class UpstreamPool:
             raise RuntimeError(f"upstream {self.name} is not started")
         return self._session
 
-    def first_target(self) -> int:
-        return next(self._cursor)
+    def pick(self, exclude: int | None = None) -> int:
+        return self.selector.pick(exclude)
+
+    def succeeded(self, index: int) -> None:
+        self.selector.succeeded(index)
+
+    def failed(self, index: int) -> None:
+        if self.selector.failed(index):
+            self.metrics.ejections.inc()
+            log.warning("upstream_target_ejected", upstream=self.name, target=self.targets[index])
+        self.metrics.healthy.set(self.selector.healthy())
+
+    async def _check_periodically(self) -> None:
+        """Active checks: GET health.path on each target; a failure counts like a failed request."""
+        path = self.health.path
+        timeout = aiohttp.ClientTimeout(total=min(5.0, self.health.interval))
+        while True:
+            await asyncio.sleep(self.health.interval)
+            for index, target in enumerate(self.targets):
+                try:
+                    async with self.session.get(f"{target}{path}", timeout=timeout) as response:
+                        ok = 200 <= response.status < 300
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                if ok:
+                    self.selector.recovered(index)
+                else:
+                    for _ in range(self.health.failures):  # a failed check ejects at once
+                        self.failed(index)
+            self.metrics.healthy.set(self.selector.healthy())

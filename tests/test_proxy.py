@@ -241,7 +241,10 @@ async def test_get_tries_the_next_target_once_but_post_never(
 ) -> None:
     dead = closed_port_url()
     gw = await gateway_factory(
-        make_config({"app": {"targets": [dead, upstream.url]}}, [{"path": "/x", "upstream": "app"}])
+        make_config(
+            {"app": {"targets": [dead, upstream.url], "health": {"failures": 100}}},
+            [{"path": "/x", "upstream": "app"}],
+        )
     )
     for _ in range(6):
         async with gw.session.get(f"{gw.url}/x") as r:

@@ -300,6 +300,21 @@ class RouteTimeoutsConfig(Section):
     read: Duration | None = Field(None, description="Overrides the upstream's read timeout.")
 
 
+class HealthConfig(Section):
+    failures: int = Field(3, ge=1, description="Failures in a row that eject a target.")
+    cooldown: Duration = Field(5.0, description="First ejection; doubles on each repeat.")
+    max_cooldown: Duration = Field(300.0, description="Longest ejection.")
+    path: str | None = Field(None, description="Active check: GET this path on each target.")
+    interval: Duration = Field(10.0, description="Time between active checks.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must start with '/' (got {value!r})")
+        return value
+
+
 class UpstreamConfig(Section):
     targets: tuple[str, ...] = Field(
         (), description="Base URLs, e.g. http://10.0.0.5:8000; requests go round robin."
@@ -315,6 +330,13 @@ class UpstreamConfig(Section):
         False, description="Send the client's Host instead of the target's."
     )
     max_connections: int = Field(256, ge=1, description="Pooled connections per target at most.")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="Requests in flight at most; more get 503 at once."
+    )
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    retry_budget: float = Field(
+        0.2, ge=0, le=1, description="Retries at most this share of requests (plus a reserve)."
+    )
 
     @field_validator("targets", "sandbox")
     @classmethod
