@@ -38,6 +38,7 @@ def test_alert_rules_use_real_metric_names() -> None:
     assert {r["alert"] for r in rules} >= {
         "GatewayHigh5xxRatio",
         "GatewayUpstreamFailing",
+        "GatewayUpstreamTargetsEjected",
         "GatewayRateLimitStoreDegraded",
         "GatewayConfigReloadFailed",
     }
