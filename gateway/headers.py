@@ -115,6 +115,11 @@ def apply_rules(
         for present in [n for n in target if normalize(n) == key]:
             target.popall(present, None)
     for name, value in set_:
+        # SECURITY: every spelling goes first (X_Tenant as well as x-tenant), so a backend
+        # that merges '_' and '-' never sees a client's copy next to the pinned value.
+        key = normalize(name)
+        for present in [n for n in target if normalize(n) == key]:
+            target.popall(present, None)
         target[name] = value
     for name, value in add:
         target.add(name, value)

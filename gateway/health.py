@@ -80,10 +80,17 @@ class TargetSelector:
             return False
         state.failures = 0
         state.ejections += 1
-        state.ejected_until = now + min(
-            self.cooldown * 2 ** (state.ejections - 1), self.max_cooldown
-        )
+        doublings = min(state.ejections - 1, 30)  # past max_cooldown anyway; no overflow
+        state.ejected_until = now + min(self.cooldown * 2**doublings, self.max_cooldown)
         return True
+
+    def eject_until(self, index: int, until: float) -> None:
+        """An active check failed: out until at least the next check (unless it is the last)."""
+        now = self.clock()
+        others = sum(1 for i in range(len(self.health)) if i != index and self._usable(i, now))
+        if others:
+            state = self.health[index]
+            state.ejected_until = max(state.ejected_until, until)
 
 
 class RetryBudget:

@@ -68,7 +68,19 @@ _ALWAYS_STRIPPED = strip_set(
         "X-Real-Ip",
     ]
 )
-_RESPONSE_STRIPPED = strip_set(["Content-Length", REQUEST_ID])
+# SECURITY: CORS is the gateway's policy; a backend that reflects Origin must not widen it.
+_RESPONSE_STRIPPED = strip_set(
+    [
+        "Content-Length",
+        REQUEST_ID,
+        "Access-Control-Allow-Origin",
+        "Access-Control-Allow-Credentials",
+        "Access-Control-Allow-Methods",
+        "Access-Control-Allow-Headers",
+        "Access-Control-Expose-Headers",
+        "Access-Control-Max-Age",
+    ]
+)
 _RESPONSE_STRIPPED_LIMITED = _RESPONSE_STRIPPED | strip_set(RATE_LIMIT_HEADERS)
 
 

@@ -69,7 +69,7 @@ class GatewayProcess:
         self._limits_saver: LocalLimitsPersistence | None = None
         self._stopping = False
         self._reload_lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], Snapshot] = {}
         self.watcher: ConfigWatcher | None = None
         self._admin_enabled = admin
         self._reuse_port = reuse_port
@@ -228,6 +228,8 @@ class GatewayProcess:
         return problems
 
     async def _reload(self) -> list[str]:
+        if self._stopping:
+            return ["the gateway is stopping"]
         try:
             loaded = load_config(self.loaded.source)
         except ConfigError as exc:
@@ -243,13 +245,18 @@ class GatewayProcess:
                 builtin[name] = [await echo.start()]
         old_loaded = self.loaded
         self.loaded = loaded  # plugins_for reads the config in force
+        snapshot: Snapshot | None = None
         try:
             snapshot = Snapshot(
                 loaded, self.metrics, builtin_targets=builtin, plugins_for=self.plugins_for
             )
             await snapshot.startup()
-        except Exception as exc:
+        except BaseException as exc:
             self.loaded = old_loaded
+            if snapshot is not None:
+                await snapshot.shutdown()  # what was started of it, sessions and checks
+            if not isinstance(exc, Exception):
+                raise
             log.exception("config_reload_build_failed")
             return [f"the new config could not be started: {exc}"]
         old = self.snapshot
@@ -263,8 +270,8 @@ class GatewayProcess:
         log.info("config_reloaded", config=loaded.source, config_hash=loaded.digest)
         if old is not None:
             task = asyncio.create_task(old.retire(config.server.drain_timeout))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retiring[task] = old
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
         return []
 
     async def readiness(self) -> dict[str, Any]:
@@ -292,6 +299,11 @@ class GatewayProcess:
             await self.watcher.stop()
         if self._data_runner is not None:
             await self._data_runner.cleanup()
+        for task, old in list(self._retiring.items()):  # snapshots a reload left draining
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await old.shutdown()
         if self.snapshot is not None:
             await self.snapshot.shutdown()
         for echo in self._echo.values():
@@ -366,6 +378,8 @@ async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
             found_hash=loaded.digest,
         )
         return 1
+    # Until the handler below is in place, a SIGHUP (a reload of the fleet) must not kill us.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
     process = GatewayProcess(loaded, admin=not worker, reuse_port=worker)
     try:
         await process.start()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+import structlog
 
 from gateway.config import LoadedConfig, RouteConfig, UpstreamConfig
 from gateway.forwarded import ForwardedResolver
@@ -15,6 +16,8 @@ from gateway.pipeline import Handler, Plugin, build_chain
 from gateway.proxy import Proxy
 from gateway.router import Router
 from gateway.upstream import UpstreamPool
+
+log = structlog.get_logger("gateway.snapshot")
 
 # Builds the plugins of one route; the chain is composed from them once per snapshot.
 PluginFactory = Callable[[RouteConfig], Sequence[Plugin]]
@@ -110,11 +113,18 @@ class Snapshot:
             self._retiring.set()
 
     async def retire(self, drain_timeout: float) -> None:
-        """After a reload: let the requests that started here finish, then release it all."""
+        """After a reload: let the requests that started here finish, then release it all.
+
+        No new request enters a retired snapshot, so the wait ends when the last one does (a
+        long download included); past drain_timeout it is logged, not cut.
+        """
         self._retiring = asyncio.Event()
         if self.inflight:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._retiring.wait(), timeout=drain_timeout)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._retiring.wait()), drain_timeout)
+            except TimeoutError:
+                log.info("snapshot_retiring_slowly", inflight=self.inflight)
+                await self._retiring.wait()
         await self.shutdown()
 
     async def startup(self) -> None:

@@ -57,6 +57,7 @@ class Supervisor:
         config = loaded.config
         self.store: Store = open_store(config.store)
         self._store_open = False
+        self.admin_api: AdminApi | None = None
 
     async def readiness(self) -> dict[str, Any]:
         alive = sum(1 for w in self._workers if w.returncode is None and w.pid in self._listening)
@@ -84,6 +85,8 @@ class Supervisor:
             log.error("config_reload_failed", problems=problems)
             return problems
         self.loaded = loaded
+        if self.admin_api is not None:
+            self.admin_api.config = loaded.config  # plans and routes for admin validation
         self._env[CONFIG_DIGEST_ENV] = loaded.digest  # workers restarted later run it too
         for worker in self._workers:
             if worker.returncode is None:
@@ -127,7 +130,7 @@ class Supervisor:
             return 1
         self._store_open = True
         key_format = KeyFormat.from_config(config.keys)
-        admin_api = AdminApi(self.store, config, key_format)
+        self.admin_api = admin_api = AdminApi(self.store, config, key_format)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call] # untyped upstream
         try:

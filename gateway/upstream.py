@@ -48,9 +48,9 @@ class UpstreamPool:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._checker: asyncio.Task[None] | None = None
-        metrics.healthy.set(len(self.targets))
 
     async def startup(self) -> None:
+        self.metrics.healthy.set(self.selector.healthy())
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=self._max_connections, ttl_dns_cache=10
         )
@@ -90,7 +90,10 @@ class UpstreamPool:
         return self.selector.pick(exclude)
 
     def succeeded(self, index: int) -> None:
+        returning = self.selector.health[index].ejections > 0
         self.selector.succeeded(index)
+        if returning:
+            self.metrics.healthy.set(self.selector.healthy())  # back from an ejection
 
     def failed(self, index: int) -> None:
         if self.selector.failed(index):
@@ -110,9 +113,14 @@ class UpstreamPool:
                         ok = 200 <= response.status < 300
                 except (aiohttp.ClientError, TimeoutError):
                     ok = False
+                now = self.selector.clock()
                 if ok:
                     self.selector.recovered(index)
                 else:
-                    for _ in range(self.health.failures):  # a failed check ejects at once
-                        self.failed(index)
+                    if self.selector.health[index].ejected_until <= now:
+                        self.metrics.ejections.inc()
+                        log.warning("upstream_check_failed", upstream=self.name, target=target)
+                    # Out until at least the next check: no traffic between two failed checks.
+                    wait = max(self.health.cooldown, self.health.interval)
+                    self.selector.eject_until(index, now + wait)
             self.metrics.healthy.set(self.selector.healthy())

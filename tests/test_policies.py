@@ -296,3 +296,52 @@ routes:
         "routes[1].headers.response: X_Request_Id is set by the gateway itself"
         " and cannot be changed",
     ]
+
+
+async def test_a_pinned_header_replaces_every_client_spelling_and_backend_cors_is_dropped(
+    gateway_factory: GatewayFactory, upstream_factory: Callable[..., Awaitable[Upstream]]
+) -> None:
+    from aiohttp import web
+
+    async def permissive(request: web.BaseRequest) -> web.Response:
+        return web.Response(
+            text="ok",
+            headers={
+                "Access-Control-Allow-Origin": request.headers.get("Origin", "*"),
+                "Access-Control-Allow-Credentials": "true",
+            },
+        )
+
+    up = await upstream_factory(permissive)
+    gw = await gateway_factory(
+        make_config(
+            {"app": {"targets": [up.url]}},
+            [
+                {
+                    "path": "/x",
+                    "upstream": "app",
+                    "headers": {"request": {"set": {"X-Tenant": "acme"}}},
+                }
+            ],
+        )
+    )
+    async with gw.session.get(
+        f"{gw.url}/x",
+        headers={"X_Tenant": "evil", "x-tenant": "evil2", "Origin": "https://evil.test"},
+    ) as r:
+        assert not [h for h in r.headers if h.lower().startswith("access-control-")]
+    tenant = [v for k, v in up.seen[0].headers if k.lower().replace("_", "-") == "x-tenant"]
+    assert tenant == ["acme"]
+
+
+def test_sunset_with_an_offset_is_converted_to_utc() -> None:
+    text = b"""
+upstreams: {a: {targets: ['http://127.0.0.1:1']}}
+routes:
+  - path: /x
+    upstream: a
+    deprecation: {deprecated_at: 2026-01-01, sunset_at: '2026-06-30T02:00:00+02:00'}
+"""
+    route = parse_config(text, source="t", env={}).config.routes[0]
+    assert route.deprecation is not None
+    assert route.deprecation.sunset_at == datetime(2026, 6, 30, 0, 0, tzinfo=UTC)

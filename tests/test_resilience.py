@@ -145,3 +145,15 @@ def test_retry_budget_caps_retries_to_a_share_of_requests() -> None:
     for _ in range(5):
         budget.deposit()
     assert [budget.withdraw(), budget.withdraw()] == [True, False]
+
+
+def test_a_target_ejected_a_thousand_times_does_not_overflow() -> None:
+    now = [0.0]
+    selector = TargetSelector(2, failures=1, cooldown=5, max_cooldown=300, clock=lambda: now[0])
+    gaps = []
+    for _ in range(1100):
+        assert selector.failed(0)
+        gaps.append(selector.health[0].ejected_until - now[0])
+        now[0] = selector.health[0].ejected_until
+    assert gaps[:4] == [5, 10, 20, 40]
+    assert max(gaps) == 300  # capped, and no OverflowError after 1024 doublings

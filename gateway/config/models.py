@@ -116,7 +116,7 @@ class TimeoutsConfig(Section):
 def _utc(value: Any) -> Any:
     """YAML reads 2026-01-01 as a date: midnight UTC. A datetime without a zone is UTC."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     return value
@@ -217,6 +217,14 @@ _OWNED = frozenset(
         "X-RateLimit-Remaining",
         "X-RateLimit-Reset",
         "Idempotent-Replayed",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Upgrade",
+        "Expect",
     )
 )
 
@@ -231,11 +239,12 @@ class HeaderRuleSet(Section):
         for name in [*self.set, *self.add, *self.remove]:
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"not a header name: {name!r}")
-            if name.lower().replace("_", "-") in _OWNED:
+            normalized = name.lower().replace("_", "-")
+            if normalized in _OWNED or normalized.startswith("access-control-"):
                 raise ValueError(f"{name} is set by the gateway itself and cannot be changed")
         for value in [*self.set.values(), *self.add.values()]:
-            if any(c in value for c in "\r\n\x00"):
-                raise ValueError("header values must not contain CR, LF or NUL")
+            if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+                raise ValueError("header values must not contain control characters")
         return self
 
 
