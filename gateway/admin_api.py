@@ -251,10 +251,6 @@ class AdminApi:
         org = await self._org(request)
         body: CreateKey = await self._body(request, CreateKey)
         self._check_override(body.rateLimit)
-        if not self.config.plans[org.plan].api_keys:
-            raise ApiAccessDisabled(
-                f"The plan {org.plan!r} of org {org.slug!r} includes no API keys."
-            )
         key, secret = self.new_key(
             org,
             name=body.name,
@@ -278,6 +274,10 @@ class AdminApi:
         allowed_ips: tuple[str, ...],
         rate_limit: dict[str, Any] | None = None,
     ) -> tuple[ApiKey, str]:
+        if not self.config.plans[org.plan].api_keys:
+            raise ApiAccessDisabled(
+                f"The plan {org.plan!r} of org {org.slug!r} includes no API keys."
+            )
         secret = self.format.generate(environment)
         parsed = self.format.parse(secret)
         if parsed is None:  # the generator and the parser disagree: a bug, not bad input
@@ -338,10 +338,6 @@ class AdminApi:
         org = await self.store.get_org(old.org_id)
         if org is None:
             raise NotFound(f"No org {old.org_id!r}.")
-        if not self.config.plans[org.plan].api_keys:
-            raise ApiAccessDisabled(
-                f"The plan {org.plan!r} of org {org.slug!r} includes no API keys."
-            )
         new, secret = self.new_key(
             org,
             name=old.name,
