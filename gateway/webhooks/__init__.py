@@ -1,0 +1,1 @@
+"""Outbound webhooks: signing and target safety (delivery arrives with its queue)."""
