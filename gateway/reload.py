@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, LoadedConfig, load_config
 
 log = structlog.get_logger("gateway.reload")
 
@@ -21,6 +21,19 @@ RESTART_ONLY = ("listen", "admin", "workers", "store", "server", "keys", "log", 
 
 def restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     return [field for field in RESTART_ONLY if getattr(old, field) != getattr(new, field)]
+
+
+def read_for_reload(current: LoadedConfig) -> tuple[LoadedConfig | None, list[str]]:
+    """The config file again, if it is valid and changes only what a reload may change;
+    else None and every problem."""
+    try:
+        loaded = load_config(current.source)
+    except ConfigError as exc:
+        return None, exc.problems
+    changed = restart_needed(current.config, loaded.config)
+    if changed:
+        return None, [f"{field}: changing this needs a restart" for field in changed]
+    return loaded, []
 
 
 class ConfigWatcher:

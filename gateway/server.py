@@ -17,7 +17,7 @@ from gateway.admin import redacted_config, start_admin_listener
 from gateway.admin_api import AdminApi
 from gateway.app import DataPlane
 from gateway.bootstrap import ensure_demo
-from gateway.config import ConfigError, LoadedConfig, RouteConfig, load_config
+from gateway.config import LoadedConfig, RouteConfig
 from gateway.demo_upstream import EchoServer
 from gateway.http_server import EnvelopeServer
 from gateway.identity import KeyRing
@@ -29,7 +29,7 @@ from gateway.pipeline import Plugin
 from gateway.ratelimit.backends import LocalLimits, RedisLimits
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.ratelimit.persistence import LocalLimitsPersistence
-from gateway.reload import ConfigWatcher, restart_needed
+from gateway.reload import ConfigWatcher, read_for_reload
 from gateway.scopes import ScopePolicy
 from gateway.snapshot import PluginFactory, Snapshot
 from gateway.store import Store, StoreError, open_store
@@ -230,13 +230,9 @@ class GatewayProcess:
     async def _reload(self) -> list[str]:
         if self._stopping:
             return ["the gateway is stopping"]
-        try:
-            loaded = load_config(self.loaded.source)
-        except ConfigError as exc:
-            return exc.problems
-        changed = restart_needed(self.loaded.config, loaded.config)
-        if changed:
-            return [f"{field}: changing this needs a restart" for field in changed]
+        loaded, problems = read_for_reload(self.loaded)
+        if loaded is None:
+            return problems
         config = loaded.config
         builtin = {name: [echo.url] for name, echo in self._echo.items()}
         for name, upstream in config.upstreams.items():

@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from gateway.admin import redacted_config, start_admin_listener
 from gateway.admin_api import AdminApi
-from gateway.config import ConfigError, LoadedConfig, load_config
+from gateway.config import LoadedConfig
 from gateway.keys import KeyFormat
 from gateway.listen import ListenError
 from gateway.log import flush_logs
-from gateway.reload import restart_needed
+from gateway.reload import read_for_reload
 from gateway.server import CONFIG_DIGEST_ENV, READY_FD_ENV, WORKER_ENV, store_state
 from gateway.store import Store, StoreError, open_store
 
@@ -74,14 +74,8 @@ class Supervisor:
 
     async def reload(self) -> list[str]:
         """Check the config file, then have every worker reload it (SIGHUP)."""
-        try:
-            loaded = load_config(self.loaded.source)
-        except ConfigError as exc:
-            problems = exc.problems
-        else:
-            changed = restart_needed(self.loaded.config, loaded.config)
-            problems = [f"{field}: changing this needs a restart" for field in changed]
-        if problems:
+        loaded, problems = read_for_reload(self.loaded)
+        if loaded is None:
             log.error("config_reload_failed", problems=problems)
             return problems
         self.loaded = loaded
