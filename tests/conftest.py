@@ -444,3 +444,13 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     yield server
     if server.proc.poll() is None:
         server.stop()
+
+
+class FakeClock:
+    """An injected clock the test moves by hand (``clock.now += 6``) instead of sleeping."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = start if start is not None else time.time()
+
+    def __call__(self) -> float:
+        return self.now

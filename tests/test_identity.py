@@ -14,6 +14,7 @@ from gateway.keys import KeyFormat
 from gateway.scopes import ScopePolicy
 from gateway.store import ApiKey, Org, new_id
 from gateway.store.local import LocalStore
+from tests.conftest import FakeClock
 
 
 class GatedStore(LocalStore):
@@ -30,14 +31,6 @@ class GatedStore(LocalStore):
         if self.gate is not None:
             await self.gate.wait()
         return key
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 FORMAT = KeyFormat("fw")
@@ -72,7 +65,7 @@ async def make_key(store: GatedStore) -> tuple[ApiKey, str]:
     return key, secret
 
 
-def ring(store: GatedStore, clock: Clock | None = None) -> KeyRing:
+def ring(store: GatedStore, clock: FakeClock | None = None) -> KeyRing:
     return KeyRing(
         store,
         FORMAT,
@@ -126,7 +119,7 @@ async def test_forged_keys_cannot_push_good_keys_out_of_the_cache(store: GatedSt
 
 
 async def test_unknown_keys_are_remembered_briefly(store: GatedStore) -> None:
-    clock = Clock()
+    clock = FakeClock()
     keyring = ring(store, clock)
     forged = FORMAT.generate()
     assert await keyring.resolve(forged) is None
@@ -143,7 +136,7 @@ async def test_during_an_outage_good_keys_are_served_stale_without_asking_each_t
     store = GatedStore(str(tmp_path / "out.db"))
     await store.startup()
     _, secret = await make_key(store)
-    clock = Clock()
+    clock = FakeClock()
     keyring = ring(store, clock)
     assert await keyring.resolve(secret) is not None
     await store.shutdown()  # from now on every store call fails

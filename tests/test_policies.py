@@ -9,17 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from tests.conftest import LogLines, RunningGateway, Upstream, make_config
+from tests.conftest import FakeClock, LogLines, RunningGateway, Upstream, make_config
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 DEPRECATION = {
@@ -33,7 +25,7 @@ DEPRECATION = {
 async def test_deprecated_route_carries_the_standard_headers_then_answers_410(
     gateway_factory: GatewayFactory, upstream: Upstream, logs: LogLines
 ) -> None:
-    clock = Clock(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
     gw = await gateway_factory(
         make_config(
             {"app": {"targets": [upstream.url]}},

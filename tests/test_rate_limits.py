@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from gateway.ratelimit.backends import LocalLimits, RedisLimits
 from gateway.ratelimit.policy import US, Limit
 from plugins.rate_limit import _bucket
 from tests.conftest import (
+    FakeClock,
     LogLines,
     RedisServer,
     RunningGateway,
@@ -29,14 +29,6 @@ from tests.conftest import (
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
-
-
-class Clock:
-    def __init__(self, start: float | None = None) -> None:
-        self.now = start if start is not None else time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def limited_config(
@@ -77,7 +69,7 @@ class Client:
 async def test_burst_then_one_per_interval_and_refusals_are_not_counted(
     gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     gw = await gateway_factory(
         limited_config(
             upstream, store_config, {"rate_limit": {"requests": 10, "per": "1m", "burst": 5}}
@@ -115,7 +107,7 @@ async def test_org_limit_is_shared_by_all_keys_of_the_org(
 ) -> None:
     gw = await gateway_factory(
         limited_config(upstream, store_config, {"org_rate_limit": {"requests": 5, "per": "1m"}}),
-        clock=Clock(),
+        clock=FakeClock(),
     )
     client = Client(gw)
     a, b = (await client.key())["secret"], (await client.key())["secret"]
@@ -151,7 +143,7 @@ async def test_all_limits_are_decided_together(
                 {"path": "/v1/{rest:.*}", "upstream": "app", "auth": "key"},
             ],
         ),
-        clock=Clock(),
+        clock=FakeClock(),
     )
     client = Client(gw)
     secret = (await client.key())["secret"]
@@ -182,7 +174,7 @@ async def test_route_cost_takes_several_units(
                 {"path": "/v1/{rest:.*}", "upstream": "app", "auth": "key"},
             ],
         ),
-        clock=Clock(),
+        clock=FakeClock(),
     )
     client = Client(gw)
     secret = (await client.key())["secret"]
@@ -193,7 +185,7 @@ async def test_route_cost_takes_several_units(
 async def test_quota_rolls_over_at_the_utc_month_boundary(
     gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
 ) -> None:
-    clock = Clock(datetime(2026, 1, 31, 23, 59, 50, tzinfo=UTC).timestamp())
+    clock = FakeClock(datetime(2026, 1, 31, 23, 59, 50, tzinfo=UTC).timestamp())
     gw = await gateway_factory(
         limited_config(upstream, store_config, {"quota": {"requests": 3, "per": "month"}}),
         clock=clock,
@@ -218,7 +210,7 @@ async def test_per_key_override_through_the_admin_api(
 ) -> None:
     gw = await gateway_factory(
         limited_config(upstream, store_config, {"rate_limit": {"requests": 100, "per": "1m"}}),
-        clock=Clock(),
+        clock=FakeClock(),
     )
     client = Client(gw)
     key = await client.key(rateLimit={"requests": 2, "per": "1m"})
@@ -248,7 +240,7 @@ async def test_identity_endpoint_reports_limits_and_what_remains(
                 "quota": {"requests": 1000, "per": "day"},
             },
         ),
-        clock=Clock(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()),
+        clock=FakeClock(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()),
     )
     client = Client(gw)
     secret = (await client.key())["secret"]
@@ -267,7 +259,8 @@ async def test_decisions_are_counted_and_logged(
     gateway_factory: GatewayFactory, upstream: Upstream, logs: LogLines
 ) -> None:
     gw = await gateway_factory(
-        limited_config(upstream, {}, {"rate_limit": {"requests": 1, "per": "1m"}}), clock=Clock()
+        limited_config(upstream, {}, {"rate_limit": {"requests": 1, "per": "1m"}}),
+        clock=FakeClock(),
     )
     client = Client(gw)
     secret = (await client.key())["secret"]
@@ -403,7 +396,7 @@ async def test_local_and_redis_decide_identically(
 async def test_a_fresh_key_gets_exactly_requests_plus_burst(
     gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
 ) -> None:
-    clock = Clock(1767225600.3)  # an epoch where float seconds used to lose a request
+    clock = FakeClock(1767225600.3)  # an epoch where float seconds used to lose a request
     gw = await gateway_factory(
         limited_config(
             upstream, store_config, {"rate_limit": {"requests": 5, "per": "1s", "burst": 20}}
@@ -479,7 +472,7 @@ async def test_limits_of_two_routes_with_one_name_are_separate(
                 {"path": "/v1/b/export", "upstream": "app", "auth": "key", "rate_limits": export},
             ],
         ),
-        clock=Clock(),
+        clock=FakeClock(),
     )
     client = Client(gw)
     secret = (await client.key())["secret"]
