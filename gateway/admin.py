@@ -17,10 +17,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.config import LoadedConfig
 from gateway.config.models import AdminConfig
-from gateway.errors import GatewayError, InternalError, MethodNotAllowed, RouteNotFound
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    RouteNotFound,
+    Unavailable,
+)
 from gateway.headers import bearer_token
 from gateway.listen import ListenError, listen
 from gateway.request_id import accept_request_id
+from gateway.store import StoreError
 
 log = structlog.get_logger("gateway.admin")
 
@@ -149,6 +156,10 @@ def build_admin_app(
             response = await handler(request)
         except GatewayError as exc:
             return exc.render(request_id)
+        except StoreError:
+            return Unavailable("The state store is unavailable; try again shortly.").render(
+                request_id
+            )
         except web.HTTPNotFound:
             return RouteNotFound().render(request_id)
         except web.HTTPMethodNotAllowed as exc:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
@@ -22,6 +22,8 @@ from gateway.store import ApiKey, Org, Store, new_id
 from gateway.validation import describe_errors
 
 Clock = Callable[[], float]
+# Called after a key is created, revoked or rotated (key.created, ...), for webhooks.
+KeyEventHook = Callable[[str, ApiKey], Awaitable[None]]
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -33,8 +35,25 @@ class KeyNotRotatable(GatewayError):
     status, code, message = 409, "conflict", "A revoked or expired key cannot be rotated."
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+B = TypeVar("B", bound=Body)
+
+
+def parse_body(raw: bytes, model: type[B], context: dict[str, Any]) -> B:
+    """A JSON object body as model, or 400 naming every problem with its field."""
+    try:
+        payload = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise BadRequest("The body must be JSON.") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("The body must be a JSON object.")
+    try:
+        return model.model_validate(payload, context=context)
+    except ValidationError as exc:
+        raise BadRequest("; ".join(describe_errors(exc, model))) from None
 
 
 def _plan_known(value: str, info: ValidationInfo) -> str:
@@ -44,7 +63,7 @@ def _plan_known(value: str, info: ValidationInfo) -> str:
     return value
 
 
-class CreateOrg(_Body):
+class CreateOrg(Body):
     slug: str = Field(description="Lower-case letters, digits and '-'; used in URLs.")
     name: str = Field(min_length=1, max_length=200)
     plan: str
@@ -61,7 +80,7 @@ class CreateOrg(_Body):
     _plan = field_validator("plan")(_plan_known)
 
 
-class UpdateOrg(_Body):
+class UpdateOrg(Body):
     name: str | None = Field(None, min_length=1, max_length=200)
     plan: str | None = None
 
@@ -71,7 +90,7 @@ class UpdateOrg(_Body):
         return None if value is None else _plan_known(value, info)
 
 
-class CreateKey(_Body):
+class CreateKey(Body):
     name: str = Field(min_length=1, max_length=200)
     scopes: tuple[str, ...] = ()
     environment: Literal["live", "test"] = "live"
@@ -101,12 +120,12 @@ class CreateKey(_Body):
         return value
 
 
-class UpdateKey(_Body):
+class UpdateKey(Body):
     name: str | None = Field(None, min_length=1, max_length=200)
     rateLimit: RateLimitConfig | None = None  # null removes the override
 
 
-class RotateKey(_Body):
+class RotateKey(Body):
     grace: Duration = Field(0.0, description="How long the old key keeps working, e.g. 24h.")
 
 
@@ -160,11 +179,17 @@ class AdminApi:
         key_format: KeyFormat,
         *,
         clock: Clock = time.time,
+        on_key_event: KeyEventHook | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.format = key_format
         self.clock = clock
+        self._on_key_event = on_key_event
+
+    async def _key_event(self, kind: str, key: ApiKey) -> None:
+        if self._on_key_event is not None:
+            await self._on_key_event(kind, key)
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -179,18 +204,8 @@ class AdminApi:
         r.add_post("/admin/keys/{id}/revoke", self.revoke_key)
         r.add_post("/admin/keys/{id}/rotate", self.rotate_key)
 
-    async def _body(self, request: web.Request, model: type[_Body]) -> Any:
-        raw = await request.read()
-        try:
-            payload = orjson.loads(raw or b"{}")
-        except orjson.JSONDecodeError:
-            raise BadRequest("The body must be JSON.") from None
-        if not isinstance(payload, dict):
-            raise BadRequest("The body must be a JSON object.")
-        try:
-            return model.model_validate(payload, context={"plans": list(self.config.plans)})
-        except ValidationError as exc:
-            raise BadRequest("; ".join(describe_errors(exc, model))) from None
+    async def _body(self, request: web.Request, model: type[Body]) -> Any:
+        return parse_body(await request.read(), model, {"plans": list(self.config.plans)})
 
     async def _org(self, request: web.Request) -> Org:
         ref = request.match_info["org"]
@@ -261,6 +276,7 @@ class AdminApi:
             rate_limit=body.rateLimit.model_dump() if body.rateLimit else None,
         )
         await self.store.create_key(key)
+        await self._key_event("created", key)
         return json_response(key_view(key, secret), 201)
 
     def new_key(
@@ -324,6 +340,8 @@ class AdminApi:
         revoked = await self.store.update_key(key.id, self._revoke)
         if revoked is None:
             raise NotFound(f"No key {key.id!r}.")
+        if key.revoked_at is None:  # announced once, not on a repeated revoke
+            await self._key_event("revoked", revoked)
         return json_response(key_view(revoked))
 
     def _revoke(self, key: ApiKey) -> ApiKey:
@@ -362,8 +380,10 @@ class AdminApi:
             return current.with_changes(expires_at=expires, rotated_to=new.id)
 
         try:
-            await self.store.update_key(old.id, shorten)
+            shortened = await self.store.update_key(old.id, shorten)
         except KeyNotRotatable:
             await self.store.update_key(new.id, self._revoke)  # the replacement must not outlive it
             raise
+        if shortened is not None:
+            await self._key_event("rotated", shortened)
         return json_response(key_view(new, secret), 201)

@@ -133,6 +133,39 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.webhook_events = Counter(
+            "gateway_webhook_events_total",
+            "Events queued for at least one webhook endpoint, by source (admin, stream, gateway,"
+            " ping).",
+            ["source"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "gateway_webhook_deliveries_total",
+            "Webhook delivery attempts, by result: delivered, retrying (failed, will retry), dead"
+            " (failed, no retry left), lost_lease (finished too late to count).",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_attempt_duration = Histogram(
+            "gateway_webhook_attempt_duration_seconds",
+            "Time of one webhook attempt, connect to answer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.webhook_delivery_latency = Histogram(
+            "gateway_webhook_delivery_latency_seconds",
+            "Time from an event's publication to its successful delivery, retries included.",
+            buckets=(0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 7200.0, 36000.0, 86400.0),
+            registry=r,
+        )
+        self.webhook_queue = Gauge(
+            "gateway_webhook_queue_depth",
+            "Webhook deliveries waiting, by state (pending: all not yet finished; due: due now).",
+            ["state"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self._config_hash: str | None = None
         self._decision_children: dict[tuple[str, bool], Counter] = {}
 

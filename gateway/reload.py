@@ -15,8 +15,20 @@ from gateway.config import ConfigError, GatewayConfig, LoadedConfig, load_config
 log = structlog.get_logger("gateway.reload")
 
 # Sections the running process was built from: listeners, the store, worker count, timeouts of
-# the HTTP server, key hashing, logging and scope expansion. Changing them needs a restart.
-RESTART_ONLY = ("listen", "admin", "workers", "store", "server", "keys", "log", "scopes", "reload")
+# the HTTP server, key hashing, logging, scope expansion and the webhook dispatcher. Changing
+# them needs a restart.
+RESTART_ONLY = (
+    "listen",
+    "admin",
+    "workers",
+    "store",
+    "server",
+    "keys",
+    "log",
+    "scopes",
+    "reload",
+    "webhooks",
+)
 
 
 def restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:

@@ -14,10 +14,10 @@ import structlog
 from aiohttp import web
 
 from gateway.admin import redacted_config, start_admin_listener
-from gateway.admin_api import AdminApi
 from gateway.app import DataPlane
 from gateway.bootstrap import ensure_demo
 from gateway.config import LoadedConfig, RouteConfig
+from gateway.control import ControlPlane
 from gateway.demo_upstream import EchoServer
 from gateway.http_server import EnvelopeServer
 from gateway.identity import KeyRing
@@ -35,6 +35,9 @@ from gateway.snapshot import PluginFactory, Snapshot
 from gateway.store import Store, StoreError, open_store
 from gateway.store.local import LocalStore
 from gateway.store.redis import RedisStore
+from gateway.webhooks.dispatcher import Dispatcher
+from gateway.webhooks.http import WebhookEndpointsApi
+from gateway.webhooks.stream import EventStream
 from plugins.auth import AuthPlugin
 from plugins.cors import CorsPlugin
 from plugins.deprecation import DeprecationPlugin
@@ -89,7 +92,17 @@ class GatewayProcess:
             last_used_interval=config.keys.last_used_interval,
             clock=clock,
         )
-        self.admin_api = AdminApi(self.store, config, self.key_format, clock=clock)
+        self.control = ControlPlane(
+            self.store, config, self.key_format, metrics=self.metrics, clock=clock
+        )
+        self.admin_api = self.control.admin_api
+        self.webhooks = self.control.webhooks
+        self.key_events = self.control.key_events
+        self.webhook_api = WebhookEndpointsApi(
+            self.webhooks, config.webhooks.api_path or "", config.server.body_timeout
+        )
+        self.dispatcher: Dispatcher | None = None
+        self.event_stream: EventStream | None = None
         self.snapshot: Snapshot | None = None
         self.plane: DataPlane | None = None
         self.draining = False
@@ -153,14 +166,26 @@ class GatewayProcess:
             self._limits_saver = LocalLimitsPersistence(shared, self.store, self.clock)
             await self._limits_saver.startup()
             self._started.append("limits")
+        self.dispatcher = Dispatcher(
+            self.store.webhooks,
+            config.webhooks,
+            self.metrics,
+            clock=self.clock,
+            housekeeping=self.key_events.scan_if_due,
+        )
+        await self.dispatcher.startup()
+        self._started.append("webhooks")
+        self.webhooks.on_enqueue = self.dispatcher.wake
+        if isinstance(self.store, RedisStore) and config.webhooks.stream:
+            stream = f"{config.store.key_prefix}:{config.webhooks.stream}"
+            self.event_stream = EventStream(self.store, self.webhooks, stream)
+            await self.event_stream.startup()
         builtin: dict[str, list[str]] = {}
         for name, upstream in config.upstreams.items():
             if upstream.builtin == "echo":
                 echo = self._echo[name] = EchoServer()
                 builtin[name] = [await echo.start()]
-        snapshot = Snapshot(
-            self.loaded, self.metrics, builtin_targets=builtin, plugins_for=self.plugins_for
-        )
+        snapshot = self._snapshot(self.loaded, builtin)
         self.snapshot = snapshot
         await snapshot.startup()
         self.metrics.set_config(self.loaded.digest)
@@ -191,7 +216,7 @@ class GatewayProcess:
                 registry=self.metrics.registry,
                 readiness=self.readiness,
                 config_view=self.config_view,
-                install=self.admin_api.add_routes,
+                install=self.control.install,
                 reload=self.reload,
             )
         if config.reload.watch:
@@ -243,9 +268,7 @@ class GatewayProcess:
         self.loaded = loaded  # plugins_for reads the config in force
         snapshot: Snapshot | None = None
         try:
-            snapshot = Snapshot(
-                loaded, self.metrics, builtin_targets=builtin, plugins_for=self.plugins_for
-            )
+            snapshot = self._snapshot(loaded, builtin)
             await snapshot.startup()
         except BaseException as exc:
             self.loaded = old_loaded
@@ -259,7 +282,7 @@ class GatewayProcess:
         self.snapshot = snapshot
         if self.plane is not None:
             self.plane.snapshot = snapshot  # one reference: the swap is atomic
-        self.admin_api.config = config
+        self.control.set_config(config)
         if self.limiter is not None:
             self.limiter.mode = config.rate_limits.on_store_error
         self.metrics.set_config(loaded.digest)
@@ -269,6 +292,15 @@ class GatewayProcess:
             self._retiring[task] = old
             task.add_done_callback(lambda t: self._retiring.pop(t, None))
         return []
+
+    def _snapshot(self, loaded: LoadedConfig, builtin: dict[str, list[str]]) -> Snapshot:
+        return Snapshot(
+            loaded,
+            self.metrics,
+            builtin_targets=builtin,
+            plugins_for=self.plugins_for,
+            webhook_api=self.webhook_api,
+        )
 
     async def readiness(self) -> dict[str, Any]:
         return {
@@ -306,6 +338,10 @@ class GatewayProcess:
             await echo.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if self.event_stream is not None:
+            await self.event_stream.shutdown()
+        if "webhooks" in self._started and self.dispatcher is not None:
+            await self.dispatcher.shutdown()  # attempts in flight finish or are handed back
         if "keyring" in self._started:
             await self.keyring.shutdown()  # saves pending last-used times
         if "limits" in self._started and self._limits_saver is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -16,6 +17,8 @@ from gateway.pipeline import Handler, Plugin, build_chain
 from gateway.proxy import Proxy
 from gateway.router import Router
 from gateway.upstream import UpstreamPool
+
+WEBHOOKS_SCOPE = "webhooks:write"  # what a key needs to manage its org's webhook endpoints
 
 log = structlog.get_logger("gateway.snapshot")
 
@@ -44,6 +47,7 @@ class Snapshot:
         *,
         builtin_targets: Mapping[str, Sequence[str]],
         plugins_for: PluginFactory | None = None,
+        webhook_api: Handler | None = None,
     ) -> None:
         config = loaded.config
         self.loaded = loaded
@@ -59,21 +63,24 @@ class Snapshot:
                 self.sandboxes[name] = _pool(sandbox, upstream.sandbox, upstream, metrics)
         self.plugins: list[Plugin] = []
         entries: list[tuple[str, Sequence[str] | None, str | None, CompiledRoute]] = []
+        # Routes the gateway answers itself, behind the same plugins as any other.
+        builtin: list[tuple[dict[str, Any], Handler]] = []
         if config.identity.enabled:
-            route = RouteConfig.model_validate(
-                {
-                    "path": config.identity.path,
-                    "upstream": "",
-                    "name": "identity",
-                    "methods": ["GET"],
-                }
-            )
+            route_spec = {"path": config.identity.path, "name": "identity", "methods": ["GET"]}
+            builtin.append((route_spec, IdentityEndpoint(config.identity)))
+        api_path = config.webhooks.api_path
+        if webhook_api is not None and api_path is not None:
+            for path in (api_path, api_path + "/{rest:.*}"):
+                route_spec = {"path": path, "name": "webhooks", "scopes": [WEBHOOKS_SCOPE]}
+                builtin.append((route_spec, webhook_api))
+        for route_spec, terminal in builtin:
+            route = RouteConfig.model_validate({**route_spec, "upstream": ""})
             plugins = list(plugins_for(route)) if plugins_for else []
             self.plugins.extend(plugins)
             compiled = CompiledRoute(
                 config=route,
                 label=route.label,
-                handler=build_chain(plugins, IdentityEndpoint(config.identity)),
+                handler=build_chain(plugins, terminal),
                 metrics=RouteMetrics(metrics, route.label),
             )
             entries.append((route.path, route.methods, None, compiled))

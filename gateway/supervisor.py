@@ -17,8 +17,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, multiprocess
 
 from gateway.admin import redacted_config, start_admin_listener
-from gateway.admin_api import AdminApi
 from gateway.config import LoadedConfig
+from gateway.control import ControlPlane
 from gateway.keys import KeyFormat
 from gateway.listen import ListenError
 from gateway.log import flush_logs
@@ -57,7 +57,7 @@ class Supervisor:
         config = loaded.config
         self.store: Store = open_store(config.store)
         self._store_open = False
-        self.admin_api: AdminApi | None = None
+        self.control: ControlPlane | None = None
 
     async def readiness(self) -> dict[str, Any]:
         alive = sum(1 for w in self._workers if w.returncode is None and w.pid in self._listening)
@@ -79,8 +79,8 @@ class Supervisor:
             log.error("config_reload_failed", problems=problems)
             return problems
         self.loaded = loaded
-        if self.admin_api is not None:
-            self.admin_api.config = loaded.config  # plans and routes for admin validation
+        if self.control is not None:
+            self.control.set_config(loaded.config)  # plans and routes for admin validation
         self._env[CONFIG_DIGEST_ENV] = loaded.digest  # workers restarted later run it too
         for worker in self._workers:
             if worker.returncode is None:
@@ -124,7 +124,7 @@ class Supervisor:
             return 1
         self._store_open = True
         key_format = KeyFormat.from_config(config.keys)
-        self.admin_api = admin_api = AdminApi(self.store, config, key_format)
+        self.control = control = ControlPlane(self.store, config, key_format)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call] # untyped upstream
         try:
@@ -133,7 +133,7 @@ class Supervisor:
                 registry=registry,
                 readiness=self.readiness,
                 config_view=lambda: redacted_config(self.loaded),
-                install=admin_api.add_routes,
+                install=control.install,
                 reload=self.reload,
             )
         except (ListenError, OSError) as exc:

@@ -24,10 +24,11 @@ import yaml
 from aiohttp import web
 
 from gateway.config import parse_config
-from gateway.config.models import LogConfig
+from gateway.config.models import LogConfig, StoreConfig
 from gateway.log import configure_logging, flush_logs
 from gateway.server import GatewayProcess
 from gateway.snapshot import PluginFactory
+from gateway.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -432,6 +433,28 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, An
         return {"backend": "local", "path": str(tmp_path / "state.db")}
     server: RedisServer = request.getfixturevalue("redis_server")
     return {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["local", "redis"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Makes stores that share one dataset: a file, or one Redis namespace."""
+    if request.param == "local":
+        path = str(tmp_path / "state.db")
+        return lambda: open_store(StoreConfig(backend="local", path=path))
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = unique_prefix()
+    return lambda: open_store(StoreConfig(backend="redis", url=server.url, key_prefix=prefix))
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> AsyncIterator[Store]:
+    s = store_factory()
+    await s.startup()
+    yield s
+    await s.shutdown()
 
 
 @pytest.fixture

@@ -394,6 +394,8 @@ async def test_secret_is_never_stored_nor_logged(
                 if kind == b"string"
                 else repr(client.hgetall(name)).encode()
                 if kind == b"hash"
+                else repr(client.xrange(name)).encode()
+                if kind == b"stream"
                 else repr(client.zrange(name, 0, -1)).encode()
             )
             blob += name + (value or b"")

@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from gateway.config.models import StoreConfig
 from gateway.store import ApiKey, Conflict, Invalidation, Org, Store, new_id, open_store
-from tests.conftest import RedisServer, unique_prefix
-
-StoreFactory = Callable[[], Store]
-
-
-@pytest.fixture(params=["local", "redis"])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Makes stores that share one dataset: a file, or one Redis namespace."""
-    if request.param == "local":
-        path = str(tmp_path / "state.db")
-        return lambda: open_store(StoreConfig(backend="local", path=path))
-    server: RedisServer = request.getfixturevalue("redis_server")
-    prefix = unique_prefix()
-    return lambda: open_store(StoreConfig(backend="redis", url=server.url, key_prefix=prefix))
-
-
-@pytest.fixture
-async def store(store_factory: StoreFactory) -> AsyncIterator[Store]:
-    s = store_factory()
-    await s.startup()
-    yield s
-    await s.shutdown()
+from tests.conftest import RedisServer, StoreFactory, unique_prefix
 
 
 def make_org(slug: str = "acme") -> Org:

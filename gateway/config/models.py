@@ -509,6 +509,9 @@ class PlanConfig(Section):
     quota: QuotaConfig | None = Field(
         None, description="Requests per UTC calendar day or month, for the whole org."
     )
+    webhook_endpoints: int | None = Field(
+        None, ge=0, description="Most webhook endpoints an org may have; null: no cap."
+    )
 
     def capacities(self) -> list[tuple[str, int]]:
         """The most each of the plan's limits lets through at once."""
@@ -578,6 +581,99 @@ class IdentityConfig(Section):
         return value
 
 
+_SIGNATURE_HEADER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+_STANDARD_WEBHOOK_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature"}
+
+
+class WebhooksConfig(Section):
+    signature: Literal["standard"] = Field(
+        "standard", description="webhook-id, webhook-timestamp, webhook-signature: v1,<base64>."
+    )
+    legacy_header: str | None = Field(
+        None,
+        description="Also send this header with sha256=<hex HMAC of the body>,"
+        " e.g. X-Finite-Signature.",
+    )
+    allow_private_targets: bool = Field(
+        False, description="Let endpoints reach private and loopback addresses (development only)."
+    )
+    timeout: Duration = Field(15.0, description="Longest an attempt may take, connect to answer.")
+    retry_schedule: tuple[Duration, ...] = Field(
+        (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0),
+        description="The waits after each failed attempt; after the last the delivery is dead.",
+    )
+    jitter: float = Field(
+        0.1, ge=0, le=0.5, description="Each wait is varied by up to this fraction either way."
+    )
+    secret_overlap: Duration = Field(
+        86400.0, description="How long the old secret also signs after a secret rotation."
+    )
+    key_expiring_notice: Duration = Field(
+        7 * 86400.0, description="key.expiring is sent this long before a key expires."
+    )
+    concurrency: int = Field(32, ge=1, le=1024, description="Attempts in flight per process.")
+    per_endpoint_concurrency: int = Field(
+        4, ge=1, le=256, description="Attempts in flight to one endpoint, per process."
+    )
+    poll_interval: Duration = Field(
+        0.5, description="How often each process looks for deliveries that are due."
+    )
+    retention: Duration = Field(
+        30 * 86400.0, description="How long events and finished deliveries are kept."
+    )
+    api_path: str | None = Field(
+        "/v1/webhooks",
+        description="Where keys with webhooks:write manage their org's endpoints; null: nowhere.",
+    )
+    stream: str | None = Field(
+        "events",
+        description="With the redis store: the stream (under store.key_prefix) backends may XADD"
+        " events to; null: none.",
+    )
+
+    @field_validator("legacy_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _SIGNATURE_HEADER.match(value) or value.lower() in _STANDARD_WEBHOOK_HEADERS:
+            raise ValueError(f"must be a header name like X-Acme-Signature (got {value!r})")
+        return value
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _waits(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) > 20:
+            raise ValueError("at most 20 retries")
+        if any(wait <= 0 for wait in value):
+            raise ValueError("every wait must be > 0")
+        return value
+
+    @field_validator("timeout", "poll_interval", "retention")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be > 0 (got {value:g}s)")
+        return value
+
+    @field_validator("api_path")
+    @classmethod
+    def _api_path_is_literal(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        regex, _ = compile_template(value)
+        if regex is not None or not value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"must be a literal path like /v1/webhooks (got {value!r})")
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", value):
+            raise ValueError(f"must be 1-64 characters of [A-Za-z0-9_.:-] (got {value!r})")
+        return value
+
+
 class DemoConfig(Section):
     org: str = Field("demo", description="Slug of the demo org made on first start.")
     plan: str | None = Field(None, description="Its plan (default: the first plan).")
@@ -608,6 +704,7 @@ class GatewayConfig(Section):
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
     reload: ReloadConfig = Field(default_factory=ReloadConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     cors: CorsConfig = Field(
         default_factory=CorsConfig,
         description="Browser access; no origin is allowed unless listed (Bearer APIs are"
@@ -656,6 +753,14 @@ class GatewayConfig(Section):
                     raise ValueError(
                         f"routes: routes[{i}] takes GET {route.path}, which identity.path answers;"
                         " move one of them or set identity.enabled: false"
+                    )
+        api_path = self.webhooks.api_path
+        if api_path is not None:
+            for i, route in enumerate(self.routes):
+                if route.path == api_path or route.path.startswith(api_path + "/"):
+                    raise ValueError(
+                        f"routes: routes[{i}] path {route.path} is under webhooks.api_path"
+                        f" ({api_path}); move one of them or set webhooks.api_path: null"
                     )
         return self
 

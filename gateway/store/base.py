@@ -5,10 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from gateway.errors import GatewayError
 from gateway.store.models import ApiKey, Org
+
+if TYPE_CHECKING:
+    from gateway.webhooks.store import WebhookStore
 
 
 class StoreError(Exception):
@@ -53,7 +56,9 @@ class IdempotencyBegin:
 
 
 class Store(ABC):
-    """Orgs and keys; later issues add limits, idempotency records and webhooks here."""
+    """Orgs, keys, idempotency records, saved limit counts, and webhooks."""
+
+    webhooks: WebhookStore  # endpoints and the delivery queue, on the same backend
 
     def __init__(self) -> None:
         self._listeners: list[InvalidationListener] = []

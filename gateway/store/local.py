@@ -19,6 +19,8 @@ from gateway.store.base import (
     Store,
     StoreError,
 )
+from gateway.store.local_webhooks import SCHEMA as WEBHOOK_SCHEMA
+from gateway.store.local_webhooks import LocalWebhookStore
 from gateway.store.models import ApiKey, Org
 
 T = TypeVar("T")
@@ -69,6 +71,7 @@ class LocalStore(Store):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
         self._db: sqlite3.Connection | None = None
         self._idempotency_writes = 0
+        self.webhooks = LocalWebhookStore(self._run)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -104,7 +107,7 @@ class LocalStore(Store):
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + WEBHOOK_SCHEMA)
             self._db = db
 
         try:

@@ -22,6 +22,7 @@ from gateway.store.base import (
     StoreError,
 )
 from gateway.store.models import ApiKey, Org
+from gateway.store.redis_webhooks import RedisWebhookStore
 
 log = structlog.get_logger("gateway.store")
 R = TypeVar("R")
@@ -47,6 +48,7 @@ class RedisStore(Store):
         # False while the invalidation channel is down: caches must then not be trusted long.
         self.invalidation_live = False
         self._subscribed = asyncio.Event()
+        self.webhooks: RedisWebhookStore = RedisWebhookStore(self, key_prefix)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -67,6 +69,7 @@ class RedisStore(Store):
         self._touch = self._client.register_script(_script("touch_keys.lua"))
         self._idem_begin = self._client.register_script(_script("idem_begin.lua"))
         self._idem_finish = self._client.register_script(_script("idem_finish.lua"))
+        self.webhooks.register_scripts()
         await self.ping()
         self._listener = asyncio.create_task(self._listen(), name="gateway-store-invalidation")
         with contextlib.suppress(TimeoutError):
@@ -111,19 +114,22 @@ class RedisStore(Store):
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call] # untyped in redis-py
 
-    async def _call(self, coro: Any) -> Any:
+    script_text = staticmethod(_script)
+
+    async def call(self, coro: Any) -> Any:
+        """Await a Redis command; any Redis or socket failure becomes a StoreError."""
         try:
             return await coro
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis store: {exc}") from exc
 
     async def ping(self) -> None:
-        await self._call(self.client.ping())
+        await self.call(self.client.ping())
 
     # -- orgs ------------------------------------------------------------------------------
 
     async def create_org(self, org: Org) -> None:
-        created = await self._call(
+        created = await self.call(
             self._create_org(
                 keys=[
                     f"{self._p}:org:{org.id}",
@@ -139,18 +145,18 @@ class RedisStore(Store):
     async def get_org(self, ref: str) -> Org | None:
         org_id = ref
         if not ref.startswith("org_"):
-            found = await self._call(self.client.get(f"{self._p}:orgslug:{ref}"))
+            found = await self.call(self.client.get(f"{self._p}:orgslug:{ref}"))
             if found is None:
                 return None
             org_id = found.decode()
-        raw = await self._call(self.client.get(f"{self._p}:org:{org_id}"))
+        raw = await self.call(self.client.get(f"{self._p}:org:{org_id}"))
         return Org.from_record(orjson.loads(raw)) if raw else None
 
     async def list_orgs(self) -> list[Org]:
-        ids = await self._call(self.client.zrange(f"{self._p}:orgs", 0, -1))
+        ids = await self.call(self.client.zrange(f"{self._p}:orgs", 0, -1))
         if not ids:
             return []
-        raws = await self._call(self.client.mget([f"{self._p}:org:{i.decode()}" for i in ids]))
+        raws = await self.call(self.client.mget([f"{self._p}:org:{i.decode()}" for i in ids]))
         return [Org.from_record(orjson.loads(r)) for r in raws if r]
 
     async def update_org(self, org_id: str, change: Change[Org]) -> Org | None:
@@ -158,24 +164,28 @@ class RedisStore(Store):
             org = change(Org.from_record(orjson.loads(raw)))
             return org, orjson.dumps(org.to_record()), Invalidation("org", org.id)
 
-        return await self._update(f"{self._p}:org:{org_id}", apply)
+        return await self.update_record(f"{self._p}:org:{org_id}", apply)
 
-    async def _update(
-        self, name: str, apply: Callable[[bytes], tuple[R, bytes, Invalidation]]
+    async def update_record(
+        self, name: str, apply: Callable[[bytes], tuple[R, bytes, Invalidation | None]]
     ) -> R | None:
-        """Optimistic read-modify-write: WATCH, read, MULTI/EXEC; again if another writer won."""
+        """Optimistic read-modify-write: WATCH, read, MULTI/EXEC; again if another writer won.
+
+        The Invalidation, if any, is published in the same transaction.
+        """
         for _ in range(50):
             async with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    await self._call(pipe.watch(name))
-                    raw = await self._call(pipe.get(name))
+                    await self.call(pipe.watch(name))
+                    raw = await self.call(pipe.get(name))
                     if raw is None:
                         return None
                     result, record, message = apply(raw)
                     pipe.multi()  # type: ignore[no-untyped-call] # untyped in redis-py
                     pipe.set(name, record)
-                    pipe.publish(self._channel, message.encode())
-                    await self._call(pipe.execute())
+                    if message is not None:
+                        pipe.publish(self._channel, message.encode())
+                    await self.call(pipe.execute())
                     return result
                 except StoreError as exc:
                     if isinstance(exc.__cause__, WatchError):
@@ -191,7 +201,7 @@ class RedisStore(Store):
             pipe.set(f"{self._p}:keyhash:{key.key_hash}", key.id)
             pipe.zadd(f"{self._p}:orgkeys:{key.org_id}", {key.id: key.created_at})
             pipe.publish(self._channel, Invalidation("key", key.key_hash).encode())
-            await self._call(pipe.execute())
+            await self.call(pipe.execute())
 
     async def _keys(self, ids: list[str]) -> list[ApiKey]:
         if not ids:
@@ -199,7 +209,7 @@ class RedisStore(Store):
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.mget([f"{self._p}:key:{i}" for i in ids])
             pipe.hmget(f"{self._p}:lastused", ids)
-            raws, last_used = await self._call(pipe.execute())
+            raws, last_used = await self.call(pipe.execute())
         keys = []
         for raw, used in zip(raws, last_used, strict=True):
             if raw is None:
@@ -215,11 +225,11 @@ class RedisStore(Store):
         return found[0] if found else None
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
-        key_id = await self._call(self.client.get(f"{self._p}:keyhash:{key_hash}"))
+        key_id = await self.call(self.client.get(f"{self._p}:keyhash:{key_hash}"))
         return await self.get_key(key_id.decode()) if key_id else None
 
     async def list_keys(self, org_id: str) -> list[ApiKey]:
-        ids = await self._call(self.client.zrange(f"{self._p}:orgkeys:{org_id}", 0, -1))
+        ids = await self.call(self.client.zrange(f"{self._p}:orgkeys:{org_id}", 0, -1))
         return await self._keys([i.decode() for i in ids])
 
     async def update_key(self, key_id: str, change: Change[ApiKey]) -> ApiKey | None:
@@ -229,7 +239,7 @@ class RedisStore(Store):
             record.pop("last_used_at", None)  # kept in its own hash, moved forward only
             return key, orjson.dumps(record), Invalidation("key", key.key_hash)
 
-        return await self._update(f"{self._p}:key:{key_id}", apply)
+        return await self.update_record(f"{self._p}:key:{key_id}", apply)
 
     def _idem_key(self, scope: str) -> str:
         # scope is "<org id>:<key hash>": the org is the hash tag, like the org's rate limits.
@@ -239,7 +249,7 @@ class RedisStore(Store):
     async def idempotency_begin(
         self, scope: str, fingerprint: str, token: str, now: float, lock_seconds: float
     ) -> IdempotencyBegin:
-        answer = await self._call(
+        answer = await self.call(
             self._idem_begin(
                 keys=[self._idem_key(scope)],
                 args=[fingerprint, token, int(now * 1000), max(1, int(lock_seconds * 1000))],
@@ -256,7 +266,7 @@ class RedisStore(Store):
         self, scope: str, token: str, now: float, lock_seconds: float
     ) -> bool:
         lock_ms = max(1, int(lock_seconds * 1000))
-        renewed = await self._call(
+        renewed = await self.call(
             self._idem_finish(
                 keys=[self._idem_key(scope)],
                 args=[token, "renew", int(now * 1000) + lock_ms, lock_ms],
@@ -272,7 +282,7 @@ class RedisStore(Store):
             if response is None
             else [token, "complete", response, max(1, int(keep_seconds * 1000))]
         )
-        done = await self._call(self._idem_finish(keys=[self._idem_key(scope)], args=args))
+        done = await self.call(self._idem_finish(keys=[self._idem_key(scope)], args=args))
         return bool(done)
 
     async def touch_keys(self, last_used: Mapping[str, float]) -> None:
@@ -281,4 +291,4 @@ class RedisStore(Store):
         args: list[str | float] = []
         for key_id, at in last_used.items():
             args += [key_id, at]
-        await self._call(self._touch(keys=[f"{self._p}:lastused"], args=args))
+        await self.call(self._touch(keys=[f"{self._p}:lastused"], args=args))

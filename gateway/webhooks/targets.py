@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 
 from yarl import URL
 
@@ -12,6 +14,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_RESOLVE_SECONDS = 3.0  # a registration waits this long for DNS
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 
 
@@ -67,3 +70,31 @@ def check_url(url: str, *, allow_private: bool = False) -> URL:
         if reason:
             raise UnsafeTarget(f"points to {reason}")
     return parsed
+
+
+async def check_registration(url: str, *, allow_private: bool) -> None:
+    """At registration, a name is resolved too: any address it has now must be public.
+
+    Connect time checks again (the answer may change); this one gives the admin a clear
+    error at once instead of a dead endpoint later.
+    """
+    parsed = check_url(url, allow_private=allow_private)
+    host = (parsed.host or "").strip("[]")
+    if allow_private:
+        return
+    try:
+        ipaddress.ip_address(host)
+        return  # a literal address, checked above
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, parsed.port, type=socket.SOCK_STREAM), _RESOLVE_SECONDS
+        )
+    except (OSError, TimeoutError):
+        raise UnsafeTarget(f"names a host that does not resolve ({host})") from None
+    for info in infos:
+        reason = address_refusal(ipaddress.ip_address(info[4][0]))
+        if reason:
+            raise UnsafeTarget(f"names a host that resolves to {reason} ({host})")

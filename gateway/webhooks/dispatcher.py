@@ -1,0 +1,240 @@
+"""The delivery loop of one process: claim due deliveries, attempt them, record what happened.
+
+Every process with a store runs one. Claims are leased in the store, so with several
+instances each attempt is made by exactly one of them; a process killed mid-attempt loses
+its lease and the delivery is attempted again (at least once, with the same webhook-id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import structlog
+
+from gateway.config.models import WebhooksConfig
+from gateway.metrics import Metrics
+from gateway.store import StoreError
+from gateway.webhooks.models import Attempt, Delivery, Endpoint
+from gateway.webhooks.sender import Sender
+from gateway.webhooks.store import Outcome, WebhookStore
+
+log = structlog.get_logger("gateway.webhooks")
+
+Clock = Callable[[], float]
+MAX_RETRY_AFTER = 86400.0  # a Retry-After is honoured up to a day
+_HOUSEKEEPING_EVERY = 30.0
+_FINISH_TRIES = 3
+
+
+def lease_for(config: WebhooksConfig) -> float:
+    """How long a claim holds a delivery: the longest attempt, twice, and some slack."""
+    return config.timeout * 2 + 5.0
+
+
+def next_wait(
+    config: WebhooksConfig, attempt: int, retry_after: float | None, rng: random.Random
+) -> float | None:
+    """Seconds until the next attempt after failed attempt number ``attempt``; None: dead."""
+    schedule = config.retry_schedule
+    if attempt > len(schedule):
+        return None
+    wait = schedule[attempt - 1] * rng.uniform(1 - config.jitter, 1 + config.jitter)
+    if retry_after is not None:
+        wait = max(wait, min(retry_after, MAX_RETRY_AFTER))
+    return wait
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: WebhookStore,
+        config: WebhooksConfig,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.time,
+        housekeeping: Callable[[], object] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config  # replaced on reload
+        self.metrics = metrics
+        self.clock = clock
+        self._housekeeping = housekeeping
+        self._sender = Sender(
+            allow_private=config.allow_private_targets, max_connections=config.concurrency
+        )
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._per_endpoint: Counter[str] = Counter()
+        self._rng = random.Random()  # noqa: S311 - jitter, not security
+        self._last_housekeeping = 0.0
+
+    def wake(self) -> None:
+        """Look for due deliveries now rather than at the next poll."""
+        self._wake.set()
+
+    async def startup(self) -> None:
+        await self._sender.startup()
+        self._loop_task = asyncio.create_task(self._run(), name="gateway-webhooks")
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Stop claiming; give attempts in flight a moment, then hand theirs back."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._attempts:
+            _, pending = await asyncio.wait(self._attempts, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._sender.shutdown()
+
+    async def _run(self) -> None:
+        delay = self.config.poll_interval
+        while True:
+            try:
+                await self._tick()
+                delay = self.config.poll_interval
+            except StoreError as exc:
+                log.warning("webhook_queue_unavailable", error=str(exc))
+                delay = min(max(delay * 2, self.config.poll_interval), 10.0)
+            except Exception:
+                log.exception("webhook_dispatcher_error")
+                delay = min(max(delay * 2, self.config.poll_interval), 10.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+
+    async def _tick(self) -> None:
+        now = self.clock()
+        if now - self._last_housekeeping >= _HOUSEKEEPING_EVERY:
+            self._last_housekeeping = now
+            await self._housekeep(now)
+        free = self.config.concurrency - len(self._attempts)
+        if free <= 0:
+            return
+        token = secrets.token_hex(8)  # one per claim: a later claim never shares it
+        claimed = await self.store.claim(now, now + lease_for(self.config), free, token)
+        for delivery in claimed:
+            if self._per_endpoint[delivery.endpoint_id] >= self.config.per_endpoint_concurrency:
+                # A slow endpoint keeps its own deliveries waiting, not everyone else's.
+                await self.store.release(delivery.id, token, now + self.config.poll_interval)
+                continue
+            self._per_endpoint[delivery.endpoint_id] += 1
+            task = asyncio.create_task(self._attempt(delivery, token))
+            self._attempts.add(task)
+            task.add_done_callback(self._attempts.discard)
+
+    async def _housekeep(self, now: float) -> None:
+        pending, due = await self.store.queue_depth(now)
+        self.metrics.webhook_queue.labels("pending").set(pending)
+        self.metrics.webhook_queue.labels("due").set(due)
+        await self.store.purge(now)
+        if self._housekeeping is not None:
+            result = self._housekeeping()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def _attempt(self, delivery: Delivery, token: str) -> None:
+        try:
+            outcome = await self._make_attempt(delivery)
+            await self._finish(delivery, token, outcome)
+        except asyncio.CancelledError:
+            # Stopping mid-attempt: hand it back so another instance tries at once.
+            with contextlib.suppress(StoreError):
+                await self.store.release(delivery.id, token, self.clock())
+            raise
+        except Exception:
+            log.exception("webhook_attempt_error", delivery=delivery.id)
+        finally:
+            self._per_endpoint[delivery.endpoint_id] -= 1
+            if self._per_endpoint[delivery.endpoint_id] <= 0:
+                del self._per_endpoint[delivery.endpoint_id]
+
+    async def _make_attempt(self, delivery: Delivery) -> Outcome:
+        number = delivery.attempts + 1
+        endpoint = await self.store.get_endpoint(delivery.endpoint_id)
+        started = self.clock()
+        if endpoint is None or endpoint.status != "enabled":
+            why = "the endpoint was deleted" if endpoint is None else "the endpoint is disabled"
+            attempt = Attempt(number, started, 0.0, None, False, error=f"not sent: {why}")
+            return Outcome(attempt, "dead")
+        config = self.config
+        result = await self._sender.send(
+            endpoint.url,
+            secrets=endpoint.signing_secrets(started),
+            message_id=delivery.event_id,
+            payload=delivery.payload,
+            time_limit=config.timeout,
+            legacy_header=config.legacy_header,
+            clock=started,
+        )
+        self.metrics.webhook_attempt_duration.observe(result.duration)
+        attempt = Attempt(
+            number,
+            started,
+            result.duration,
+            result.status,
+            result.success,
+            result.error,
+            result.response,
+        )
+        if result.success:
+            self.metrics.webhook_delivery_latency.observe(
+                max(0.0, self.clock() - delivery.created_at)
+            )
+            return Outcome(attempt, "succeeded")
+        if result.status == 410:
+            await self._disable(endpoint, "the endpoint answered 410 Gone")
+            return Outcome(attempt, "dead")
+        wait = None if delivery.manual else next_wait(config, number, result.retry_after, self._rng)
+        if wait is None:
+            return Outcome(attempt, "dead")
+        return Outcome(attempt, "pending", self.clock() + wait)
+
+    async def _disable(self, endpoint: Endpoint, reason: str) -> None:
+        now = self.clock()
+        await self.store.update_endpoint(
+            endpoint.id,
+            lambda e: e.with_changes(status="disabled", disabled_reason=reason, updated_at=now),
+        )
+        log.warning("webhook_endpoint_disabled", endpoint=endpoint.id, reason=reason)
+
+    async def _finish(self, delivery: Delivery, token: str, outcome: Outcome) -> None:
+        result = {"succeeded": "delivered", "pending": "retrying", "dead": "dead"}[outcome.status]
+        for attempt in range(_FINISH_TRIES):
+            try:
+                done = await self.store.finish(
+                    delivery.id, token, outcome, self.clock(), self.config.retention
+                )
+                break
+            except StoreError as exc:
+                if attempt == _FINISH_TRIES - 1:
+                    # The lease runs out and the delivery is attempted again: at least once.
+                    log.error("webhook_finish_failed", delivery=delivery.id, error=str(exc))
+                    return
+                await asyncio.sleep(0.2 * (attempt + 1))
+        if not done:
+            result = "lost_lease"
+            log.warning("webhook_lease_lost", delivery=delivery.id)
+        self.metrics.webhook_deliveries.labels(result).inc()
+        log.info(
+            "webhook_attempt",
+            delivery=delivery.id,
+            endpoint=delivery.endpoint_id,
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            attempt=outcome.attempt.number,
+            status=outcome.attempt.status,
+            result=result,
+            error=outcome.attempt.error,
+            duration_ms=round(outcome.attempt.duration * 1000, 1),
+        )

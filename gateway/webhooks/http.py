@@ -1,0 +1,164 @@
+"""The webhook operations over HTTP: on the admin API, and at ``/v1/webhooks`` for keys.
+
+Admin (any org):
+    POST /admin/orgs/{org}/webhooks, GET /admin/orgs/{org}/webhooks,
+    GET|PATCH|DELETE /admin/webhooks/{id}, POST /admin/webhooks/{id}/rotate,
+    POST /admin/webhooks/{id}/ping, GET /admin/webhooks/{id}/deliveries,
+    GET /admin/deliveries/{id}, POST /admin/deliveries/{id}/retry, POST /admin/events.
+
+Data plane (the caller's org only, keys with webhooks:write), under webhooks.api_path:
+    GET|POST /, GET|PATCH|DELETE /{id}, POST /{id}/rotate, POST /{id}/ping,
+    GET /{id}/deliveries, GET /{id}/deliveries/{delivery}, POST /{id}/deliveries/{delivery}/retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.admin import json_response
+from gateway.admin_api import NotFound
+from gateway.errors import MethodNotAllowed, RouteNotFound, Unauthorized, Unavailable
+from gateway.headers import stamp
+from gateway.pipeline import RequestContext
+from gateway.request_body import read_body
+from gateway.store import Org, Store, StoreError
+from gateway.webhooks.service import WebhookService
+
+_MAX_BODY = 64 * 1024  # endpoint bodies are small; events have their own, larger limit
+
+
+class WebhookAdmin:
+    def __init__(self, service: WebhookService, store: Store) -> None:
+        self.service = service
+        self.store = store
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        s = self.service
+        r.add_post("/admin/orgs/{org}/webhooks", self._with_org(s.create_endpoint, 201))
+        r.add_get("/admin/orgs/{org}/webhooks", self._with_org(s.list_endpoints))
+        r.add_get("/admin/webhooks/{id}", self._by_id(s.get_endpoint))
+        r.add_patch("/admin/webhooks/{id}", self._by_id_body(s.update_endpoint))
+        r.add_delete("/admin/webhooks/{id}", self._by_id(s.delete_endpoint))
+        r.add_post("/admin/webhooks/{id}/rotate", self._by_id_body(s.rotate_secret, 201))
+        r.add_post("/admin/webhooks/{id}/ping", self._by_id(s.ping, 202))
+        r.add_get("/admin/webhooks/{id}/deliveries", self._by_id(s.deliveries))
+        r.add_get("/admin/deliveries/{id}", self._by_id(s.get_delivery))
+        r.add_post("/admin/deliveries/{id}/retry", self._by_id(s.retry_delivery, 202))
+        r.add_post("/admin/events", self.publish)
+
+    async def _org(self, request: web.Request) -> Org:
+        ref = request.match_info["org"]
+        org = await self.store.get_org(ref)
+        if org is None:
+            raise NotFound(f"No org {ref!r}.")
+        return org
+
+    def _with_org(
+        self, operation: Callable[..., Awaitable[Any]], status: int = 200
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            org = await self._org(request)
+            args: list[Any] = [org]
+            if request.method == "POST":
+                args.append(await request.read())
+            return json_response(await operation(*args), status)
+
+        return handler
+
+    def _by_id(
+        self, operation: Callable[[str, str | None], Awaitable[Any]], status: int = 200
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            return json_response(await operation(request.match_info["id"], None), status)
+
+        return handler
+
+    def _by_id_body(
+        self, operation: Callable[[str, str | None, bytes], Awaitable[Any]], status: int = 200
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            raw = await request.read()
+            return json_response(await operation(request.match_info["id"], None, raw), status)
+
+        return handler
+
+    async def publish(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        return json_response(await self.service.publish_from_admin(raw), 202)
+
+
+class WebhookEndpointsApi:
+    """Terminal handler of the data-plane webhook routes; auth has checked the key and scope."""
+
+    def __init__(self, service: WebhookService, base_path: str, body_timeout: float) -> None:
+        self.service = service
+        self.base = base_path
+        self.body_timeout = body_timeout
+
+    async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
+        identity = ctx.identity
+        if identity is None:
+            raise Unauthorized()
+        org = identity.org
+        parts = [p for p in ctx.path[len(self.base) :].split("/") if p]
+        method = ctx.method
+        s = self.service
+        try:
+            status, data = await self._route(s, org, parts, method, ctx)
+        except StoreError:
+            raise Unavailable("The state store is unavailable; try again shortly.") from None
+        body = orjson.dumps({"data": data, "meta": {"request_id": ctx.request_id}})
+        ctx.bytes_out = len(body)
+        response = web.Response(status=status, body=body, content_type="application/json")
+        response.headers["Cache-Control"] = "no-store"
+        stamp(response.headers, ctx.request_id, ctx.response_headers)
+        return response
+
+    async def _read(self, ctx: RequestContext) -> bytes:
+        return await read_body(ctx, _MAX_BODY, self.body_timeout)
+
+    async def _route(
+        self, s: WebhookService, org: Org, parts: list[str], method: str, ctx: RequestContext
+    ) -> tuple[int, Any]:
+        match parts:
+            case []:
+                if method == "GET":
+                    return 200, await s.list_endpoints(org)
+                if method == "POST":
+                    return 201, await s.create_endpoint(org, await self._read(ctx))
+                raise MethodNotAllowed(["GET", "POST"])
+            case [endpoint_id]:
+                if method == "GET":
+                    return 200, await s.get_endpoint(endpoint_id, org.id)
+                if method == "PATCH":
+                    return 200, await s.update_endpoint(endpoint_id, org.id, await self._read(ctx))
+                if method == "DELETE":
+                    return 200, await s.delete_endpoint(endpoint_id, org.id)
+                raise MethodNotAllowed(["GET", "PATCH", "DELETE"])
+            case [endpoint_id, "rotate"]:
+                _only(method, "POST")
+                return 201, await s.rotate_secret(endpoint_id, org.id, await self._read(ctx))
+            case [endpoint_id, "ping"]:
+                _only(method, "POST")
+                return 202, await s.ping(endpoint_id, org.id)
+            case [endpoint_id, "deliveries"]:
+                _only(method, "GET")
+                return 200, await s.deliveries(endpoint_id, org.id)
+            case [endpoint_id, "deliveries", delivery_id]:
+                _only(method, "GET")
+                return 200, await s.get_delivery(delivery_id, org.id, endpoint_id)
+            case [endpoint_id, "deliveries", delivery_id, "retry"]:
+                _only(method, "POST")
+                await s.get_delivery(delivery_id, org.id, endpoint_id)
+                return 202, await s.retry_delivery(delivery_id, org.id)
+        raise RouteNotFound()
+
+
+def _only(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed([allowed])
