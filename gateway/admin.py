@@ -75,7 +75,7 @@ def admin_token(config: AdminConfig) -> str:
 def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
     """The config in force as JSON, secrets replaced, with the hash of its file."""
     data = loaded.config.model_dump(mode="json")
-    for section, field in (("admin", "token"), ("keys", "pepper")):
+    for section, field in (("admin", "token"), ("keys", "pepper"), ("webhooks", "secret_key")):
         if data[section].get(field):
             data[section][field] = REDACTED
     url = data["store"].get("url")

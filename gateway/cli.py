@@ -1,4 +1,4 @@
-"""The ``gateway`` command: run, check and (later) manage orgs, keys and webhooks."""
+"""The ``gateway`` command: run, check, and manage orgs, keys and webhooks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.cli_admin import add_commands as add_admin_commands
+from gateway.cli_webhooks import add_commands as add_webhook_commands
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 DEFAULT_CONFIG = "gateway.yaml"
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_schema
     )
     add_admin_commands(sub)
+    add_webhook_commands(sub)
     return parser
 
 

@@ -1,4 +1,7 @@
-"""``gateway orgs …`` and ``gateway keys …``: the admin API from a terminal or a script."""
+"""``gateway orgs …`` and ``gateway keys …``: the admin API from a terminal or a script.
+
+The helpers here (``client_from``, ``show``, ``add_command``) are shared with
+``gateway.cli_webhooks``."""
 
 from __future__ import annotations
 
@@ -70,9 +73,9 @@ def client_from(args: argparse.Namespace) -> AdminClient:
     return AdminClient(url, token)
 
 
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     def cell(value: Any) -> str:
-        if value is None:
+        if value is None or value == "":
             return "-"
         if isinstance(value, list):
             return ",".join(str(v) for v in value) or "-"
@@ -99,23 +102,23 @@ KEY_COLUMNS = (
 )
 
 
-def _show(args: argparse.Namespace, result: Any, columns: Sequence[str]) -> None:
+def show(args: argparse.Namespace, result: Any, columns: Sequence[str]) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
     rows = result if isinstance(result, list) else [result]
-    print(_table(rows, columns))
+    print(table(rows, columns))
     if isinstance(result, dict) and result.get("secret"):
         print(f"\nsecret (shown once, store it now): {result['secret']}")
 
 
 def orgs_create(args: argparse.Namespace) -> None:
     body = {"slug": args.slug, "name": args.name or args.slug, "plan": args.plan}
-    _show(args, client_from(args).call("POST", "/admin/orgs", body), ORG_COLUMNS)
+    show(args, client_from(args).call("POST", "/admin/orgs", body), ORG_COLUMNS)
 
 
 def orgs_list(args: argparse.Namespace) -> None:
-    _show(args, client_from(args).call("GET", "/admin/orgs"), ORG_COLUMNS)
+    show(args, client_from(args).call("GET", "/admin/orgs"), ORG_COLUMNS)
 
 
 def keys_create(args: argparse.Namespace) -> None:
@@ -126,64 +129,72 @@ def keys_create(args: argparse.Namespace) -> None:
         "expiresAt": args.expires,
         "allowedIps": args.allow_ip,
     }
-    _show(args, client_from(args).call("POST", f"/admin/orgs/{args.org}/keys", body), KEY_COLUMNS)
+    show(args, client_from(args).call("POST", f"/admin/orgs/{args.org}/keys", body), KEY_COLUMNS)
 
 
 def keys_list(args: argparse.Namespace) -> None:
-    _show(args, client_from(args).call("GET", f"/admin/orgs/{args.org}/keys"), KEY_COLUMNS)
+    show(args, client_from(args).call("GET", f"/admin/orgs/{args.org}/keys"), KEY_COLUMNS)
 
 
 def keys_show(args: argparse.Namespace) -> None:
-    _show(args, client_from(args).call("GET", f"/admin/keys/{args.key}"), KEY_COLUMNS)
+    show(args, client_from(args).call("GET", f"/admin/keys/{args.key}"), KEY_COLUMNS)
 
 
 def keys_revoke(args: argparse.Namespace) -> None:
-    _show(args, client_from(args).call("POST", f"/admin/keys/{args.key}/revoke", {}), KEY_COLUMNS)
+    show(args, client_from(args).call("POST", f"/admin/keys/{args.key}/revoke", {}), KEY_COLUMNS)
 
 
 def keys_rotate(args: argparse.Namespace) -> None:
     result = client_from(args).call("POST", f"/admin/keys/{args.key}/rotate", {"grace": args.grace})
-    _show(args, result, KEY_COLUMNS)
+    show(args, result, KEY_COLUMNS)
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", help="config file that locates the admin API")
     common.add_argument("--admin-url", help="admin API base URL (default: from the config)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return common
 
-    def command(
-        group: Any, name: str, func: Callable[[argparse.Namespace], None], help: str
-    ) -> Any:
-        parser = group.add_parser(name, parents=[common], help=help)
-        parser.set_defaults(func=_run(func))
-        return parser
 
+_COMMON = _common_options()
+
+
+def add_command(
+    group: Any, name: str, func: Callable[[argparse.Namespace], None], help: str
+) -> argparse.ArgumentParser:
+    """A subcommand with --config, --admin-url and --json that prints CliError as ``error: …``."""
+    parser: argparse.ArgumentParser = group.add_parser(name, parents=[_COMMON], help=help)
+    parser.set_defaults(func=_run(func))
+    return parser
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     orgs = sub.add_parser("orgs", help="manage orgs").add_subparsers(dest="action", required=True)
-    p = command(orgs, "create", orgs_create, "create an org")
+    p = add_command(orgs, "create", orgs_create, "create an org")
     p.add_argument("slug")
     p.add_argument("--name", help="display name (default: the slug)")
     p.add_argument("--plan", required=True, help="a plan from gateway.yaml")
-    command(orgs, "list", orgs_list, "list orgs")
+    add_command(orgs, "list", orgs_list, "list orgs")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True
     )
-    p = command(keys, "create", keys_create, "create a key (its secret is shown once)")
+    p = add_command(keys, "create", keys_create, "create a key (its secret is shown once)")
     p.add_argument("org", help="org id or slug")
     p.add_argument("--name", required=True)
     p.add_argument("--scope", action="append", default=[], help="a scope; repeat for more")
     p.add_argument("--environment", "--env", choices=["live", "test"], default="live")
     p.add_argument("--expires", help="expiry, ISO 8601 with a zone: 2027-01-01T00:00:00Z")
     p.add_argument("--allow-ip", action="append", default=[], help="allowed CIDR; repeat for more")
-    p = command(keys, "list", keys_list, "list an org's keys")
+    p = add_command(keys, "list", keys_list, "list an org's keys")
     p.add_argument("org", help="org id or slug")
     for name, func, what in (
         ("show", keys_show, "show a key"),
         ("revoke", keys_revoke, "revoke a key now"),
     ):
-        command(keys, name, func, what).add_argument("key", help="key id (key_…)")
-    p = command(keys, "rotate", keys_rotate, "replace a key; the old one works for --grace")
+        add_command(keys, name, func, what).add_argument("key", help="key id (key_…)")
+    p = add_command(keys, "rotate", keys_rotate, "replace a key; the old one works for --grace")
     p.add_argument("key", help="key id (key_…)")
     p.add_argument("--grace", default="0s", help="how long the old key keeps working (e.g. 24h)")
 

@@ -118,6 +118,39 @@ def test_store_and_admin_problems() -> None:
     ]
 
 
+def test_webhook_problems() -> None:
+    text = """
+webhooks:
+  legacy_header: "X Bad"
+  retry_schedule: [5s, 0s]
+  timeout: 0s
+  api_path: /v1/{x}
+  stream: "no spaces"
+plans: {free: {webhook_endpoints: -1}}
+"""
+    assert problems(text) == [
+        "plans.free.webhook_endpoints: must be >= 0 (got -1)",
+        "webhooks.legacy_header: must be a header name like X-Acme-Signature (got 'X Bad')",
+        "webhooks.timeout: must be > 0 (got 0s)",
+        "webhooks.retry_schedule: every wait must be > 0",
+        "webhooks.api_path: must be a literal path like /v1/webhooks (got '/v1/{x}')",
+        "webhooks.stream: must be 1-64 characters of [A-Za-z0-9_.:-] (got 'no spaces')",
+    ]
+    assert problems("webhooks: {legacy_header: webhook-signature}\n") == [
+        "webhooks.legacy_header: must be a header name like X-Acme-Signature"
+        " (got 'webhook-signature')"
+    ]
+    routes = """
+upstreams: {a: {targets: ['http://x']}}
+routes: [{path: "/v1/webhooks/{rest:.*}", upstream: a}]
+"""
+    assert problems(routes) == [
+        "routes: routes[0] path /v1/webhooks/{rest:.*} is under webhooks.api_path"
+        " (/v1/webhooks); move one of them or set webhooks.api_path: null"
+    ]
+    parse_config((routes + "webhooks: {api_path: null}\n").encode(), source="t.yaml", env={})
+
+
 def test_interpolation_of_variables_defaults_and_dollar() -> None:
     text = """
 listen: {port: "${PORT}"}

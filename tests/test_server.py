@@ -122,7 +122,7 @@ async def test_newcomer_flow_on_the_shipped_config(tmp_path: Path) -> None:
             async with session.post(f"{url}/v1/echo/hello?x=1", headers=demo, data=b"hi") as r:
                 echoed = await r.json()
             assert echoed["headers"]["X-Org-Slug"] == "demo"
-            assert echoed["headers"]["X-Scopes"] == "admin read write"
+            assert echoed["headers"]["X-Scopes"] == "admin read webhooks:write write"
 
             org = _cli(
                 tmp_path,

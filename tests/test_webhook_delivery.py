@@ -12,12 +12,15 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from gateway.webhooks.secret_box import SecretBox, SecretUnavailable
 from gateway.webhooks.sender import Sender
 from tests.conftest import (
     GatewayProc,
@@ -371,6 +374,7 @@ async def test_keys_manage_their_own_orgs_endpoints_on_the_data_plane(
     status, body = await call("GET", "", writer)
     assert status == 200
     assert [e["id"] for e in body["data"]] == [mine["id"]]
+    assert body["meta"]["limits"] == {"webhookEndpoints": {"limit": 2, "used": 1}}
     assert "secret" not in body["data"][0]
     for method, path in [("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/ping")]:
         status, body = await call(method, f"/{outsider['id']}{path}", writer, {})
@@ -607,3 +611,52 @@ async def test_instances_sharing_redis_deliver_each_event_once(
     assert sorted(delivered) == sorted(ids)  # each once, none twice
     logs = a.log_text() + b.log_text()
     assert logs.count('"event":"webhook_attempt"') == 40
+
+
+async def test_endpoint_secrets_can_be_kept_encrypted_at_rest(
+    gateway_factory: GatewayFactory,
+    upstream_factory: UpstreamFactory,
+    store_config: dict[str, Any],
+    request: pytest.FixtureRequest,
+) -> None:
+    receiver = await Receiver().start(upstream_factory)
+    gw = await gateway_factory(hook_config(store_config, secret_key="k" * 40))
+    admin = Admin(gw)
+    await admin.org()
+    endpoint = await subscribe(admin, receiver.url, ["*"])
+    status, body = await admin.call("POST", f"/admin/webhooks/{endpoint['id']}/rotate", {})
+    assert status == 201
+    rotated = body["data"]["secret"]
+    await publish(admin, "invoice.created", {})
+    (got,) = await receiver.wait_for(1)
+    headers = {k.lower(): v for k, v in got.headers.items()}
+    assert verify_standard_webhooks(endpoint["secret"], headers, got.body)
+    assert verify_standard_webhooks(rotated, headers, got.body)
+    status, body = await admin.call("GET", "/admin/config")
+    assert body["data"]["config"]["webhooks"]["secret_key"] == "***"
+    if store_config["backend"] == "local":
+        path = Path(store_config["path"])
+        blob = b"".join(p.read_bytes() for p in path.parent.glob(f"{path.name}*"))
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = aioredis.Redis.from_url(server.url)
+        blob = b""
+        async for name in client.scan_iter(match=f"{store_config['key_prefix']}:*:ep:*"):
+            blob += await client.get(name) or b""
+        await client.aclose()
+    assert b"enc:v1:" in blob
+    for secret in (endpoint["secret"], rotated):
+        assert secret.removeprefix("whsec_").encode() not in blob
+
+
+def test_a_secret_box_opens_only_with_its_key() -> None:
+    box = SecretBox("a" * 32)
+    sealed = box.seal("whsec_abc")
+    assert sealed.startswith("enc:v1:")
+    assert box.seal("whsec_abc") != sealed  # a fresh nonce every time
+    assert box.open(sealed) == "whsec_abc"
+    assert box.open("whsec_plain") == "whsec_plain"  # kept before encryption was turned on
+    assert SecretBox(None).seal("whsec_abc") == "whsec_abc"
+    for other in (SecretBox("b" * 32), SecretBox(None)):
+        with pytest.raises(SecretUnavailable):
+            other.open(sealed)

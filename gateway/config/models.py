@@ -597,6 +597,11 @@ class WebhooksConfig(Section):
     allow_private_targets: bool = Field(
         False, description="Let endpoints reach private and loopback addresses (development only)."
     )
+    secret_key: str | None = Field(
+        None,
+        description="Encrypts endpoint secrets in the store (AES-256-GCM); 32+ random characters,"
+        " e.g. ${GATEWAY_WEBHOOK_KEY}. Never change it while endpoints use it.",
+    )
     timeout: Duration = Field(15.0, description="Longest an attempt may take, connect to answer.")
     retry_schedule: tuple[Duration, ...] = Field(
         (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0),
@@ -639,6 +644,13 @@ class WebhooksConfig(Section):
         if not _SIGNATURE_HEADER.match(value) or value.lower() in _STANDARD_WEBHOOK_HEADERS:
             raise ValueError(f"must be a header name like X-Acme-Signature (got {value!r})")
         return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _key_long_enough(cls, value: str | None) -> str | None:
+        if value is not None and value != "" and len(value) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value or None
 
     @field_validator("retry_schedule")
     @classmethod

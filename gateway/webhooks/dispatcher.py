@@ -21,6 +21,7 @@ from gateway.config.models import WebhooksConfig
 from gateway.metrics import Metrics
 from gateway.store import StoreError
 from gateway.webhooks.models import Attempt, Delivery, Endpoint
+from gateway.webhooks.secret_box import SecretBox, SecretUnavailable
 from gateway.webhooks.sender import Sender
 from gateway.webhooks.store import Outcome, WebhookStore
 
@@ -73,6 +74,7 @@ class Dispatcher:
         self._attempts: set[asyncio.Task[None]] = set()
         self._per_endpoint: Counter[str] = Counter()
         self._rng = random.Random()  # noqa: S311 - jitter, not security
+        self._box = SecretBox(config.secret_key)
         self._last_housekeeping = 0.0
 
     def wake(self) -> None:
@@ -168,9 +170,14 @@ class Dispatcher:
             attempt = Attempt(number, started, 0.0, None, False, error=f"not sent: {why}")
             return Outcome(attempt, "dead")
         config = self.config
+        try:
+            secrets = [self._box.open(s) for s in endpoint.signing_secrets(started)]
+        except SecretUnavailable as exc:
+            attempt = Attempt(number, started, 0.0, None, False, error=f"not sent: {exc}")
+            return self._after_failure(delivery, attempt, None)
         result = await self._sender.send(
             endpoint.url,
-            secrets=endpoint.signing_secrets(started),
+            secrets=secrets,
             message_id=delivery.event_id,
             payload=delivery.payload,
             time_limit=config.timeout,
@@ -195,7 +202,16 @@ class Dispatcher:
         if result.status == 410:
             await self._disable(endpoint, "the endpoint answered 410 Gone")
             return Outcome(attempt, "dead")
-        wait = None if delivery.manual else next_wait(config, number, result.retry_after, self._rng)
+        return self._after_failure(delivery, attempt, result.retry_after)
+
+    def _after_failure(
+        self, delivery: Delivery, attempt: Attempt, retry_after: float | None
+    ) -> Outcome:
+        wait = (
+            None
+            if delivery.manual
+            else next_wait(self.config, attempt.number, retry_after, self._rng)
+        )
         if wait is None:
             return Outcome(attempt, "dead")
         return Outcome(attempt, "pending", self.clock() + wait)

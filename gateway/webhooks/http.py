@@ -112,7 +112,10 @@ class WebhookEndpointsApi:
             status, data = await self._route(s, org, parts, method, ctx)
         except StoreError:
             raise Unavailable("The state store is unavailable; try again shortly.") from None
-        body = orjson.dumps({"data": data, "meta": {"request_id": ctx.request_id}})
+        meta: dict[str, Any] = {"request_id": ctx.request_id}
+        if not parts and method == "GET":  # the list says how many more the plan allows
+            meta["limits"] = {"webhookEndpoints": {"limit": s.endpoint_cap(org), "used": len(data)}}
+        body = orjson.dumps({"data": data, "meta": meta})
         ctx.bytes_out = len(body)
         response = web.Response(status=status, body=body, content_type="application/json")
         response.headers["Cache-Control"] = "no-store"

@@ -22,8 +22,9 @@ from gateway.config.types import Duration
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.keys import ALPHABET
 from gateway.metrics import Metrics
-from gateway.store import Org, Store, new_id
+from gateway.store import Conflict, Org, Store, new_id
 from gateway.webhooks.models import PING, Delivery, Endpoint, Event, Secret
+from gateway.webhooks.secret_box import SecretBox
 from gateway.webhooks.signing import new_secret
 from gateway.webhooks.targets import UnsafeTarget, check_registration, check_url
 
@@ -177,6 +178,7 @@ class WebhookService:
         self.metrics = metrics
         self.clock = clock
         self.on_enqueue: Callable[[], None] | None = None  # wakes this process's dispatcher
+        self.box = SecretBox(config.webhooks.secret_key)  # webhooks is restart-only: fixed
 
     async def _check_resolves(self, url: str) -> None:
         try:
@@ -199,17 +201,22 @@ class WebhookService:
             org_id=org.id,
             url=body.url,
             events=body.events,
-            secrets=(Secret(secret),),
+            secrets=(Secret(self.box.seal(secret)),),
             created_at=now,
             description=body.description,
         )
-        cap = self.config.plans[org.plan].webhook_endpoints if org.plan in self.config.plans else 0
+        cap = self.endpoint_cap(org)
         if not await self.store.webhooks.create_endpoint(endpoint, cap):
             raise PlanLimitReached(
                 f"The plan {org.plan!r} allows {cap} webhook endpoint{'s' if cap != 1 else ''};"
                 " delete one first or change the org's plan."
             )
         return endpoint_view(endpoint, now, secret)
+
+    def endpoint_cap(self, org: Org) -> int | None:
+        """How many endpoints the org's plan allows (None: no cap; an unknown plan: none)."""
+        plan = self.config.plans.get(org.plan)
+        return 0 if plan is None else plan.webhook_endpoints
 
     async def list_endpoints(self, org: Org) -> list[dict[str, Any]]:
         now = self.clock()
@@ -270,7 +277,9 @@ class WebhookService:
             # The old secret keeps signing until the overlap ends; older ones are dropped.
             current = Secret(endpoint.secrets[0].value, now + overlap)
             kept = (current,) if overlap > 0 else ()
-            return endpoint.with_changes(secrets=(Secret(secret), *kept), updated_at=now)
+            return endpoint.with_changes(
+                secrets=(Secret(self.box.seal(secret)), *kept), updated_at=now
+            )
 
         changed = await self.store.webhooks.update_endpoint(endpoint_id, rotate)
         if changed is None:
@@ -279,6 +288,8 @@ class WebhookService:
 
     async def ping(self, endpoint_id: str, org_id: str | None) -> dict[str, Any]:
         endpoint = await self._endpoint(endpoint_id, org_id)
+        if endpoint.status != "enabled":
+            raise Conflict("The endpoint is disabled; enable it before pinging it.")
         event_id = await self._publish(
             endpoint.org_id, PING, {"endpointId": endpoint.id}, [endpoint], source="ping"
         )
