@@ -337,10 +337,17 @@ class AdminApi:
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         key = await self._key(request)
-        revoked = await self.store.update_key(key.id, self._revoke)
+        did_revoke = False
+
+        def revoke(current: ApiKey) -> ApiKey:
+            nonlocal did_revoke  # decided on the key as stored, in the atomic step
+            did_revoke = current.revoked_at is None
+            return self._revoke(current)
+
+        revoked = await self.store.update_key(key.id, revoke)
         if revoked is None:
             raise NotFound(f"No key {key.id!r}.")
-        if key.revoked_at is None:  # announced once, not on a repeated revoke
+        if did_revoke:  # announced once, even when two admins revoke at the same moment
             await self._key_event("revoked", revoked)
         return json_response(key_view(revoked))
 

@@ -149,6 +149,9 @@ routes: [{path: "/v1/webhooks/{rest:.*}", upstream: a}]
         " (/v1/webhooks); move one of them or set webhooks.api_path: null"
     ]
     parse_config((routes + "webhooks: {api_path: null}\n").encode(), source="t.yaml", env={})
+    assert problems("webhooks: {retention: 1d, key_expiring_notice: 2d}\n") == [
+        "webhooks: retention must be at least key_expiring_notice (86400s < 172800s)"
+    ]
 
 
 def test_interpolation_of_variables_defaults_and_dollar() -> None:

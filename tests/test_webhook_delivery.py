@@ -469,7 +469,7 @@ async def test_key_lifecycle_events(
 async def test_a_slow_endpoint_does_not_hold_up_the_others(
     gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
 ) -> None:
-    slow = await Receiver(*(Reply(delay=3.0) for _ in range(8))).start(upstream_factory)
+    slow = await Receiver(*(Reply(delay=3.0) for _ in range(60))).start(upstream_factory)
     fast = await Receiver().start(upstream_factory)
     gw = await gateway_factory(
         hook_config({}, concurrency=4, per_endpoint_concurrency=2, timeout="5s")
@@ -478,7 +478,7 @@ async def test_a_slow_endpoint_does_not_hold_up_the_others(
     await admin.org("acme", plan="big")
     await subscribe(admin, slow.url, ["report.ready"])
     await subscribe(admin, fast.url, ["invoice.created"])
-    for i in range(8):
+    for i in range(60):  # a backlog at the slow endpoint, older than what follows
         await publish(admin, "report.ready", {"n": i})
     await slow.wait_for(2)
     started = time.monotonic()
@@ -660,3 +660,42 @@ def test_a_secret_box_opens_only_with_its_key() -> None:
     for other in (SecretBox("b" * 32), SecretBox(None)):
         with pytest.raises(SecretUnavailable):
             other.open(sealed)
+
+
+async def test_odd_answers_and_odd_hosts_still_end_on_the_schedule(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
+) -> None:
+    receiver = await Receiver(
+        Reply(503, {"Retry-After": "²"}),
+        Reply(429, {"Retry-After": "Sat, 1 Jan 99999999999 00:00:00 GMT"}),
+    ).start(upstream_factory)
+    gw = await gateway_factory(hook_config({}))
+    admin = Admin(gw)
+    await admin.org("acme", plan="big")
+    good = await subscribe(admin, receiver.url, ["*"])
+    odd = await subscribe(admin, "http://a..b/hook", ["*"])  # no resolver can encode it
+    await publish(admin, "invoice.created", {})
+    await receiver.wait_for(3)
+
+    async def finished() -> bool:
+        states = [(await deliveries_of(admin, e["id"]))[0]["status"] for e in (good, odd)]
+        return states == ["succeeded", "dead"]
+
+    await eventually(finished)
+    (delivery,) = await deliveries_of(admin, odd["id"])
+    assert delivery["attempts"] == 3
+    assert all(a["status"] is None and a["error"] for a in delivery["history"])
+
+
+async def test_a_host_that_cannot_resolve_is_a_clear_400(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(hook_config({}, allow_private_targets=False))
+    admin = Admin(gw)
+    await admin.org()
+    for url in ("http://a..b/hook", f"http://{'x' * 64}.example/hook"):
+        status, body = await admin.call(
+            "POST", "/admin/orgs/acme/webhooks", {"url": url, "events": ["*"]}
+        )
+        assert status == 400, body
+        assert "does not resolve" in body["error"]["message"]

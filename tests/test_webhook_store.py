@@ -81,7 +81,7 @@ async def test_an_event_is_queued_once(store: Store) -> None:
     assert not await store.webhooks.enqueue(event, deliveries, keep=3600)
     assert await store.webhooks.get_event(event.id) == event
     assert await store.webhooks.queue_depth(now) == (2, 2)
-    claimed = await store.webhooks.claim(now, now + 30, 10, "t1")
+    claimed = await store.webhooks.claim(now, now + 30, 10, "t1", per_endpoint=100, busy={})
     assert sorted(d.id for d in claimed) == sorted(d.id for d in deliveries)
     assert all(d.payload == event.payload and d.token == "t1" for d in claimed)
 
@@ -95,7 +95,12 @@ async def test_each_delivery_is_claimed_by_one_instance(store_factory: StoreFact
         event, deliveries = make_event([make_endpoint() for _ in range(30)], now)
         await stores[0].webhooks.enqueue(event, deliveries, keep=3600)
         claims = await asyncio.gather(
-            *(stores[i % 2].webhooks.claim(now, now + 30, 7, f"token-{i}") for i in range(8))
+            *(
+                stores[i % 2].webhooks.claim(
+                    now, now + 30, 7, f"token-{i}", per_endpoint=100, busy={}
+                )
+                for i in range(8)
+            )
         )
         ids = [d.id for batch in claims for d in batch]
         assert len(ids) == len(set(ids)) == 30
@@ -109,12 +114,14 @@ async def test_a_lease_that_runs_out_frees_the_delivery(store: Store) -> None:
     now = time.time()
     event, deliveries = make_event([make_endpoint()], now)
     await hooks.enqueue(event, deliveries, keep=3600)
-    (first,) = await hooks.claim(now, now + 10, 5, "dead-holder")
-    assert await hooks.claim(now + 5, now + 15, 5, "other") == []  # still leased
+    (first,) = await hooks.claim(now, now + 10, 5, "dead-holder", per_endpoint=100, busy={})
+    assert (
+        await hooks.claim(now + 5, now + 15, 5, "other", per_endpoint=100, busy={}) == []
+    )  # still leased
     listed = await hooks.get_delivery(first.id)
     assert listed is not None
     assert listed.in_flight(now + 5)
-    (again,) = await hooks.claim(now + 11, now + 21, 5, "new-holder")
+    (again,) = await hooks.claim(now + 11, now + 21, 5, "new-holder", per_endpoint=100, busy={})
     assert again.id == first.id
     assert again.attempts == 0
     # The first holder comes back late: its result does not count.
@@ -127,7 +134,7 @@ async def test_a_lease_that_runs_out_frees_the_delivery(store: Store) -> None:
     assert done.status == "succeeded"
     assert done.attempts == 1
     assert [a.status for a in done.history] == [200]
-    assert await hooks.claim(now + 100, now + 110, 5, "x") == []
+    assert await hooks.claim(now + 100, now + 110, 5, "x", per_endpoint=100, busy={}) == []
 
 
 async def test_failed_attempts_wait_then_die_with_their_history(store: Store) -> None:
@@ -135,15 +142,18 @@ async def test_failed_attempts_wait_then_die_with_their_history(store: Store) ->
     now = time.time()
     event, (delivery,) = make_event([make_endpoint()], now)
     await hooks.enqueue(event, [delivery], keep=3600)
-    (claimed,) = await hooks.claim(now, now + 30, 1, "a")
+    (claimed,) = await hooks.claim(now, now + 30, 1, "a", per_endpoint=100, busy={})
     retry_at = now + 60
     assert await hooks.finish(claimed.id, "a", Outcome(attempt(1), "pending", retry_at), now, 3600)
-    assert await hooks.claim(now + 59, now + 90, 1, "b") == []
+    assert await hooks.claim(now + 59, now + 90, 1, "b", per_endpoint=100, busy={}) == []
     assert await hooks.queue_depth(now + 59) == (1, 0)
-    (second,) = await hooks.claim(retry_at, retry_at + 30, 1, "b")
+    (second,) = await hooks.claim(retry_at, retry_at + 30, 1, "b", per_endpoint=100, busy={})
     assert second.attempts == 1
     assert await hooks.finish(second.id, "b", Outcome(attempt(2, None), "dead"), retry_at, 3600)
-    assert await hooks.claim(retry_at + 10**6, retry_at + 10**6, 1, "c") == []
+    assert (
+        await hooks.claim(retry_at + 10**6, retry_at + 10**6, 1, "c", per_endpoint=100, busy={})
+        == []
+    )
     assert await hooks.queue_depth(retry_at) == (0, 0)
     dead = await hooks.get_delivery(delivery.id)
     assert dead is not None
@@ -159,7 +169,7 @@ async def test_manual_retry_requeues_once_and_waits_for_an_attempt_in_flight(
     now = time.time()
     event, (delivery,) = make_event([make_endpoint()], now)
     await hooks.enqueue(event, [delivery], keep=3600)
-    (claimed,) = await hooks.claim(now, now + 30, 1, "a")
+    (claimed,) = await hooks.claim(now, now + 30, 1, "a", per_endpoint=100, busy={})
     with pytest.raises(Conflict):
         await hooks.retry(delivery.id, now + 1)
     await hooks.finish(claimed.id, "a", Outcome(attempt(1), "dead"), now + 1, 3600)
@@ -167,7 +177,7 @@ async def test_manual_retry_requeues_once_and_waits_for_an_attempt_in_flight(
     assert retried is not None
     assert retried.status == "pending"
     assert retried.manual
-    (again,) = await hooks.claim(now + 2, now + 32, 1, "b")
+    (again,) = await hooks.claim(now + 2, now + 32, 1, "b", per_endpoint=100, busy={})
     assert again.manual
     assert again.attempts == 1
     assert await hooks.retry("dlv_unknown", now) is None
@@ -178,9 +188,9 @@ async def test_a_released_delivery_is_due_again_unattempted(store: Store) -> Non
     now = time.time()
     event, (delivery,) = make_event([make_endpoint()], now)
     await hooks.enqueue(event, [delivery], keep=3600)
-    await hooks.claim(now, now + 30, 1, "a")
+    await hooks.claim(now, now + 30, 1, "a", per_endpoint=100, busy={})
     assert await hooks.release(delivery.id, "a", now + 1)
-    (again,) = await hooks.claim(now + 1, now + 31, 1, "b")
+    (again,) = await hooks.claim(now + 1, now + 31, 1, "b", per_endpoint=100, busy={})
     assert again.attempts == 0
     assert again.token == "b"
 
@@ -196,9 +206,41 @@ async def test_history_lists_the_newest_first_and_finished_ones_expire(store: St
         ids.append(deliveries[0].id)
     listed = await hooks.list_deliveries(endpoint.id, 2)
     assert [d.id for d in listed] == [ids[2], ids[1]]
-    for claimed in await hooks.claim(now + 5, now + 35, 5, "a"):
+    for claimed in await hooks.claim(now + 5, now + 35, 5, "a", per_endpoint=100, busy={}):
         await hooks.finish(claimed.id, "a", Outcome(attempt(1, 204), "succeeded"), now, 0.2)
     await asyncio.sleep(0.4)
     await hooks.purge(time.time())
     assert await hooks.get_delivery(ids[0]) is None
     assert await hooks.list_deliveries(endpoint.id, 10) == []
+
+
+async def test_claims_go_endpoint_by_endpoint_within_each_ones_cap(store: Store) -> None:
+    hooks = store.webhooks
+    now = time.time()
+    slow, fast = make_endpoint(), make_endpoint()
+    for i in range(50):  # an old backlog at one endpoint
+        event, deliveries = make_event([slow], now - 100 + i)
+        await hooks.enqueue(event, deliveries, keep=3600)
+    event, (fresh,) = make_event([fast], now)
+    await hooks.enqueue(event, [fresh], keep=3600)
+    # This caller already has two attempts in flight to the slow endpoint: its cap is reached.
+    claimed = await hooks.claim(now, now + 30, 4, "a", per_endpoint=2, busy={slow.id: 2})
+    assert [d.id for d in claimed] == [fresh.id]
+    # Another caller gets two from the backlog (the oldest) and nothing more from it.
+    claimed = await hooks.claim(now, now + 30, 10, "b", per_endpoint=2, busy={})
+    assert len(claimed) == 2
+    assert {d.endpoint_id for d in claimed} == {slow.id}
+    assert await hooks.queue_depth(now) == (51, 48)
+
+
+async def test_a_second_manual_retry_keeps_it_one_attempt(store: Store) -> None:
+    hooks = store.webhooks
+    now = time.time()
+    event, (delivery,) = make_event([make_endpoint()], now)
+    await hooks.enqueue(event, [delivery], keep=3600)
+    (claimed,) = await hooks.claim(now, now + 30, 1, "a", per_endpoint=10, busy={})
+    await hooks.finish(claimed.id, "a", Outcome(attempt(1), "dead"), now, 3600)
+    await hooks.retry(delivery.id, now + 1)
+    again = await hooks.retry(delivery.id, now + 2)
+    assert again is not None
+    assert again.manual

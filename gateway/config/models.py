@@ -636,6 +636,17 @@ class WebhooksConfig(Section):
         " events to; null: none.",
     )
 
+    @model_validator(mode="after")
+    def _kept_long_enough(self) -> WebhooksConfig:
+        if self.retention < self.key_expiring_notice:
+            # An event is remembered for retention; a key.expiring announced earlier than that
+            # would be forgotten and announced again.
+            raise ValueError(
+                "retention must be at least key_expiring_notice"
+                f" ({self.retention:g}s < {self.key_expiring_notice:g}s)"
+            )
+        return self
+
     @field_validator("legacy_header")
     @classmethod
     def _header_name(cls, value: str | None) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -50,6 +50,14 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     expires_at REAL  -- set when finished
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (due) WHERE due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS webhook_deliveries_queue
+    ON webhook_deliveries (endpoint_id, due) WHERE due IS NOT NULL;
+-- Endpoints with pending deliveries, by the earliest due: claims go endpoint by endpoint.
+CREATE TABLE IF NOT EXISTS webhook_queues (
+    endpoint_id TEXT PRIMARY KEY,
+    next_due REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_queues_due ON webhook_queues (next_due);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_endpoint
     ON webhook_deliveries (endpoint_id, created_at);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
@@ -165,6 +173,8 @@ class LocalWebhookStore(WebhookStore):
                     for d in deliveries
                 ],
             )
+            for endpoint_id in {d.endpoint_id for d in deliveries}:
+                _reindex(db, endpoint_id)
             return True
 
         result: bool = await self._run(insert)
@@ -178,18 +188,44 @@ class LocalWebhookStore(WebhookStore):
         )
         return Event.from_record(orjson.loads(row[0])) if row else None
 
-    async def claim(self, now: float, lease_until: float, limit: int, token: str) -> list[Delivery]:
+    async def claim(
+        self,
+        now: float,
+        lease_until: float,
+        limit: int,
+        token: str,
+        *,
+        per_endpoint: int,
+        busy: Mapping[str, int],
+    ) -> list[Delivery]:
         def claim(db: sqlite3.Connection) -> list[Delivery]:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM webhook_deliveries"  # noqa: S608 - literal columns
-                " WHERE due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?",
-                (now, limit),
+            left = limit
+            claimed: list[Delivery] = []
+            endpoints = db.execute(
+                "SELECT endpoint_id FROM webhook_queues WHERE next_due <= ?"
+                " ORDER BY next_due LIMIT ?",
+                (now, limit + len(busy)),
             ).fetchall()
-            db.executemany(
-                "UPDATE webhook_deliveries SET due = ?, lease_until = ?, token = ? WHERE id = ?",
-                [(lease_until, lease_until, token, row[0]) for row in rows],
-            )
-            return [_delivery(row, lease_until=lease_until, token=token) for row in rows]
+            for (endpoint_id,) in endpoints:
+                allowed = min(left, per_endpoint - busy.get(endpoint_id, 0))
+                if left <= 0:
+                    break
+                if allowed <= 0:
+                    continue
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM webhook_deliveries"  # noqa: S608 - literal columns
+                    " WHERE endpoint_id = ? AND due IS NOT NULL AND due <= ? ORDER BY due LIMIT ?",
+                    (endpoint_id, now, allowed),
+                ).fetchall()
+                db.executemany(
+                    "UPDATE webhook_deliveries SET due = ?, lease_until = ?, token = ?"
+                    " WHERE id = ?",
+                    [(lease_until, lease_until, token, row[0]) for row in rows],
+                )
+                _reindex(db, endpoint_id)
+                claimed += [_delivery(row, lease_until=lease_until, token=token) for row in rows]
+                left -= len(rows)
+            return claimed
 
         result: list[Delivery] = await self._run(claim)
         return result
@@ -219,6 +255,7 @@ class LocalWebhookStore(WebhookStore):
             )
             if cursor.rowcount != 1:
                 return False
+            _reindex_delivery(db, delivery_id)
             db.execute(
                 "INSERT OR REPLACE INTO webhook_attempts (delivery_id, number, data)"
                 " VALUES (?, ?, ?)",
@@ -230,14 +267,19 @@ class LocalWebhookStore(WebhookStore):
         return result
 
     async def release(self, delivery_id: str, token: str, due: float) -> bool:
-        cursor = await self._run(
-            lambda db: db.execute(
+        def release(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "UPDATE webhook_deliveries SET due = ?, lease_until = 0, token = ''"
                 " WHERE id = ? AND token = ? AND status = 'pending'",
                 (due, delivery_id, token),
             )
-        )
-        return bool(cursor.rowcount == 1)
+            if cursor.rowcount != 1:
+                return False
+            _reindex_delivery(db, delivery_id)
+            return True
+
+        result: bool = await self._run(release)
+        return result
 
     async def retry(self, delivery_id: str, now: float) -> Delivery | None:
         def retry(db: sqlite3.Connection) -> Delivery | None:
@@ -250,12 +292,14 @@ class LocalWebhookStore(WebhookStore):
             delivery = _delivery(row)
             if delivery.in_flight(now):
                 raise Conflict("An attempt of this delivery is in flight; try again shortly.")
-            manual = delivery.status != "pending"
+            # A finished delivery gets one attempt (manual); a pending one keeps what it was.
+            manual = delivery.manual or delivery.status != "pending"
             db.execute(
                 "UPDATE webhook_deliveries SET status = 'pending', next_at = ?, due = ?,"
                 " manual = ?, expires_at = NULL, lease_until = 0, token = '' WHERE id = ?",
                 (now, now, int(manual), delivery_id),
             )
+            _reindex(db, delivery.endpoint_id)
             return replace(
                 delivery, status="pending", next_at=now, manual=manual, lease_until=0.0, token=""
             )
@@ -314,6 +358,29 @@ class LocalWebhookStore(WebhookStore):
             db.execute("DELETE FROM webhook_events WHERE expires_at <= ?", (now,))
 
         await self._run(purge)
+
+
+def _reindex(db: sqlite3.Connection, endpoint_id: str) -> None:
+    """Keep webhook_queues in step: the endpoint's earliest due, or no row when none is."""
+    (first,) = db.execute(
+        "SELECT MIN(due) FROM webhook_deliveries WHERE endpoint_id = ? AND due IS NOT NULL",
+        (endpoint_id,),
+    ).fetchone()
+    if first is None:
+        db.execute("DELETE FROM webhook_queues WHERE endpoint_id = ?", (endpoint_id,))
+    else:
+        db.execute(
+            "INSERT OR REPLACE INTO webhook_queues (endpoint_id, next_due) VALUES (?, ?)",
+            (endpoint_id, first),
+        )
+
+
+def _reindex_delivery(db: sqlite3.Connection, delivery_id: str) -> None:
+    row = db.execute(
+        "SELECT endpoint_id FROM webhook_deliveries WHERE id = ?", (delivery_id,)
+    ).fetchone()
+    if row is not None:
+        _reindex(db, row[0])
 
 
 def _delivery(

@@ -7,7 +7,7 @@ delivery may next be claimed (its next attempt, or the end of its lease).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
 
 
+_HISTORY_AFTER_DELETE = 86400  # seconds a deleted endpoint's delivery index outlives it
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -28,7 +31,8 @@ class RedisWebhookStore(WebhookStore):
     def __init__(self, store: RedisStore, key_prefix: str) -> None:
         self._store = store
         self._p = f"{key_prefix}:{{wh}}:"
-        self._due = self._p + "due"
+        self._due = self._p + "due"  # every pending delivery, by when it is next due
+        self._ready = self._p + "ready"  # endpoints with pending deliveries, by the earliest
 
     def register_scripts(self) -> None:
         client, script = self._store.client, self._store.script_text
@@ -85,13 +89,17 @@ class RedisWebhookStore(WebhookStore):
         async with self._store.client.pipeline(transaction=True) as pipe:
             pipe.delete(self._p + f"ep:{endpoint_id}")
             pipe.zrem(self._p + f"orgeps:{endpoint.org_id}", endpoint_id)
-            deleted, _ = await self._call(pipe.execute())
+            # Its history goes with its deliveries' records; pending ones still end (dead).
+            pipe.expire(self._p + f"epdlv:{endpoint_id}", _HISTORY_AFTER_DELETE)
+            deleted, _, _ = await self._call(pipe.execute())
         return bool(deleted)
 
     # -- the queue -------------------------------------------------------------------------
 
     async def enqueue(self, event: Event, deliveries: Sequence[Delivery], keep: float) -> bool:
-        args: list[Any] = [orjson.dumps(event.to_record()), _ms(keep), self._p]
+        # History entries older than twice the keep time point to expired deliveries.
+        trim_before = repr(event.created_at - 2 * keep)
+        args: list[Any] = [orjson.dumps(event.to_record()), _ms(keep), self._p, trim_before]
         for d in deliveries:
             args += [
                 d.id,
@@ -104,7 +112,7 @@ class RedisWebhookStore(WebhookStore):
                 repr(d.next_at),
             ]
         stored = await self._call(
-            self._enqueue(keys=[self._p + f"evt:{event.id}", self._due], args=args)
+            self._enqueue(keys=[self._p + f"evt:{event.id}", self._due, self._ready], args=args)
         )
         return bool(stored)
 
@@ -112,13 +120,20 @@ class RedisWebhookStore(WebhookStore):
         raw = await self._call(self._store.client.get(self._p + f"evt:{event_id}"))
         return Event.from_record(orjson.loads(raw)) if raw else None
 
-    async def claim(self, now: float, lease_until: float, limit: int, token: str) -> list[Delivery]:
-        rows = await self._call(
-            self._claim(
-                keys=[self._due],
-                args=[repr(now), repr(lease_until), limit, token, self._p + "dlv:"],
-            )
-        )
+    async def claim(
+        self,
+        now: float,
+        lease_until: float,
+        limit: int,
+        token: str,
+        *,
+        per_endpoint: int,
+        busy: Mapping[str, int],
+    ) -> list[Delivery]:
+        args: list[Any] = [repr(now), repr(lease_until), limit, token, self._p, per_endpoint]
+        for endpoint_id, count in busy.items():
+            args += [endpoint_id, count]
+        rows = await self._call(self._claim(keys=[self._ready, self._due], args=args))
         return [_delivery(_pairs(row)) for row in rows]
 
     async def finish(
@@ -127,7 +142,12 @@ class RedisWebhookStore(WebhookStore):
         attempt = outcome.attempt
         done = await self._call(
             self._finish(
-                keys=[self._p + f"dlv:{delivery_id}", self._p + f"dlvlog:{delivery_id}", self._due],
+                keys=[
+                    self._p + f"dlv:{delivery_id}",
+                    self._p + f"dlvlog:{delivery_id}",
+                    self._due,
+                    self._ready,
+                ],
                 args=[
                     token,
                     delivery_id,
@@ -138,6 +158,7 @@ class RedisWebhookStore(WebhookStore):
                     repr(now),
                     attempt.encode(),
                     _ms(keep),
+                    self._p,
                 ],
             )
         )
@@ -146,8 +167,8 @@ class RedisWebhookStore(WebhookStore):
     async def release(self, delivery_id: str, token: str, due: float) -> bool:
         done = await self._call(
             self._release(
-                keys=[self._p + f"dlv:{delivery_id}", self._due],
-                args=[token, delivery_id, repr(due)],
+                keys=[self._p + f"dlv:{delivery_id}", self._due, self._ready],
+                args=[token, delivery_id, repr(due), self._p],
             )
         )
         return bool(done)
@@ -155,8 +176,13 @@ class RedisWebhookStore(WebhookStore):
     async def retry(self, delivery_id: str, now: float) -> Delivery | None:
         done = await self._call(
             self._retry(
-                keys=[self._p + f"dlv:{delivery_id}", self._p + f"dlvlog:{delivery_id}", self._due],
-                args=[delivery_id, repr(now)],
+                keys=[
+                    self._p + f"dlv:{delivery_id}",
+                    self._p + f"dlvlog:{delivery_id}",
+                    self._due,
+                    self._ready,
+                ],
+                args=[delivery_id, repr(now), self._p],
             )
         )
         if done == -1:

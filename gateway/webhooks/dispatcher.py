@@ -13,7 +13,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -59,7 +59,7 @@ class Dispatcher:
         metrics: Metrics,
         *,
         clock: Clock = time.time,
-        housekeeping: Callable[[], object] | None = None,
+        housekeeping: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.config = config  # replaced on reload
@@ -76,6 +76,7 @@ class Dispatcher:
         self._rng = random.Random()  # noqa: S311 - jitter, not security
         self._box = SecretBox(config.secret_key)
         self._last_housekeeping = 0.0
+        self._housekeeping_task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Look for due deliveries now rather than at the next poll."""
@@ -92,6 +93,10 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        if self._housekeeping_task is not None:
+            self._housekeeping_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping_task
         if self._attempts:
             _, pending = await asyncio.wait(self._attempts, timeout=grace)
             for task in pending:
@@ -124,12 +129,17 @@ class Dispatcher:
         if free <= 0:
             return
         token = secrets.token_hex(8)  # one per claim: a later claim never shares it
-        claimed = await self.store.claim(now, now + lease_for(self.config), free, token)
+        # The store hands out at most per_endpoint_concurrency less what is in flight here to
+        # each endpoint, so a slow endpoint keeps its own deliveries waiting, not others'.
+        claimed = await self.store.claim(
+            now,
+            now + lease_for(self.config),
+            free,
+            token,
+            per_endpoint=self.config.per_endpoint_concurrency,
+            busy=dict(self._per_endpoint),
+        )
         for delivery in claimed:
-            if self._per_endpoint[delivery.endpoint_id] >= self.config.per_endpoint_concurrency:
-                # A slow endpoint keeps its own deliveries waiting, not everyone else's.
-                await self.store.release(delivery.id, token, now + self.config.poll_interval)
-                continue
             self._per_endpoint[delivery.endpoint_id] += 1
             task = asyncio.create_task(self._attempt(delivery, token))
             self._attempts.add(task)
@@ -140,22 +150,46 @@ class Dispatcher:
         self.metrics.webhook_queue.labels("pending").set(pending)
         self.metrics.webhook_queue.labels("due").set(due)
         await self.store.purge(now)
-        if self._housekeeping is not None:
-            result = self._housekeeping()
-            if asyncio.iscoroutine(result):
-                await result
+        if self._housekeeping is not None and (
+            self._housekeeping_task is None or self._housekeeping_task.done()
+        ):
+            # In its own task: a long scan must not stop deliveries meanwhile.
+            self._housekeeping_task = asyncio.create_task(self._run_housekeeping())
+
+    async def _run_housekeeping(self) -> None:
+        if self._housekeeping is None:
+            return
+        try:
+            await self._housekeeping()
+        except StoreError as exc:
+            log.warning("webhook_housekeeping_failed", error=str(exc))
+        except Exception:
+            log.exception("webhook_housekeeping_error")
 
     async def _attempt(self, delivery: Delivery, token: str) -> None:
         try:
-            outcome = await self._make_attempt(delivery)
+            try:
+                outcome = await self._make_attempt(delivery)
+            except (asyncio.CancelledError, StoreError):
+                raise
+            except Exception as exc:
+                # A bug or an answer nothing expected: still an attempt, on the schedule, so
+                # the delivery ends (dead) instead of coming back after every lease.
+                log.exception("webhook_attempt_error", delivery=delivery.id)
+                now = self.clock()
+                attempt = Attempt(
+                    delivery.attempts + 1, now, 0.0, None, False, error=f"internal error: {exc!r}"
+                )
+                outcome = self._after_failure(delivery, attempt, None)
             await self._finish(delivery, token, outcome)
         except asyncio.CancelledError:
             # Stopping mid-attempt: hand it back so another instance tries at once.
             with contextlib.suppress(StoreError):
                 await self.store.release(delivery.id, token, self.clock())
             raise
-        except Exception:
-            log.exception("webhook_attempt_error", delivery=delivery.id)
+        except StoreError as exc:
+            # The lease runs out and the delivery is attempted again: at least once.
+            log.warning("webhook_attempt_store_error", delivery=delivery.id, error=str(exc))
         finally:
             self._per_endpoint[delivery.endpoint_id] -= 1
             if self._per_endpoint[delivery.endpoint_id] <= 0:

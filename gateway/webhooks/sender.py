@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from aiohttp.resolver import ThreadedResolver
 from gateway.webhooks.signing import legacy_signature, signed_headers
 from gateway.webhooks.targets import UnsafeTarget, address_refusal, check_url
 
+_DELAY_SECONDS = re.compile(r"^[0-9]{1,10}$")  # ASCII digits only (str.isdigit takes "²")
 RESPONSE_KEPT = 1024  # bytes of each answer kept in the delivery history
 USER_AGENT = "gateway-webhooks/1"
 
@@ -107,7 +109,8 @@ class Sender:
         headers["Content-Type"] = "application/json"
         headers["User-Agent"] = USER_AGENT
         if legacy_header is not None:
-            headers[legacy_header] = legacy_signature(secrets[0], payload)
+            # Like webhook-signature: during a secret rotation, one value per secret.
+            headers[legacy_header] = " ".join(legacy_signature(s, payload) for s in secrets)
         try:
             async with self._session.post(
                 target,
@@ -126,7 +129,8 @@ class Sender:
         except aiohttp.ClientConnectorError as exc:
             cause = exc.os_error if isinstance(exc.os_error, UnsafeTarget) else None
             return failed(f"refused: {cause}" if cause else f"cannot connect: {exc.os_error}")
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            # ValueError: a host name the resolver cannot encode (UnicodeError), and the like.
             return failed(f"{type(exc).__name__}: {exc}")
         duration = time.perf_counter() - started
         text = body.decode("utf-8", "replace")
@@ -145,9 +149,9 @@ def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELAY_SECONDS.match(value):
         return float(value)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None

@@ -94,7 +94,9 @@ class UpdateEndpoint(Body):
 
 class RotateSecret(Body):
     overlap: Duration | None = Field(
-        None, description="How long the old secret also signs (default webhooks.secret_overlap)."
+        None,
+        le=30 * 86400,
+        description="How long the old secret also signs (default webhooks.secret_overlap).",
     )
 
 

@@ -11,7 +11,7 @@ Both backends implement it alike and pass one contract suite. The queue's rules:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.store.base import Change
@@ -54,8 +54,22 @@ class WebhookStore(ABC):
     async def get_event(self, event_id: str) -> Event | None: ...
 
     @abstractmethod
-    async def claim(self, now: float, lease_until: float, limit: int, token: str) -> list[Delivery]:
-        """Up to limit due deliveries, each leased to token until lease_until."""
+    async def claim(
+        self,
+        now: float,
+        lease_until: float,
+        limit: int,
+        token: str,
+        *,
+        per_endpoint: int,
+        busy: Mapping[str, int],
+    ) -> list[Delivery]:
+        """Up to limit due deliveries, each leased to token until lease_until.
+
+        Endpoint by endpoint, the one with the oldest due delivery first, and from each at
+        most per_endpoint less what the caller has in flight to it (busy): a long backlog at
+        one endpoint never keeps the others' deliveries waiting.
+        """
 
     @abstractmethod
     async def finish(

@@ -92,7 +92,7 @@ async def check_registration(url: str, *, allow_private: bool) -> None:
         infos = await asyncio.wait_for(
             loop.getaddrinfo(host, parsed.port, type=socket.SOCK_STREAM), _RESOLVE_SECONDS
         )
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, ValueError):  # ValueError: a name IDNA cannot encode
         raise UnsafeTarget(f"names a host that does not resolve ({host})") from None
     for info in infos:
         reason = address_refusal(ipaddress.ip_address(info[4][0]))
