@@ -38,6 +38,7 @@ schema: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/webhooks.py
 
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -129,6 +129,14 @@ class RotateKey(Body):
     grace: Duration = Field(0.0, description="How long the old key keeps working, e.g. 24h.")
 
 
+async def find_org(store: Store, ref: str) -> Org:
+    """The org with this id or slug, or 404."""
+    org = await store.get_org(ref)
+    if org is None:
+        raise NotFound(f"No org {ref!r}.")
+    return org
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -208,11 +216,7 @@ class AdminApi:
         return parse_body(await request.read(), model, {"plans": list(self.config.plans)})
 
     async def _org(self, request: web.Request) -> Org:
-        ref = request.match_info["org"]
-        org = await self.store.get_org(ref)
-        if org is None:
-            raise NotFound(f"No org {ref!r}.")
-        return org
+        return await find_org(self.store, request.match_info["org"])
 
     async def _key(self, request: web.Request) -> ApiKey:
         key_id = request.match_info["id"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import time
 from collections import OrderedDict
@@ -17,6 +16,7 @@ from gateway.headers import API_KEY_ID, KEY_ENVIRONMENT, ORG_ID, ORG_SLUG, SCOPE
 from gateway.keys import KeyFormat
 from gateway.scopes import ScopePolicy
 from gateway.store import ApiKey, Invalidation, Org, Store, StoreError
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.identity")
 
@@ -108,11 +108,8 @@ class KeyRing:
         self._flusher = asyncio.create_task(self._flush_periodically(), name="gateway-last-used")
 
     async def shutdown(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await cancel_and_wait(self._flusher)
+        self._flusher = None
         await self.flush_last_used()
 
     def _invalidate(self, message: Invalidation) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import structlog
 
 from gateway.config import ConfigError, GatewayConfig, LoadedConfig, load_config
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.reload")
 
@@ -70,11 +70,8 @@ class ConfigWatcher:
         self._task = asyncio.create_task(self._watch(), name="gateway-config-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _watch(self) -> None:
         while True:

@@ -35,6 +35,7 @@ from gateway.snapshot import PluginFactory, Snapshot
 from gateway.store import Store, StoreError, open_store
 from gateway.store.local import LocalStore
 from gateway.store.redis import RedisStore
+from gateway.tasks import cancel_and_wait
 from gateway.webhooks.dispatcher import Dispatcher
 from gateway.webhooks.http import WebhookEndpointsApi
 from gateway.webhooks.stream import EventStream
@@ -328,9 +329,7 @@ class GatewayProcess:
         if self._data_runner is not None:
             await self._data_runner.cleanup()
         for task, old in list(self._retiring.items()):  # snapshots a reload left draining
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
             await old.shutdown()
         if self.snapshot is not None:
             await self.snapshot.shutdown()

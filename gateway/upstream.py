@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import aiohttp
@@ -12,6 +11,7 @@ import structlog
 from gateway.config.models import HealthConfig
 from gateway.health import RetryBudget, TargetSelector
 from gateway.metrics import UpstreamMetrics
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.upstream")
 
@@ -71,11 +71,8 @@ class UpstreamPool:
             )
 
     async def shutdown(self) -> None:
-        if self._checker is not None:
-            self._checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
-            self._checker = None
+        await cancel_and_wait(self._checker)
+        self._checker = None
         if self._session is not None:
             await self._session.close()
             self._session = None

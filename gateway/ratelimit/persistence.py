@@ -7,7 +7,6 @@ last few seconds of counting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import structlog
@@ -15,6 +14,7 @@ import structlog
 from gateway.ratelimit.backends import LocalLimits
 from gateway.store import StoreError
 from gateway.store.local import LocalStore
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.ratelimit")
 
@@ -33,11 +33,8 @@ class LocalLimitsPersistence:
         self._task = asyncio.create_task(self._save_periodically(), name="gateway-limit-state")
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.save()
 
     async def save(self) -> None:

@@ -23,6 +23,7 @@ from gateway.store.base import (
 )
 from gateway.store.models import ApiKey, Org
 from gateway.store.redis_webhooks import RedisWebhookStore
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.store")
 R = TypeVar("R")
@@ -76,11 +77,8 @@ class RedisStore(Store):
             await asyncio.wait_for(self._subscribed.wait(), timeout=5)
 
     async def shutdown(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await cancel_and_wait(self._listener)
+        self._listener = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -20,6 +20,7 @@ import structlog
 from gateway.config.models import WebhooksConfig
 from gateway.metrics import Metrics
 from gateway.store import StoreError
+from gateway.tasks import cancel_and_wait
 from gateway.webhooks.models import Attempt, Delivery, Endpoint
 from gateway.webhooks.secret_box import SecretBox, SecretUnavailable
 from gateway.webhooks.sender import Sender
@@ -88,15 +89,9 @@ class Dispatcher:
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop claiming; give attempts in flight a moment, then hand theirs back."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
-        if self._housekeeping_task is not None:
-            self._housekeeping_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping_task
+        await cancel_and_wait(self._loop_task)
+        self._loop_task = None
+        await cancel_and_wait(self._housekeeping_task)
         if self._attempts:
             _, pending = await asyncio.wait(self._attempts, timeout=grace)
             for task in pending:
@@ -194,6 +189,9 @@ class Dispatcher:
             self._per_endpoint[delivery.endpoint_id] -= 1
             if self._per_endpoint[delivery.endpoint_id] <= 0:
                 del self._per_endpoint[delivery.endpoint_id]
+            # A slot is free: claim again now, not at the next poll, so a backlog drains at
+            # the speed of its endpoint rather than per_endpoint_concurrency per poll.
+            self._wake.set()
 
     async def _make_attempt(self, delivery: Delivery) -> Outcome:
         number = delivery.attempts + 1

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from gateway.admin import json_response
-from gateway.admin_api import NotFound
+from gateway.admin_api import find_org
 from gateway.errors import MethodNotAllowed, RouteNotFound, Unauthorized, Unavailable
 from gateway.headers import stamp
 from gateway.pipeline import RequestContext
@@ -51,18 +51,11 @@ class WebhookAdmin:
         r.add_post("/admin/deliveries/{id}/retry", self._by_id(s.retry_delivery, 202))
         r.add_post("/admin/events", self.publish)
 
-    async def _org(self, request: web.Request) -> Org:
-        ref = request.match_info["org"]
-        org = await self.store.get_org(ref)
-        if org is None:
-            raise NotFound(f"No org {ref!r}.")
-        return org
-
     def _with_org(
         self, operation: Callable[..., Awaitable[Any]], status: int = 200
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            org = await self._org(request)
+            org = await find_org(self.store, request.match_info["org"])
             args: list[Any] = [org]
             if request.method == "POST":
                 args.append(await request.read())

@@ -16,7 +16,7 @@ import orjson
 import structlog
 from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.admin_api import Body, NotFound, iso, parse_body
+from gateway.admin_api import Body, NotFound, find_org, iso, parse_body
 from gateway.config.models import GatewayConfig
 from gateway.config.types import Duration
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
@@ -332,9 +332,7 @@ class WebhookService:
         if len(raw) > MAX_EVENT_BYTES:
             raise PayloadTooLarge(MAX_EVENT_BYTES)
         body: PublishEvent = parse_body(raw, PublishEvent, self._context())
-        org = await self.store.get_org(body.org)
-        if org is None:
-            raise NotFound(f"No org {body.org!r}.")
+        org = await find_org(self.store, body.org)
         return {"id": await self.publish(org.id, body.type, body.data, source="admin")}
 
     async def publish(

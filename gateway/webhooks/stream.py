@@ -11,7 +11,6 @@ entry that cannot be an event is logged and dropped, never retried forever.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from typing import Any
@@ -22,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.store import StoreError
 from gateway.store.redis import RedisStore
+from gateway.tasks import cancel_and_wait
 from gateway.webhooks.service import (
     MAX_EVENT_BYTES,
     WebhookService,
@@ -52,11 +52,8 @@ class EventStream:
         self._task = asyncio.create_task(self._run(), name="gateway-event-stream")
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         delay = 0.5
