@@ -699,3 +699,41 @@ async def test_a_host_that_cannot_resolve_is_a_clear_400(
         )
         assert status == 400, body
         assert "does not resolve" in body["error"]["message"]
+
+
+async def test_with_workers_the_supervisor_takes_events_and_the_workers_deliver(
+    spawn_gateway: Callable[..., GatewayProc],
+    upstream_factory: UpstreamFactory,
+    redis_server: RedisServer,
+) -> None:
+    import aiohttp
+
+    receiver = await Receiver().start(upstream_factory)
+    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
+    gp = spawn_gateway({**_process_config(store), "workers": 2})
+    async with aiohttp.ClientSession() as session:
+        admin = ProcAdmin(gp, session)
+        for _ in range(100):  # the workers come up one by one
+            async with session.get(f"{gp.admin_url}/readyz") as r:
+                if r.status == 200:
+                    break
+            await asyncio.sleep(0.1)
+        await admin.org("acme", plan="big")
+        key = await admin.key("acme", scopes=["webhooks:write"])
+        await subscribe(admin, receiver.url, ["invoice.created"])
+        ids = [await publish(admin, "invoice.created", {"n": i}) for i in range(10)]
+        await receiver.wait_for(10)
+        # The data plane (served by the workers) manages the same org's endpoints.
+        async with session.get(
+            f"{gp.url}/v1/webhooks", headers={"Authorization": f"Bearer {key['secret']}"}
+        ) as r:
+            assert r.status == 200
+            assert len((await r.json())["data"]) == 1
+        await asyncio.sleep(0.5)
+        async with session.get(f"{gp.admin_url}/metrics") as r:
+            metrics = await r.text()
+    delivered = sorted(
+        {k.lower(): v for k, v in got.headers.items()}["webhook-id"] for got in receiver.received
+    )
+    assert delivered == sorted(ids)
+    assert 'gateway_webhook_deliveries_total{result="delivered"} 10.0' in metrics

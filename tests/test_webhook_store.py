@@ -244,3 +244,19 @@ async def test_a_second_manual_retry_keeps_it_one_attempt(store: Store) -> None:
     again = await hooks.retry(delivery.id, now + 2)
     assert again is not None
     assert again.manual
+
+
+async def test_many_backlogged_endpoints_never_starve_a_fresh_one(store: Store) -> None:
+    hooks = store.webhooks
+    now = time.time()
+    backlogged = [make_endpoint() for _ in range(8)]
+    for i in range(20):
+        for endpoint in backlogged:
+            event, deliveries = make_event([endpoint], now - 1000 + i)
+            await hooks.enqueue(event, deliveries, keep=3600)
+    busy = {e.id: 3 for e in backlogged}  # every slot but one is in flight to them
+    fresh_endpoint = make_endpoint()
+    event, (fresh,) = make_event([fresh_endpoint], now)
+    await hooks.enqueue(event, [fresh], keep=3600)
+    (claimed,) = await hooks.claim(now, now + 30, 1, "a", per_endpoint=4, busy=busy)
+    assert claimed.id == fresh.id

@@ -206,6 +206,9 @@ class LocalWebhookStore(WebhookStore):
                 " ORDER BY next_due LIMIT ?",
                 (now, limit + len(busy)),
             ).fetchall()
+            # Endpoints the caller sends nothing to yet come first: backlogs at endpoints it is
+            # already busy with (however many) cannot take every slot from the rest.
+            endpoints.sort(key=lambda row: row[0] in busy)
             for (endpoint_id,) in endpoints:
                 allowed = min(left, per_endpoint - busy.get(endpoint_id, 0))
                 if left <= 0:

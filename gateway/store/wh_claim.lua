@@ -12,7 +12,20 @@ for i = 7, #ARGV, 2 do
   busy[ARGV[i]] = tonumber(ARGV[i + 1])
   busy_count = busy_count + 1
 end
-local endpoints = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit + busy_count)
+local candidates = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit + busy_count)
+-- Endpoints the caller sends nothing to yet come first: backlogs at endpoints it is already
+-- busy with (however many) cannot take every slot from the rest.
+local endpoints = {}
+for _, endpoint in ipairs(candidates) do
+  if not busy[endpoint] then
+    endpoints[#endpoints + 1] = endpoint
+  end
+end
+for _, endpoint in ipairs(candidates) do
+  if busy[endpoint] then
+    endpoints[#endpoints + 1] = endpoint
+  end
+end
 local claimed = {}
 for _, endpoint in ipairs(endpoints) do
   if limit <= 0 then

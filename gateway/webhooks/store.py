@@ -66,9 +66,10 @@ class WebhookStore(ABC):
     ) -> list[Delivery]:
         """Up to limit due deliveries, each leased to token until lease_until.
 
-        Endpoint by endpoint, the one with the oldest due delivery first, and from each at
-        most per_endpoint less what the caller has in flight to it (busy): a long backlog at
-        one endpoint never keeps the others' deliveries waiting.
+        Endpoint by endpoint: those the caller has nothing in flight to first, each group by
+        its oldest due delivery; from each at most per_endpoint less what the caller has in
+        flight to it (busy). Backlogs at endpoints the caller is busy with never keep other
+        endpoints' deliveries waiting.
         """
 
     @abstractmethod
