@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -826,9 +826,14 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_report(
+    parse: Callable[[list[str]], argparse.Namespace],
+    bench: Callable[[argparse.Namespace, list[str]], str],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse, run, print the report (and append it to --markdown-out); the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    args = parse(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         report = bench(args, argv)
@@ -846,6 +851,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.markdown_out, "a", encoding="utf-8") as out:
             out.write(report + "\n")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_report(parse_args, bench, argv)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,12 @@ from run import (
     Child,
     GatewaySetup,
     Processes,
-    _raise_on_sigterm,
     _slug,
     admin_post,
     free_port,
     gateway_problems,
     nproc,
+    run_report,
     start_redis,
     wait_for_port,
 )
@@ -488,25 +488,7 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        report = bench(args, argv)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; all started processes were stopped", file=sys.stderr)
-        return 130
-    except SystemExit:
-        print("bench: terminated; all started processes were stopped", file=sys.stderr)
-        raise
-    print(report, end="")
-    if args.markdown_out:
-        with open(args.markdown_out, "a", encoding="utf-8") as out:
-            out.write(report + "\n")
-    return 0
+    return run_report(parse_args, bench, argv)
 
 
 if __name__ == "__main__":
