@@ -689,6 +689,15 @@ def render(rows: Sequence[Row], header: str) -> str:
             detail = ", ".join(f"{k} {v:,}" for k, v in r.socket_errors.items())
             cells.append(detail or "0")
         table.append(cells)
+    out = [header, "", *markdown_table(columns, table)]
+    notes = [f"- {row.name}: {note}" for row in rows for note in row.notes]
+    if notes:
+        out += ["", *notes]
+    return "\n".join(out) + "\n"
+
+
+def markdown_table(columns: Sequence[str], table: Sequence[Sequence[str]]) -> list[str]:
+    """A padded markdown table: the first column left-aligned, the numbers after it right."""
     widths = [max([len(c), *(len(t[i]) for t in table)]) for i, c in enumerate(columns)]
 
     def line(cells: Sequence[str]) -> str:
@@ -698,12 +707,7 @@ def render(rows: Sequence[Row], header: str) -> str:
 
     # Numbers (every column but the first) are right-aligned (`---:`) so they line up as text too.
     dashes = ["-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)]
-    rule = "|" + "|".join(dashes) + "|"
-    out = [header, "", line(columns), rule, *(line(t) for t in table)]
-    notes = [f"- {row.name}: {note}" for row in rows for note in row.notes]
-    if notes:
-        out += ["", *notes]
-    return "\n".join(out) + "\n"
+    return [line(columns), "|" + "|".join(dashes) + "|", *(line(t) for t in table)]
 
 
 def nproc() -> int:
@@ -713,11 +717,11 @@ def nproc() -> int:
     return os.cpu_count() or 1
 
 
-def reproduce(argv: Sequence[str]) -> str:
+def reproduce(argv: Sequence[str], script: str = "bench/run.py") -> str:
     # `make bench` takes no flags (the target passes none), so flags mean the direct command.
     if not argv:
         return "make bench"
-    return shlex.join([".venv/bin/python", "bench/run.py", *argv])
+    return shlex.join([".venv/bin/python", script, *argv])
 
 
 # ---------------------------------------------------------------------------------------------

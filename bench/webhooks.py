@@ -16,7 +16,6 @@ import json
 import math
 import re
 import secrets
-import shlex
 import shutil
 import signal
 import socket
@@ -45,7 +44,9 @@ from run import (
     admin_post,
     free_port,
     gateway_problems,
+    markdown_table,
     nproc,
+    reproduce,
     run_report,
     start_redis,
     wait_for_port,
@@ -402,15 +403,7 @@ def render(results: Sequence[Result], header: str) -> str:
         ]
         for r in results
     ]
-    widths = [max([len(c), *(len(t[i]) for t in table)]) for i, c in enumerate(columns)]
-
-    def line(cells: Sequence[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        padded = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs]
-        return "| " + " | ".join(padded) + " |"
-
-    dashes = ["-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)]
-    out = [header, "", line(columns), "|" + "|".join(dashes) + "|", *(line(t) for t in table)]
+    out = [header, "", *markdown_table(columns, table)]
     by_backend = {r.backend: r for r in results}
     local, redis = by_backend.get("local"), by_backend.get("redis")
     if local is not None and redis is not None and local.throughput > 0:
@@ -427,12 +420,6 @@ def render(results: Sequence[Result], header: str) -> str:
     if notes:
         out += ["", *notes]
     return "\n".join(out) + "\n"
-
-
-def reproduce(argv: Sequence[str]) -> str:
-    if not argv:
-        return "make bench"
-    return shlex.join([".venv/bin/python", "bench/webhooks.py", *argv])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,7 +466,8 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
     header = (
         f"**webhooks:** {args.events:,} events per store from {args.clients} publishing clients,"
         f" one endpoint (`*`), poll_interval {POLL_INTERVAL}, concurrency defaults"
-        f" · **nproc:** {nproc()} · **Python:** {python} · **reproduce:** `{reproduce(argv)}`"
+        f" · **nproc:** {nproc()} · **Python:** {python}"
+        f" · **reproduce:** `{reproduce(argv, 'bench/webhooks.py')}`"
     )
     report = render(results, header)
     if skipped:
