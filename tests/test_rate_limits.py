@@ -182,6 +182,81 @@ async def test_route_cost_takes_several_units(
     assert (await client.get(secret))[0] == 200  # one unit was left
 
 
+def remaining(headers: CIMultiDictProxy[str]) -> dict[str, int]:
+    """RateLimit as policy -> r."""
+    fields = (item.split(";") for item in headers["RateLimit"].split(", "))
+    return {name.strip('"'): int(r.removeprefix("r=")) for name, r, _t in fields}
+
+
+async def test_a_refusal_by_one_limit_reports_what_the_others_really_have_left(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """A refused request is counted by no limit, so none reports it as counted: the 429 shows
+    what the answer before it showed, and so does the next allowed request, less its own cost."""
+    gw = await gateway_factory(
+        limited_config(
+            upstream,
+            store_config,
+            {"rate_limit": {"requests": 15, "per": "1m"}, "quota": {"requests": 100, "per": "day"}},
+            routes=[
+                {
+                    "path": "/v1/export",
+                    "upstream": "app",
+                    "auth": "key",
+                    "rate_limits": [{"name": "export", "requests": 1, "per": "1h"}],
+                },
+                {"path": "/v1/{rest:.*}", "upstream": "app", "auth": "key"},
+            ],
+        ),
+        clock=FakeClock(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()),
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    for _ in range(2):
+        assert (await client.get(secret))[0] == 200
+    status, before, _ = await client.get(secret, "/v1/export")
+    assert status == 200
+    assert remaining(before) == {"key": 12, "quota": 97, "route:export": 0}
+    status, refused, _ = await client.get(secret, "/v1/export")
+    assert status == 429
+    assert refused["RateLimit"] == before["RateLimit"]  # nothing changed, time stood still
+    assert (refused["X-RateLimit-Limit"], refused["X-RateLimit-Remaining"]) == ("1", "0")
+    status, after, _ = await client.get(secret)
+    assert status == 200
+    assert remaining(after) == {"key": 11, "quota": 96}
+
+
+async def test_a_refused_costly_request_reports_the_units_that_remain(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """A request costing more than is left is refused with r > 0: every limit reports what it
+    still has, X-RateLimit-Remaining included, and a cheaper request may still use it."""
+    gw = await gateway_factory(
+        limited_config(
+            upstream,
+            store_config,
+            {"rate_limit": {"requests": 5, "per": "1m"}, "quota": {"requests": 100, "per": "day"}},
+            routes=[
+                {"path": "/v1/search", "upstream": "app", "auth": "key", "cost": 3},
+                {"path": "/v1/{rest:.*}", "upstream": "app", "auth": "key"},
+            ],
+        ),
+        clock=FakeClock(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()),
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    status, before, _ = await client.get(secret, "/v1/search")
+    assert (status, remaining(before)) == (200, {"key": 2, "quota": 97})
+    status, refused, body = await client.get(secret, "/v1/search")
+    assert status == 429
+    assert "'key'" in body["error"]["message"]
+    assert refused["RateLimit"] == before["RateLimit"]
+    assert (refused["X-RateLimit-Limit"], refused["X-RateLimit-Remaining"]) == ("5", "2")
+    assert refused["Retry-After"] == "12"  # one more unit refills in 12 s
+    statuses = [(await client.get(secret))[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]  # the two units the refusal reported were there
+
+
 async def test_quota_rolls_over_at_the_utc_month_boundary(
     gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
 ) -> None:

@@ -74,46 +74,49 @@ def evaluate(
 ) -> tuple[Decision, dict[str, int]]:
     """Decide every limit; the new state is returned only if all of them allow the request.
 
-    Refused requests change nothing: they are not counted against anyone.
+    Refused requests change nothing: they are not counted against anyone, so every outcome of a
+    refusal, even of the limits that had room, reports the state as it stays.
     """
-    outcomes = []
-    updates: dict[str, int] = {}
-    for limit in limits:
-        current = state.get(limit.key)
-        if limit.kind == "gcra":
-            outcome, new = _gcra(limit, current, cost, now_us)
-        else:
-            outcome, new = _window(limit, current, cost, now_us)
-        outcomes.append(outcome)
-        updates[limit.key] = new
-    allowed = all(o.allowed for o in outcomes)
-    return Decision(allowed, tuple(outcomes)), (updates if allowed and cost > 0 else {})
+    checked = [_check(limit, state.get(limit.key), cost, now_us) for limit in limits]
+    allowed = all(fits for fits, _, _ in checked)
+    outcomes = tuple(
+        _outcome(limit, fits, after if allowed else before, cost, now_us)
+        for limit, (fits, before, after) in zip(limits, checked, strict=True)
+    )
+    updates = (
+        {limit.key: after for limit, (_, _, after) in zip(limits, checked, strict=True)}
+        if allowed and cost > 0
+        else {}
+    )
+    return Decision(allowed, outcomes), updates
 
 
-def _gcra(limit: Limit, tat: int | None, cost: int, now: int) -> tuple[Outcome, int]:
-    interval = limit.interval_us
-    tolerance = limit.capacity * interval
-    tat = now if tat is None or tat < now else tat
-    new_tat = tat + cost * interval
-    if new_tat - now <= tolerance:
-        remaining = (tolerance - (new_tat - now)) // interval
-        return _outcome(limit, True, remaining, new_tat - now, 0), new_tat
-    remaining = max(0, (tolerance - (tat - now)) // interval)
-    return _outcome(limit, False, remaining, tat - now, new_tat - tolerance - now), tat
+def _check(limit: Limit, current: int | None, cost: int, now: int) -> tuple[bool, int, int]:
+    """Whether ``cost`` fits, and the limit's state (a GCRA TAT, a window's count) before and
+    after counting it."""
+    if limit.kind == "gcra":
+        tat = now if current is None or current < now else current
+        new_tat = tat + cost * limit.interval_us
+        return new_tat - now <= limit.capacity * limit.interval_us, tat, new_tat
+    used = current or 0
+    return used + cost <= limit.capacity, used, used + cost
 
 
-def _window(limit: Limit, count: int | None, cost: int, now: int) -> tuple[Outcome, int]:
-    used = count or 0
-    reset = max(0, limit.window_end_us - now)
-    if used + cost <= limit.capacity:
-        return _outcome(limit, True, limit.capacity - used - cost, reset, 0), used + cost
-    # A plan change can leave more used than the new capacity: nothing remains, never less.
-    return _outcome(limit, False, max(0, limit.capacity - used), reset, reset), used
-
-
-def _outcome(limit: Limit, allowed: bool, remaining: int, reset_us: int, retry_us: int) -> Outcome:
+def _outcome(limit: Limit, fits: bool, held: int, cost: int, now: int) -> Outcome:
+    """What a client is told, from the state that holds after the decision."""
+    if limit.kind == "gcra":
+        interval = limit.interval_us
+        tolerance = limit.capacity * interval
+        remaining = max(0, (tolerance - (held - now)) // interval)
+        reset = held - now
+        retry = 0 if fits else held + cost * interval - tolerance - now
+    else:
+        # A plan change can leave more used than the new capacity: nothing remains, never less.
+        remaining = max(0, limit.capacity - held)
+        reset = max(0, limit.window_end_us - now)
+        retry = 0 if fits else reset
     return Outcome(
-        limit.policy, allowed, limit.capacity, limit.window, remaining, reset_us / US, retry_us / US
+        limit.policy, fits, limit.capacity, limit.window, remaining, reset / US, retry / US
     )
 
 

@@ -22,8 +22,12 @@ from gateway.store.base import (
 from gateway.store.local_webhooks import SCHEMA as WEBHOOK_SCHEMA
 from gateway.store.local_webhooks import LocalWebhookStore
 from gateway.store.models import ApiKey, Org
+from gateway.store.private_files import LooseMode, private_dir, private_file, report, tighten
 
 T = TypeVar("T")
+
+# Files SQLite keeps beside the database, as secret as the database itself.
+_COMPANIONS = ("-wal", "-shm", "-journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS orgs (
@@ -100,8 +104,13 @@ class LocalStore(Store):
             raise StoreError(f"local store: {exc}") from exc
 
     async def startup(self) -> None:
-        def open_db() -> None:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        def open_db() -> list[LooseMode | None]:
+            path = Path(self.path)
+            # SECURITY: the file holds key hashes, stored answers and webhook secrets. SQLite
+            # gives its -wal, -shm and -journal files the database file's mode, so making that
+            # file 0600 before SQLite opens it keeps every file beside it owner-only too.
+            found = [private_dir(path.parent), private_file(path)]
+            found += [tighten(Path(f"{self.path}{suffix}")) for suffix in _COMPANIONS]
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -109,11 +118,13 @@ class LocalStore(Store):
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA + WEBHOOK_SCHEMA)
             self._db = db
+            return found
 
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
+            found = await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the local store at {self.path}: {exc}") from exc
+        report(found)
 
     async def shutdown(self) -> None:
         def close() -> None:
