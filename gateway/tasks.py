@@ -1,16 +1,42 @@
-"""Background tasks: one way to stop them."""
+"""Background tasks: one way to stop them, in bounded time."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
+import structlog
 
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task (if any) and wait until it has stopped."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+log = structlog.get_logger("gateway")
+
+STOP_GRACE = 5.0  # how long a stop waits for cancelled tasks to finish their cleanup
+_CANCEL_AGAIN_AFTER = 1.0
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None, grace: float = STOP_GRACE) -> None:
+    """Cancel background tasks (None: never started) and wait until they have stopped.
+
+    Bounded, so that a shutdown always ends: a task still running a moment after its
+    cancellation (one that swallowed it) is cancelled again, and one still running after
+    ``grace`` seconds is logged and left behind. A task that failed is logged, not raised:
+    the rest of the shutdown still runs. The caller's own cancellation (a deadline around
+    the shutdown, Ctrl-C) is not swallowed here; only the tasks' own are.
+    """
+    started = [task for task in tasks if task is not None]
+    pending = {task for task in started if not task.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while pending:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        for task in pending:
+            task.cancel()
+        # asyncio.wait never cancels what it waits for, so a cancellation of the caller stays
+        # the caller's (awaiting a task would hand it to the task, which may swallow it too).
+        _, pending = await asyncio.wait(pending, timeout=min(remaining, _CANCEL_AGAIN_AFTER))
+    for task in pending:
+        log.error("background_task_not_stopped", task=task.get_name(), grace=grace)
+    for task in started:
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background_task_failed", task=task.get_name(), exc_info=error)

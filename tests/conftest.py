@@ -7,10 +7,13 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,89 @@ from gateway.snapshot import PluginFactory
 from gateway.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Hangs: a test that outlives its timeout (pyproject: timeout, signal method) fails, and the
+# report says where every thread and every asyncio task was waiting.
+
+
+def _await_chain(awaitable: Any) -> list[str]:
+    """Where a task is suspended: each coroutine it awaits, outermost first."""
+    lines = []
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is None:
+            lines.append(f"    awaiting {awaitable!r}")
+            break
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return lines
+
+
+def hang_report(frame: Any) -> str:
+    """This thread's stack from ``frame`` and where each task of its running loop waits.
+
+    pytest-timeout prints the other threads' stacks beside it.
+    """
+    out = [f"--- thread {threading.current_thread().name} ---"]
+    stack = traceback.extract_stack(frame)
+    # pytest's and pluggy's own frames (the runner, the hooks) are the same in every dump.
+    ours = [f for f in stack if not any(p in f.filename for p in ("/_pytest/", "/pluggy/"))]
+    out.append("".join(traceback.format_list(ours)))
+    try:
+        tasks = asyncio.all_tasks(asyncio.get_running_loop())
+    except RuntimeError:  # no loop runs in this thread: a sync test
+        tasks = set()
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        out.append(f"--- asyncio task {task!r} ---")
+        out.extend(_await_chain(task.get_coro()))
+    if not tasks:
+        out.append("--- no asyncio task is pending ---")
+    return "\n".join(out) + "\n"
+
+
+_TIMEOUT = pytest.StashKey[Any]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> Iterator[None]:
+    """Around pytest-timeout's SIGALRM handler: dump the tasks too.
+
+    The handler raises in whatever the main thread runs (an event loop's select included),
+    which fails the test.
+    """
+    item.stash[_TIMEOUT] = settings
+    yield
+    if settings.method != "signal" or not callable(fail := signal.getsignal(signal.SIGALRM)):
+        return
+
+    def dump_then_fail(signum: int, frame: Any) -> None:
+        __tracebackhide__ = True
+        # Again later, in case the failure raised here is swallowed (by a loop callback).
+        signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+        writer = item.config.get_terminal_writer()
+        writer.sep("+", f"Timeout after {settings.timeout}s: {item.nodeid}")
+        writer.write(hang_report(frame))
+        writer.flush()
+        fail(signum, frame)
+
+    signal.signal(signal.SIGALRM, dump_then_fail)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """A teardown after a failure gets a timer of its own.
+
+    pytest-timeout stops the timer when a test fails (for the debugger), and a teardown can
+    wait on what the test hung on (a server's stop, the event loop's close).
+    """
+    settings = item.stash.get(_TIMEOUT, None)
+    if settings is None or settings.method != "signal":
+        return
+    if not signal.getitimer(signal.ITIMER_REAL)[0]:  # stopped by a failure
+        item.config.hook.pytest_timeout_set_timer(item=item, settings=settings)
 
 
 # ---------------------------------------------------------------------------------------------

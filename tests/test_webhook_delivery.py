@@ -507,6 +507,8 @@ async def test_events_from_a_redis_stream(
         await client.xadd(stream, {"org": "acme"})  # no type: refused, not retried
         await client.xadd(stream, {"org": "nobody", "type": "invoice.created"})
         await client.xadd(stream, {"org": "acme", "type": "invoice.created", "data": "{bad"})
+        deep = "[" * 300 + "]" * 300  # valid JSON that no delivery body could carry
+        await client.xadd(stream, {"org": "acme", "type": "invoice.created", "data": deep})
         await client.xadd(
             stream, {"org": "acme", "type": "invoice.created", "data": '{"id": "inv_9"}'}
         )
@@ -699,6 +701,34 @@ async def test_a_host_that_cannot_resolve_is_a_clear_400(
         )
         assert status == 400, body
         assert "does not resolve" in body["error"]["message"]
+
+
+async def test_the_dispatcher_stops_when_a_wake_up_comes_just_before_the_stop(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """An attempt that ends as the gateway stops wakes the dispatcher as it is cancelled.
+
+    The cancellation used to be swallowed there (asyncio.wait_for on Python 3.11), and the
+    gateway's stop waited forever for a loop that went on polling.
+    """
+    gw = await gateway_factory(hook_config({}, poll_interval="1h"))
+    dispatcher = gw.process.dispatcher
+    assert dispatcher is not None
+    for turns in range(3):  # the stop comes 0, 1 or 2 turns of the event loop after the wake
+        await asyncio.sleep(0.3)  # the dispatcher has looked once and waits for a wake-up
+        loop = dispatcher._loop_task
+        assert loop is not None
+        dispatcher.wake()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        stop = asyncio.create_task(dispatcher.shutdown())
+        done, _ = await asyncio.wait({stop}, timeout=5)
+        assert done, f"the dispatcher did not stop ({turns} turns after a wake-up)"
+        await stop
+        # Stopped by the first cancellation, not by the shutdown's second try.
+        assert loop.cancelled()
+        assert loop.cancelling() == 1, f"a cancellation was swallowed ({turns} turns)"
+        await dispatcher.startup()
 
 
 async def test_with_workers_the_supervisor_takes_events_and_the_workers_deliver(

@@ -89,14 +89,11 @@ class Dispatcher:
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop claiming; give attempts in flight a moment, then hand theirs back."""
-        await cancel_and_wait(self._loop_task)
+        await cancel_and_wait(self._loop_task, self._housekeeping_task)
         self._loop_task = None
-        await cancel_and_wait(self._housekeeping_task)
         if self._attempts:
             _, pending = await asyncio.wait(self._attempts, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(*pending)  # each hands its delivery back as it stops
         await self._sender.shutdown()
 
     async def _run(self) -> None:
@@ -111,8 +108,12 @@ class Dispatcher:
             except Exception:
                 log.exception("webhook_dispatcher_error")
                 delay = min(max(delay * 2, self.config.poll_interval), 10.0)
+            # Not asyncio.wait_for: on Python 3.11 it returns, swallowing a cancellation that
+            # arrives just after the wake-up (an attempt ending as the gateway stops), and this
+            # loop would then run on while the shutdown waits for it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _tick(self) -> None:

@@ -25,6 +25,7 @@ from gateway.tasks import cancel_and_wait
 from gateway.webhooks.service import (
     MAX_EVENT_BYTES,
     WebhookService,
+    check_event_data,
     check_event_type,
     stable_event_id,
 )
@@ -139,4 +140,8 @@ def _parse(fields: dict[bytes, bytes]) -> tuple[str, str, Any]:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise StreamRefused("data is not JSON") from None
+    try:
+        check_event_data(data)
+    except ValueError as exc:
+        raise StreamRefused(f"data {exc}") from None
     return org, event_type, data
