@@ -25,9 +25,11 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.headers import bearer_token
+from gateway.http_server import EnvelopeAppRunner
 from gateway.listen import ListenError, listen
 from gateway.request_id import accept_request_id
 from gateway.store import StoreError
+from gateway.store.private_files import private_dir, report
 
 log = structlog.get_logger("gateway.admin")
 
@@ -65,8 +67,9 @@ def admin_token(config: AdminConfig) -> str:
         return token
     path = Path(config.token_file)
     token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    report([private_dir(path.parent)])  # the state directory: 0700 when we make it
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an unusable token file we overwrite may have been looser
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
@@ -108,6 +111,7 @@ async def start_admin_listener(
     config_view: ConfigView,
     install: RouteInstaller | None = None,
     reload: Reload | None = None,
+    header_timeout: float,
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     """The admin app on its own listener: its runner, and the address it got."""
     app = build_admin_app(
@@ -118,7 +122,9 @@ async def start_admin_listener(
         install=install,
         reload=reload,
     )
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    runner = EnvelopeAppRunner(
+        app, header_timeout=header_timeout, access_log=None, shutdown_timeout=5
+    )
     await runner.setup()
     try:
         address = await listen(runner, config.host, config.port, "admin", False)

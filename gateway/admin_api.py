@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -9,22 +10,26 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import orjson
+import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gateway.admin import json_response
-from gateway.config.models import GatewayConfig, RateLimitConfig
-from gateway.config.types import Duration, parse_network
+from gateway.admin_bounds import Grace, KeyExpiry, RateLimitOverride
+from gateway.config.models import GatewayConfig
+from gateway.config.types import parse_network
 from gateway.errors import ApiAccessDisabled, BadRequest, GatewayError
 from gateway.keys import KeyFormat
 from gateway.scopes import check_scope
 from gateway.store import ApiKey, Org, Store, new_id
 from gateway.validation import describe_errors
 
+log = structlog.get_logger("gateway.admin")
+
 Clock = Callable[[], float]
 # Called after a key is created, revoked or rotated (key.created, ...), for webhooks.
 KeyEventHook = Callable[[str, ApiKey], Awaitable[None]]
-_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch: "acme\n" is no slug
 
 
 class NotFound(GatewayError):
@@ -71,7 +76,7 @@ class CreateOrg(Body):
     @field_validator("slug")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not _SLUG.match(value) or value.startswith("org_"):
+        if not _SLUG.fullmatch(value) or value.startswith("org_"):
             raise ValueError(
                 f"must be 1-63 lower-case letters, digits or '-', not at the ends (got {value!r})"
             )
@@ -94,9 +99,9 @@ class CreateKey(Body):
     name: str = Field(min_length=1, max_length=200)
     scopes: tuple[str, ...] = ()
     environment: Literal["live", "test"] = "live"
-    expiresAt: datetime | None = None
+    expiresAt: KeyExpiry | None = None
     allowedIps: tuple[str, ...] = ()
-    rateLimit: RateLimitConfig | None = None  # overrides the plan's per-key limit
+    rateLimit: RateLimitOverride | None = None  # overrides the plan's per-key limit
 
     @field_validator("scopes")
     @classmethod
@@ -108,25 +113,14 @@ class CreateKey(Body):
     def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(str(parse_network(v)) for v in value)
 
-    @field_validator("expiresAt")
-    @classmethod
-    def _future(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("must include a time zone, e.g. 2027-01-01T00:00:00Z")
-        if value.timestamp() <= time.time():
-            raise ValueError("must be in the future")
-        return value
-
 
 class UpdateKey(Body):
     name: str | None = Field(None, min_length=1, max_length=200)
-    rateLimit: RateLimitConfig | None = None  # null removes the override
+    rateLimit: RateLimitOverride | None = None  # null removes the override
 
 
 class RotateKey(Body):
-    grace: Duration = Field(0.0, description="How long the old key keeps working, e.g. 24h.")
+    grace: Grace = Field(0.0, description="How long the old key keeps working, e.g. 24h.")
 
 
 async def find_org(store: Store, ref: str) -> Org:
@@ -137,10 +131,27 @@ async def find_org(store: Store, ref: str) -> Org:
     return org
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def iso(ts: float | None) -> str | None:
+    """RFC 3339 in UTC, to the millisecond. Never raises: an endpoint must not go down over one
+    odd stored time (older versions could store a key expiry in the year 273792727), so a time
+    beyond what a datetime can hold is clamped to year 1 or 9999, and a non-number is null."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        moment = datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        valid = isinstance(ts, int | float) and not math.isnan(ts)
+        log.warning(
+            "stored_time_out_of_range", value=repr(ts), shown="clamped" if valid else "null"
+        )
+        if not valid:
+            return None
+        moment = _LATEST if ts > 0 else _EARLIEST
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def org_view(org: Org) -> dict[str, Any]:
@@ -213,7 +224,8 @@ class AdminApi:
         r.add_post("/admin/keys/{id}/rotate", self.rotate_key)
 
     async def _body(self, request: web.Request, model: type[Body]) -> Any:
-        return parse_body(await request.read(), model, {"plans": list(self.config.plans)})
+        context = {"plans": list(self.config.plans), "now": self.clock()}
+        return parse_body(await request.read(), model, context)
 
     async def _org(self, request: web.Request) -> Org:
         return await find_org(self.store, request.match_info["org"])
@@ -255,7 +267,7 @@ class AdminApi:
             raise NotFound(f"No org {org.id!r}.")
         return json_response(org_view(changed))
 
-    def _check_override(self, limit: RateLimitConfig | None) -> None:
+    def _check_override(self, limit: RateLimitOverride | None) -> None:
         """A per-key limit must let the costliest route through, or its callers wait forever."""
         if limit is None:
             return

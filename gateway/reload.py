@@ -10,6 +10,7 @@ from pathlib import Path
 import structlog
 
 from gateway.config import ConfigError, GatewayConfig, LoadedConfig, load_config
+from gateway.config.document import MAX_FILE_SIZE
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.reload")
@@ -62,7 +63,8 @@ class ConfigWatcher:
 
     def _read(self) -> str | None:
         try:
-            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+            with self.path.open("rb") as file:  # bounded as the loader reads it: no device drains
+                return hashlib.sha256(file.read(MAX_FILE_SIZE + 1)).hexdigest()
         except OSError:
             return None
 

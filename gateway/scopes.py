@@ -10,7 +10,8 @@ SCOPE = re.compile(r"^(?:\*|[A-Za-z0-9_.-]+(?::(?:[A-Za-z0-9_.-]+|\*))*)$")
 
 
 def check_scope(scope: str) -> str:
-    if not isinstance(scope, str) or not SCOPE.match(scope) or len(scope) > 100:
+    # fullmatch: "$" alone would let "read\n" through, into the X-Scopes header.
+    if not isinstance(scope, str) or not SCOPE.fullmatch(scope) or len(scope) > 100:
         raise ValueError(
             f"not a scope: {scope!r} (use names like read, contacts:read or contacts:*)"
         )

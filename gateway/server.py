@@ -200,6 +200,7 @@ class GatewayProcess:
         data_server = EnvelopeServer(
             self.plane.handle,
             keepalive_timeout=server.idle_timeout,
+            header_timeout=server.header_timeout,
             max_line_size=server.max_header_size,
             max_field_size=server.max_header_size,
             max_headers=server.max_headers,
@@ -214,6 +215,7 @@ class GatewayProcess:
         if self._admin_enabled:
             self._admin_runner, self.admin_address = await start_admin_listener(
                 config.admin,
+                header_timeout=server.header_timeout,
                 registry=self.metrics.registry,
                 readiness=self.readiness,
                 config_view=self.config_view,
@@ -237,7 +239,12 @@ class GatewayProcess:
         if config.demo is not None and self._admin_enabled:
             host = "localhost" if config.listen.host in ("0.0.0.0", "::") else config.listen.host  # noqa: S104 - a comparison, not a bind
             await ensure_demo(
-                self.store, self.admin_api, config, f"http://{host}:{self.data_address[1]}"
+                self.store,
+                self.admin_api,
+                config,
+                f"http://{host}:{self.data_address[1]}",
+                config_path=self.loaded.source,
+                admin_address=self.admin_address,
             )
 
     async def reload(self) -> list[str]:
@@ -354,7 +361,8 @@ class GatewayProcess:
 async def store_state(store: Store, backend: str) -> dict[str, Any]:
     """The store's health for /readyz; an outage is reported, not hidden, and not fatal."""
     try:
-        await asyncio.wait_for(store.ping(), timeout=1.0)
+        async with asyncio.timeout(1.0):
+            await store.ping()
         ok = True
     except (StoreError, TimeoutError):
         ok = False

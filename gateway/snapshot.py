@@ -128,7 +128,8 @@ class Snapshot:
         self._retiring = asyncio.Event()
         if self.inflight:
             try:
-                await asyncio.wait_for(asyncio.shield(self._retiring.wait()), drain_timeout)
+                async with asyncio.timeout(drain_timeout):
+                    await self._retiring.wait()
             except TimeoutError:
                 log.info("snapshot_retiring_slowly", inflight=self.inflight)
                 await self._retiring.wait()

@@ -130,6 +130,7 @@ class Supervisor:
         try:
             self._admin, _ = await start_admin_listener(
                 config.admin,
+                header_timeout=config.server.header_timeout,
                 registry=registry,
                 readiness=self.readiness,
                 config_view=lambda: redacted_config(self.loaded),
@@ -169,7 +170,8 @@ class Supervisor:
         grace = self.loaded.config.server.drain_timeout + 5
         for worker in self._workers:
             try:
-                await asyncio.wait_for(worker.wait(), timeout=grace)
+                async with asyncio.timeout(grace):  # unlike wait_for, never eats a cancel
+                    await worker.wait()
             except TimeoutError:
                 log.error("worker_killed", pid=worker.pid, reason="drain timeout")
                 with contextlib.suppress(ProcessLookupError):

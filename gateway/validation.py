@@ -15,6 +15,15 @@ def describe_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
     return [_describe(err, root) for err in exc.errors(include_url=False)]
 
 
+def shown(value: Any) -> str:
+    """A value as a problem quotes it: its repr, shortened when long."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"<a number of about {int(value.bit_length() * 0.30103)} digits>"
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-8:]} ({len(text)} characters)"
+
+
 def join_path(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
@@ -53,13 +62,15 @@ def _describe(err: Any, root: type[BaseModel]) -> str:
     }
     if kind in bounds:
         op, key = bounds[kind]
-        return f"{_loc_path(loc)}: must be {op} {ctx[key]} (got {got!r})"
+        return f"{_loc_path(loc)}: must be {op} {ctx[key]} (got {shown(got)})"
     if kind == "literal_error":
-        return f"{_loc_path(loc)}: must be one of {ctx['expected']} (got {got!r})"
+        return f"{_loc_path(loc)}: must be one of {ctx['expected']} (got {shown(got)})"
     simple = {
         "int_type": "must be a whole number",
         "int_parsing": "must be a whole number",
         "int_from_float": "must be a whole number",
+        "int_parsing_size": "must be a whole number",
+        "finite_number": "must be a finite number",
         "bool_type": "must be true or false",
         "bool_parsing": "must be true or false",
         "string_type": "must be a string",
@@ -70,9 +81,9 @@ def _describe(err: Any, root: type[BaseModel]) -> str:
         "model_attributes_type": "must be a mapping",
     }
     if kind in simple:
-        return f"{_loc_path(loc)}: {simple[kind]} (got {got!r})"
+        return f"{_loc_path(loc)}: {simple[kind]} (got {shown(got)})"
     message = str(err["msg"])
-    return f"{_loc_path(loc)}: {message[:1].lower()}{message[1:]} (got {got!r})"
+    return f"{_loc_path(loc)}: {message[:1].lower()}{message[1:]} (got {shown(got)})"
 
 
 def _fields_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import config_schema
 from gateway.config import ConfigError, load_config, parse_config
+from gateway.config.schema import config_schema
 from gateway.config.types import parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ plans: {free: {webhook_endpoints: -1}}
         "plans.free.webhook_endpoints: must be >= 0 (got -1)",
         "webhooks.legacy_header: must be a header name like X-Acme-Signature (got 'X Bad')",
         "webhooks.timeout: must be > 0 (got 0s)",
-        "webhooks.retry_schedule: every wait must be > 0",
+        "webhooks.retry_schedule[1]: must be > 0 (got 0s)",
         "webhooks.api_path: must be a literal path like /v1/webhooks (got '/v1/{x}')",
         "webhooks.stream: must be 1-64 characters of [A-Za-z0-9_.:-] (got 'no spaces')",
     ]
@@ -210,6 +210,162 @@ def test_sizes(text: str | int, size: int) -> None:
     assert parse_size(text) == size
 
 
+UPSTREAM = "upstreams: {crm: {targets: ['http://127.0.0.1:1']}}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "upstreams: {crm: {targets: ['http://127.0.0.1:1'], timeouts: {read: .nan}}}\n",
+            "upstreams.crm.timeouts.read: must be a finite duration (got nan)",
+        ),
+        (
+            "upstreams: {crm: {targets: ['http://127.0.0.1:1'], timeouts: {connect: .inf}}}\n",
+            "upstreams.crm.timeouts.connect: must be a finite duration (got inf)",
+        ),
+        (
+            UPSTREAM + "routes: [{path: /a, upstream: crm, timeouts: {read: .nan}}]\n",
+            "routes[0].timeouts.read: must be a finite duration (got nan)",
+        ),
+        (
+            "server: {body_timeout: .nan}\n",
+            "server.body_timeout: must be a finite duration (got nan)",
+        ),
+        (
+            "server: {drain_timeout: .inf}\n",
+            "server.drain_timeout: must be a finite duration (got inf)",
+        ),
+        ("keys: {cache_ttl: .nan}\n", "keys.cache_ttl: must be a finite duration (got nan)"),
+        ("idempotency: {ttl: .inf}\n", "idempotency.ttl: must be a finite duration (got inf)"),
+        ("reload: {interval: .nan}\n", "reload.interval: must be a finite duration (got nan)"),
+        ("cors: {max_age: .inf}\n", "cors.max_age: must be a finite duration (got inf)"),
+        (
+            "webhooks: {retry_schedule: [5s, .nan]}\n",
+            "webhooks.retry_schedule[1]: must be a finite duration (got nan)",
+        ),
+        ("webhooks: {jitter: .nan}\n", "webhooks.jitter: must be a finite number (got nan)"),
+        (
+            "upstreams: {crm: {targets: ['http://127.0.0.1:1'], retry_budget: -.inf}}\n",
+            "upstreams.crm.retry_budget: must be a finite number (got -inf)",
+        ),
+        (
+            "plans: {free: {rate_limit: {requests: 10, per: .nan}}}\n",
+            "plans.free.rate_limit.per: must be a finite duration (got nan)",
+        ),
+        ("workers: .nan\n", "workers: must be a finite number (got nan)"),
+    ],
+)
+def test_nan_and_infinity_are_refused_by_field_name(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "upstreams: {crm: {targets: ['http://127.0.0.1:1'], timeouts: {read: 2d}}}\n",
+            "upstreams.crm.timeouts.read: must be at most 1d (got '2d')",
+        ),
+        ("server: {idle_timeout: 25h}\n", "server.idle_timeout: must be at most 1d (got '25h')"),
+        ("idempotency: {ttl: 8d}\n", "idempotency.ttl: must be at most 7d (got '8d')"),
+        (
+            "webhooks: {retry_schedule: [5s, 8d]}\n",
+            "webhooks.retry_schedule[1]: must be at most 7d (got '8d')",
+        ),
+        (
+            "webhooks: {secret_overlap: 31d}\n",
+            "webhooks.secret_overlap: must be at most 30d (got '31d')",
+        ),
+        ("reload: {interval: 1ms}\n", "reload.interval: must be at least 10ms (got '1ms')"),
+        (
+            "webhooks: {poll_interval: 0s}\n",
+            "webhooks.poll_interval: must be at least 10ms (got '0s')",
+        ),
+        (
+            "upstreams: {crm: {targets: ['http://127.0.0.1:1'], timeouts: {connect: 0s}}}\n",
+            "upstreams.crm.timeouts.connect: must be > 0 (got 0s)",
+        ),
+        (
+            "plans: {free: {rate_limit: {requests: 1, per: 366d}}}\n",
+            "plans.free.rate_limit.per: must be at most 365d (got '366d')",
+        ),
+        (
+            "plans: {free: {rate_limit: {requests: 1, per: 1d, burst: 400}}}\n",
+            "plans.free.rate_limit.burst: 1 + 400 requests take 401d to refill at 1 per 86400s;"
+            " at most 365d (lower burst or per)",
+        ),
+        (
+            "server: {max_header_size: 2MiB}\n",
+            "server.max_header_size: must be at most 1MiB (got '2MiB')",
+        ),
+        (
+            "idempotency: {max_response_body: 65MiB}\n",
+            "idempotency.max_response_body: must be at most 64MiB (got '65MiB')",
+        ),
+        ("webhooks: {jitter: 0.6}\n", "webhooks.jitter: must be between 0 and 0.5 (got 0.6)"),
+    ],
+)
+def test_durations_sizes_and_fractions_have_bounds(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
+
+
+BIG = 10**30
+HUGE = 10**400  # beyond a float
+HUGE_SHOWN = f"{str(HUGE)[:40]}...{str(HUGE)[-8:]} (401 characters)"
+CRM = "upstreams: {crm: {targets: ['http://127.0.0.1:1'], %s}}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            CRM % f"max_connections: {BIG}",
+            f"upstreams.crm.max_connections: must be <= 100000 (got {BIG})",
+        ),
+        (
+            f"plans: {{free: {{quota: {{requests: {BIG}, per: month}}}}}}\n",
+            f"plans.free.quota.requests: must be <= 1000000000000 (got {BIG})",
+        ),
+        (
+            f"server: {{body_timeout: {HUGE}}}\n",
+            f"server.body_timeout: must be at most 1d (got {HUGE_SHOWN})",
+        ),
+        (
+            f"server: {{body_timeout: '{HUGE}s'}}\n",
+            f"server.body_timeout: must be at most 1d"
+            f" (got '{str(HUGE)[:39]}...{str(HUGE)[-6:]}s' (404 characters))",
+        ),
+        (
+            CRM % f"retry_budget: {HUGE}",
+            f"upstreams.crm.retry_budget: must be between 0 and 1 (got {HUGE_SHOWN})",
+        ),
+        ("cors: {max_age: 1.0e+400}\n", "cors.max_age: must be a finite duration (got inf)"),
+        (
+            "listen: {port: 0x" + "F" * 2000 + "}\n",
+            "line 1, column 16: an integer this long is not a setting",
+        ),
+        (
+            "listen: {port: " + "9" * 5000 + "}\n",
+            "line 1, column 16: an integer this long is not a setting",
+        ),
+    ],
+)
+def test_huge_numbers_are_refused_by_field_name(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
+
+
+def test_bounds_hold_for_values_from_the_environment() -> None:
+    text = "server: {body_timeout: '${T}'}\nwebhooks: {jitter: '${J}'}\nworkers: '${W}'\n"
+    assert problems(text, env={"T": "nan", "J": "nan", "W": "1e400"}) == [
+        "workers: must be a whole number (got '1e400')",
+        "server.body_timeout: must be a duration like 2s, 500ms or 1m (got 'nan')",
+        "webhooks.jitter: must be a finite number (got 'nan')",
+    ]
+    config = parse_config(text.encode(), source="t", env={"T": "90s", "J": "0.25", "W": "1"}).config
+    assert (config.server.body_timeout, config.webhooks.jitter, config.workers) == (90.0, 0.25, 1)
+
+
 def test_config_is_immutable() -> None:
     loaded = parse_config(b"workers: 1\n", source="t", env={})
     with pytest.raises(Exception, match="frozen"):
@@ -261,7 +417,7 @@ def test_check_command_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
 def test_check_command_exits_0_for_a_valid_file() -> None:
     result = run_cli("check", "-c", str(ROOT / "gateway.yaml"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{ROOT / 'gateway.yaml'}: ok (4 routes, 1 upstreams, hash ")
+    assert result.stdout.startswith(f"{ROOT / 'gateway.yaml'}: ok (4 routes, 1 upstream, hash ")
 
 
 def test_run_with_broken_config_exits_1_without_traceback(tmp_path: Path) -> None:

@@ -199,7 +199,8 @@ async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
     config = {
         "admin": {"token": "test-admin-token-0123456789"},
         "store": store,
-        "idempotency": {"lock_timeout": "2s"},
+        # Long enough that a second gateway starting on a loaded machine finds the lock held.
+        "idempotency": {"lock_timeout": "5s"},
         "upstreams": {"app": {"targets": [up.url]}},
         "routes": [{"path": "/v1/invoices", "upstream": "app", "idempotency": "required"}],
     }
@@ -224,7 +225,7 @@ async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
         second = spawn_gateway(config)
         async with session.post(f"{second.url}/v1/invoices", data=b"{}", headers=headers) as r:
             assert r.status == 409  # still locked: the first attempt may yet be acting
-        await asyncio.sleep(max(0.0, 2.2 - (time.monotonic() - killed_at)))
+        await asyncio.sleep(max(0.0, 5.2 - (time.monotonic() - killed_at)))
         async with session.post(f"{second.url}/v1/invoices", data=b"{}", headers=headers) as r:
             assert r.status == 201
         async with session.post(f"{second.url}/v1/invoices", data=b"{}", headers=headers) as r:

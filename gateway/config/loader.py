@@ -7,20 +7,25 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from gateway.config.document import MAX_FILE_SIZE, UnreadableDocument, read_document
 from gateway.config.models import GatewayConfig
-from gateway.validation import describe_errors, join_path
+from gateway.validation import describe_errors, join_path, shown
 
+# A reference to the environment; the JSON Schema lets any scalar be written as one.
+REFERENCE_PATTERN = r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
-    """A config that cannot be used, with every problem found, each prefixed with its path."""
+    """A config that cannot be used, with every problem found, each prefixed with its path.
+
+    A problem about the file as a whole (unreadable, not YAML, not a mapping) starts with
+    ``line L, column C:``, ``the file`` or ``cannot read the file``.
+    """
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -35,44 +40,25 @@ class LoadedConfig:
     digest: str  # short SHA-256 of the file as written (no secrets from the environment in it)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node)
-        if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        mapping[key] = loader.construct_object(value_node)
-    return mapping
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedConfig:
     """Load and validate a config file, or raise ConfigError listing every problem."""
     source = str(path)
     try:
-        text = Path(path).read_bytes()
+        with open(path, "rb") as file:
+            text = file.read(MAX_FILE_SIZE + 1)  # bounded: the path may be a device or a FIFO
     except OSError as exc:
-        raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(source, [f"cannot read the file: {exc}"]) from None
     return parse_config(text, source=source, env=os.environ if env is None else env)
 
 
 def parse_config(text: bytes, *, source: str, env: Mapping[str, str]) -> LoadedConfig:
+    """Validate a config, or raise ConfigError listing every problem; nothing else escapes."""
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}{problem}"]) from None
+        raw = read_document(text)
+    except UnreadableDocument as exc:
+        raise ConfigError(source, [exc.problem]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -112,7 +98,15 @@ def _interpolate(value: Any, path: str, env: Mapping[str, str], problems: list[s
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, join_path(path, k), env, problems) for k, v in value.items()}
+        result: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):  # YAML reads on, no, 1, ~ or 2026-01-01 as non-text
+                problems.append(
+                    f"{path or '<root>'}: key {shown(key)} is not text; write it in quotes"
+                )
+                continue
+            result[key] = _interpolate(item, join_path(path, key), env, problems)
+        return result
     if isinstance(value, list):
         return [_interpolate(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
     return value

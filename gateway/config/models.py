@@ -13,17 +13,34 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from yarl import URL
 
-from gateway.config.types import ByteSize, Duration, Network
+from gateway.config.types import (
+    DAY,
+    MIB,
+    WEEK,
+    YEAR,
+    ByteSize,
+    Duration,
+    DurationRange,
+    Interval,
+    Network,
+    NumberRange,
+    SizeRange,
+    Timeout,
+)
 from gateway.paths import compile_template
 from gateway.scopes import check_scope
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:/{}*-]{1,100}$")
+# Counts of requests: far above any real limit, far below where a counter stops being exact.
+MAX_REQUESTS = 1_000_000_000
+MAX_QUOTA = 1_000_000_000_000
 
 
 class Section(BaseModel):
@@ -74,28 +91,30 @@ class StoreConfig(Section):
 
 
 class ServerConfig(Section):
-    idle_timeout: Duration = Field(
+    idle_timeout: Timeout = Field(
         75.0,
+        description="How long a connection may wait idle for its next request before it is closed.",
+    )
+    # SECURITY: bounded, so a slow-header client can never hold a socket for long.
+    header_timeout: Annotated[float, DurationRange(least=1.0, most=600.0)] = Field(
+        10.0,
         description=(
-            "A connection must deliver a complete request head within this time of opening or of"
-            " its previous response, else it is closed (keep-alive idle and header-read timeout)."
+            "Deadline for a complete request head, from its first byte (the accept, for a"
+            " connection's first request); 408 and close when it passes; 1s to 10m."
         ),
     )
-    body_timeout: Duration = Field(
-        30.0, description="Longest wait for the next piece of a request body before giving up."
+    body_timeout: Timeout = Field(
+        30.0,
+        description="Longest wait for the next piece of a request body before giving up;"
+        " at most 1d.",
     )
-    drain_timeout: Duration = Field(
-        30.0, description="On SIGTERM, how long in-flight requests may take to finish."
+    drain_timeout: Annotated[float, DurationRange(most=DAY)] = Field(
+        30.0, description="On SIGTERM, how long in-flight requests may take to finish; at most 1d."
     )
-    max_header_size: ByteSize = Field(8190, description="Longest request line or header field.")
+    max_header_size: Annotated[int, SizeRange(least=256, most=MIB)] = Field(
+        8190, description="Longest request line or header field; 256b to 1MiB."
+    )
     max_headers: int = Field(100, ge=1, le=1000, description="Most header fields in one request.")
-
-    @field_validator("idle_timeout", "body_timeout")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be > 0 (got {value:g}s)")
-        return value
 
 
 class LogConfig(Section):
@@ -109,8 +128,12 @@ class LogConfig(Section):
 
 
 class TimeoutsConfig(Section):
-    connect: Duration = Field(2.0, description="Time to open a connection to a target.")
-    read: Duration = Field(30.0, description="Longest silence while waiting for upstream bytes.")
+    connect: Timeout = Field(
+        2.0, description="Time to open a connection to a target; over 0, at most 1d."
+    )
+    read: Timeout = Field(
+        30.0, description="Longest silence while waiting for upstream bytes; over 0, at most 1d."
+    )
 
 
 def _utc(value: Any) -> Any:
@@ -122,7 +145,20 @@ def _utc(value: Any) -> Any:
     return value
 
 
-UtcDateTime = Annotated[datetime, BeforeValidator(_utc), AfterValidator(_utc)]
+UtcDateTime = Annotated[
+    datetime,
+    BeforeValidator(_utc),
+    AfterValidator(_utc),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date"},
+                {"type": "string", "format": "date-time"},
+            ],
+            "description": "A date (midnight UTC) or an RFC 3339 time (UTC if it has no zone).",
+        }
+    ),
+]
 
 
 class DeprecationConfig(Section):
@@ -165,7 +201,9 @@ class CorsConfig(Section):
         ("Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"),
         description="Request headers browsers may send.",
     )
-    max_age: Duration = Field(600.0, description="How long browsers may cache a preflight.")
+    max_age: Annotated[float, DurationRange(most=DAY)] = Field(
+        600.0, description="How long browsers may cache a preflight; at most 1d."
+    )
     credentials: bool = Field(False, description="Allow cookies and HTTP auth from browsers.")
 
     @field_validator("origins")
@@ -254,20 +292,32 @@ class HeaderRulesConfig(Section):
 
 
 class RateLimitConfig(Section):
-    requests: int = Field(gt=0, description="Sustained rate: this many requests per `per`.")
-    per: Duration = Field(description="The period of the sustained rate, e.g. 1m.")
-    burst: int = Field(0, ge=0, description="Extra requests a fresh bucket allows at once.")
+    requests: int = Field(
+        gt=0, le=MAX_REQUESTS, description="Sustained rate: this many requests per `per`."
+    )
+    per: Annotated[float, DurationRange(most=YEAR, positive=True)] = Field(
+        description="The period of the sustained rate, e.g. 1m; at most 365d."
+    )
+    burst: int = Field(
+        0, ge=0, le=MAX_REQUESTS, description="Extra requests a fresh bucket allows at once."
+    )
 
-    @field_validator("per")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be > 0 (got {value:g}s)")
-        return value
+    @model_validator(mode="after")
+    def _refills_in_time(self) -> RateLimitConfig:
+        # The limiter keeps a bucket's state until it is full again: at most a year.
+        refill = (self.requests + self.burst) * self.per / self.requests
+        if refill > YEAR:
+            raise ValueError(
+                f"burst: {self.requests} + {self.burst} requests take {refill / DAY:g}d to"
+                f" refill at {self.requests} per {self.per:g}s; at most 365d (lower burst or per)"
+            )
+        return self
 
 
 class QuotaConfig(Section):
-    requests: int = Field(gt=0, description="Requests per calendar period.")
+    requests: int = Field(
+        gt=0, le=MAX_QUOTA, description="Requests per calendar period (at most 10**12)."
+    )
     per: Literal["day", "month"] = Field(description="UTC day or UTC month.")
 
 
@@ -279,19 +329,26 @@ class RouteLimitConfig(RateLimitConfig):
 
 
 class IdempotencyConfig(Section):
-    ttl: Duration = Field(86400.0, description="How long a response is replayed to retries.")
-    lock_timeout: Duration = Field(
-        60.0, description="How long a request in flight holds its key (a crashed holder's ends)."
+    ttl: Annotated[float, DurationRange(most=WEEK, positive=True)] = Field(
+        86400.0, description="How long a response is replayed to retries; at most 7d."
     )
-    max_response_body: ByteSize = Field(
+    lock_timeout: Timeout = Field(
+        60.0,
+        description="How long a request in flight holds its key (a crashed holder's ends);"
+        " at most 1d.",
+    )
+    max_response_body: Annotated[int, SizeRange(most=64 * MIB)] = Field(
         1024 * 1024,
-        description="Largest response kept for replay; retries of a larger one get a 409.",
+        description="Largest response kept for replay; retries of a larger one get a 409."
+        " At most 64MiB (each is kept in the store).",
     )
 
 
 class ReloadConfig(Section):
     watch: bool = Field(False, description="Reload when the config file changes (polling).")
-    interval: Duration = Field(1.0, description="How often the file is checked when watched.")
+    interval: Interval = Field(
+        1.0, description="How often the file is checked when watched; 10ms to 1d."
+    )
 
 
 class RateLimitsConfig(Section):
@@ -305,16 +362,24 @@ class RateLimitsConfig(Section):
 
 
 class RouteTimeoutsConfig(Section):
-    connect: Duration | None = Field(None, description="Overrides the upstream's connect timeout.")
-    read: Duration | None = Field(None, description="Overrides the upstream's read timeout.")
+    connect: Timeout | None = Field(
+        None, description="Overrides the upstream's connect timeout; over 0, at most 1d."
+    )
+    read: Timeout | None = Field(
+        None, description="Overrides the upstream's read timeout; over 0, at most 1d."
+    )
 
 
 class HealthConfig(Section):
-    failures: int = Field(3, ge=1, description="Failures in a row that eject a target.")
-    cooldown: Duration = Field(5.0, description="First ejection; doubles on each repeat.")
-    max_cooldown: Duration = Field(300.0, description="Longest ejection.")
+    failures: int = Field(3, ge=1, le=1000, description="Failures in a row that eject a target.")
+    cooldown: Annotated[float, DurationRange(most=DAY)] = Field(
+        5.0, description="First ejection; doubles on each repeat; at most 1d."
+    )
+    max_cooldown: Annotated[float, DurationRange(most=DAY)] = Field(
+        300.0, description="Longest ejection; at most 1d."
+    )
     path: str | None = Field(None, description="Active check: GET this path on each target.")
-    interval: Duration = Field(10.0, description="Time between active checks.")
+    interval: Interval = Field(10.0, description="Time between active checks; 10ms to 1d.")
 
     @field_validator("path")
     @classmethod
@@ -338,13 +403,15 @@ class UpstreamConfig(Section):
     preserve_host: bool = Field(
         False, description="Send the client's Host instead of the target's."
     )
-    max_connections: int = Field(256, ge=1, description="Pooled connections per target at most.")
+    max_connections: int = Field(
+        256, ge=1, le=100_000, description="Pooled connections per target at most."
+    )
     max_concurrency: int | None = Field(
-        None, ge=1, description="Requests in flight at most; more get 503 at once."
+        None, ge=1, le=1_000_000, description="Requests in flight at most; more get 503 at once."
     )
     health: HealthConfig = Field(default_factory=HealthConfig)
-    retry_budget: float = Field(
-        0.2, ge=0, le=1, description="Retries at most this share of requests (plus a reserve)."
+    retry_budget: Annotated[float, NumberRange(0.0, 1.0)] = Field(
+        0.2, description="Retries at most this share (0 to 1) of requests (plus a reserve)."
     )
 
     @field_validator("targets", "sandbox")
@@ -378,7 +445,9 @@ class RouteConfig(Section):
     methods: tuple[str, ...] | None = Field(None, description="Allowed methods (default: all).")
     host: str | None = Field(None, description="Only match requests for this Host.")
     timeouts: RouteTimeoutsConfig = Field(default_factory=RouteTimeoutsConfig)
-    max_body_size: ByteSize = Field(10 * 1024 * 1024, description="Largest request body accepted.")
+    max_body_size: ByteSize = Field(
+        10 * 1024 * 1024, description="Largest request body accepted; at most 1024GiB."
+    )
     auth: Literal["key", "none"] = Field(
         "key", description="key: an API key is required; none: public."
     )
@@ -484,11 +553,13 @@ class KeysConfig(Section):
     pepper: str | None = Field(
         None, description="Secret for HMAC-SHA256 key hashes (else SHA-256); never change it live."
     )
-    cache_ttl: Duration = Field(
-        30.0, description="Longest a key is trusted from cache (invalidation usually acts first)."
+    cache_ttl: Annotated[float, DurationRange(most=DAY)] = Field(
+        30.0,
+        description="Longest a key is trusted from cache (invalidation usually acts first);"
+        " at most 1d.",
     )
-    last_used_interval: Duration = Field(
-        60.0, description="How often a key's last-used time is saved."
+    last_used_interval: Interval = Field(
+        60.0, description="How often a key's last-used time is saved; 10ms to 1d."
     )
 
     @field_validator("pepper")
@@ -510,7 +581,10 @@ class PlanConfig(Section):
         None, description="Requests per UTC calendar day or month, for the whole org."
     )
     webhook_endpoints: int | None = Field(
-        None, ge=0, description="Most webhook endpoints an org may have; null: no cap."
+        None,
+        ge=0,
+        le=10_000,
+        description="Most webhook endpoints an org may have (at most 10000); null: no cap.",
     )
 
     def capacities(self) -> list[tuple[str, int]]:
@@ -602,29 +676,35 @@ class WebhooksConfig(Section):
         description="Encrypts endpoint secrets in the store (AES-256-GCM); 32+ random characters,"
         " e.g. ${GATEWAY_WEBHOOK_KEY}. Never change it while endpoints use it.",
     )
-    timeout: Duration = Field(15.0, description="Longest an attempt may take, connect to answer.")
-    retry_schedule: tuple[Duration, ...] = Field(
+    timeout: Timeout = Field(
+        15.0, description="Longest an attempt may take, connect to answer; at most 1d."
+    )
+    retry_schedule: tuple[Annotated[float, DurationRange(most=WEEK, positive=True)], ...] = Field(
         (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0),
-        description="The waits after each failed attempt; after the last the delivery is dead.",
+        description="The waits after each failed attempt (each over 0, at most 7d; 20 at"
+        " most); after the last the delivery is dead.",
     )
-    jitter: float = Field(
-        0.1, ge=0, le=0.5, description="Each wait is varied by up to this fraction either way."
+    jitter: Annotated[float, NumberRange(0.0, 0.5)] = Field(
+        0.1, description="Each wait is varied by up to this fraction (0 to 0.5) either way."
     )
-    secret_overlap: Duration = Field(
-        86400.0, description="How long the old secret also signs after a secret rotation."
+    secret_overlap: Annotated[float, DurationRange(most=30 * DAY)] = Field(
+        86400.0,
+        description="How long the old secret also signs after a secret rotation; at most 30d.",
     )
     key_expiring_notice: Duration = Field(
-        7 * 86400.0, description="key.expiring is sent this long before a key expires."
+        7 * 86400.0,
+        description="key.expiring is sent this long before a key expires; at most 365d.",
     )
     concurrency: int = Field(32, ge=1, le=1024, description="Attempts in flight per process.")
     per_endpoint_concurrency: int = Field(
         4, ge=1, le=256, description="Attempts in flight to one endpoint, per process."
     )
-    poll_interval: Duration = Field(
-        0.5, description="How often each process looks for deliveries that are due."
+    poll_interval: Interval = Field(
+        0.5, description="How often each process looks for deliveries that are due; 10ms to 1d."
     )
-    retention: Duration = Field(
-        30 * 86400.0, description="How long events and finished deliveries are kept."
+    retention: Annotated[float, DurationRange(most=YEAR, positive=True)] = Field(
+        30 * 86400.0,
+        description="How long events and finished deliveries are kept; at most 365d.",
     )
     api_path: str | None = Field(
         "/v1/webhooks",
@@ -668,15 +748,6 @@ class WebhooksConfig(Section):
     def _waits(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if len(value) > 20:
             raise ValueError("at most 20 retries")
-        if any(wait <= 0 for wait in value):
-            raise ValueError("every wait must be > 0")
-        return value
-
-    @field_validator("timeout", "poll_interval", "retention")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be > 0 (got {value:g}s)")
         return value
 
     @field_validator("api_path")

@@ -74,7 +74,8 @@ class RedisStore(Store):
         await self.ping()
         self._listener = asyncio.create_task(self._listen(), name="gateway-store-invalidation")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), timeout=5)
+            async with asyncio.timeout(5):
+                await self._subscribed.wait()
 
     async def shutdown(self) -> None:
         await cancel_and_wait(self._listener)
@@ -226,8 +227,11 @@ class RedisStore(Store):
         key_id = await self.call(self.client.get(f"{self._p}:keyhash:{key_hash}"))
         return await self.get_key(key_id.decode()) if key_id else None
 
-    async def list_keys(self, org_id: str) -> list[ApiKey]:
-        ids = await self.call(self.client.zrange(f"{self._p}:orgkeys:{org_id}", 0, -1))
+    async def list_keys(
+        self, org_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ApiKey]:
+        stop = -1 if limit is None else offset + max(1, limit) - 1
+        ids = await self.call(self.client.zrange(f"{self._p}:orgkeys:{org_id}", offset, stop))
         return await self._keys([i.decode() for i in ids])
 
     async def update_key(self, key_id: str, change: Change[ApiKey]) -> ApiKey | None:

@@ -17,8 +17,8 @@ import structlog
 from pydantic import Field, ValidationInfo, field_validator
 
 from gateway.admin_api import Body, NotFound, find_org, iso, parse_body
+from gateway.admin_bounds import SecretOverlap
 from gateway.config.models import GatewayConfig
-from gateway.config.types import Duration
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.keys import ALPHABET
 from gateway.metrics import Metrics
@@ -31,8 +31,10 @@ from gateway.webhooks.targets import UnsafeTarget, check_registration, check_url
 log = structlog.get_logger("gateway.webhooks")
 
 Clock = Callable[[], float]
-_EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")  # fullmatch: no trailing "\n"
 MAX_EVENT_BYTES = 256 * 1024
+# Nesting allowed in an event's data; the encoder of the delivery body stops at 254 levels.
+MAX_EVENT_DEPTH = 100
 MAX_DELIVERIES_LISTED = 100
 
 
@@ -41,11 +43,26 @@ class PlanLimitReached(GatewayError):
 
 
 def check_event_type(value: str) -> str:
-    if not _EVENT_TYPE.match(value):
+    if not isinstance(value, str) or not _EVENT_TYPE.fullmatch(value):
         raise ValueError(
             f"must be 1-100 letters, digits or _.:- starting with a letter or digit (got {value!r})"
         )
     return value
+
+
+def check_event_data(value: Any) -> Any:
+    """Refuse data nested deeper than MAX_EVENT_DEPTH (it could not be sent)."""
+    level = [value]
+    for _ in range(MAX_EVENT_DEPTH + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return value
+    raise ValueError(f"must be nested at most {MAX_EVENT_DEPTH} levels deep")
 
 
 def _check_events(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -93,10 +110,10 @@ class UpdateEndpoint(Body):
 
 
 class RotateSecret(Body):
-    overlap: Duration | None = Field(
+    overlap: SecretOverlap | None = Field(
         None,
-        le=30 * 86400,
-        description="How long the old secret also signs (default webhooks.secret_overlap).",
+        description="How long the old secret also signs, up to 30d"
+        " (default webhooks.secret_overlap).",
     )
 
 
@@ -106,6 +123,7 @@ class PublishEvent(Body):
     data: Any = Field(default_factory=dict)
 
     _type = field_validator("type")(check_event_type)
+    _data = field_validator("data")(check_event_data)
 
 
 def endpoint_view(endpoint: Endpoint, now: float, secret: str | None = None) -> dict[str, Any]:
