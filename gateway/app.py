@@ -8,8 +8,8 @@ import structlog
 from aiohttp import web
 from structlog.contextvars import bind_contextvars
 
-from gateway.errors import GatewayError, InternalError
-from gateway.headers import REQUEST_ID
+from gateway.errors import BadRequest, GatewayError, InternalError
+from gateway.headers import REQUEST_ID, field_text
 from gateway.log import AccessLog
 from gateway.metrics import Metrics
 from gateway.paths import split_target
@@ -81,6 +81,10 @@ class DataPlane:
     async def _dispatch(self, snapshot: Snapshot, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
         try:
+            if ctx.method == "CONNECT":
+                # SECURITY: a reverse proxy does not tunnel. Forwarded, CONNECT would turn the
+                # pooled upstream connection into a tunnel, and what follows into its bytes.
+                raise BadRequest("CONNECT is not supported here.", close_connection=True)
             ctx.path, ctx.query = split_target(request.raw_path)
             method = ctx.method
             if is_preflight(request):
@@ -104,6 +108,7 @@ class DataPlane:
         request = ctx.request
         route = ctx.route
         upstream_seconds = ctx.upstream_seconds
+        user_agent = request.headers.get("User-Agent")  # any bytes: see field_text
         fields: dict[str, object] = {
             "request_id": ctx.request_id,
             "method": ctx.method,
@@ -116,7 +121,7 @@ class DataPlane:
             "bytes_in": ctx.bytes_in,
             "bytes_out": ctx.bytes_out,
             "client_ip": ctx.client_ip,
-            "user_agent": request.headers.get("User-Agent"),
+            "user_agent": None if user_agent is None else field_text(user_agent),
             "upstream": ctx.upstream_target,
         }
         if ctx.log_fields:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.headers import FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO
+from gateway.headers import FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, field_text
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -43,7 +43,7 @@ class ForwardedResolver:
 
     def resolve(self, request: web.BaseRequest) -> Forwarded:
         peer = request.remote or ""
-        host = request.headers.get("Host", "")
+        host = field_text(request.headers.get("Host", ""))
         proto = "https" if request.secure else "http"
         # SECURITY: an untrusted peer's X-Forwarded-* are ignored entirely (and stripped later).
         if not self._trusted or not self._is_trusted(peer):
@@ -60,9 +60,10 @@ class ForwardedResolver:
             client = hop
             if not self._is_trusted(hop):
                 break
-        forwarded_for = ", ".join([*chain, peer])
+        # Values sent upstream and logged: bytes that are not UTF-8 are kept, as text.
+        forwarded_for = field_text(", ".join([*chain, peer]))
         inbound_proto = request.headers.get(FORWARDED_PROTO, "").strip().lower()
         if inbound_proto in ("http", "https"):
             proto = inbound_proto
-        inbound_host = request.headers.get(FORWARDED_HOST, "").strip()
-        return Forwarded(client, forwarded_for, proto, inbound_host or host)
+        inbound_host = field_text(request.headers.get(FORWARDED_HOST, "").strip())
+        return Forwarded(field_text(client), forwarded_for, proto, inbound_host or host)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from multidict import MultiMapping, MutableMultiMapping
@@ -64,14 +65,44 @@ def copy_end_to_end(
     connection: Iterable[str],
 ) -> None:
     """Copy headers from one hop to the next, without hop-by-hop headers, the ones named in
-    Connection, and the ones in ``dropped`` (normalized names)."""
+    Connection, and the ones in ``dropped`` (normalized names).
+
+    Repeats of a name keep the spelling of its first occurrence: given ``X-A`` and ``x-a``,
+    the HTTP client would send only the last one.
+    """
     named = connection_tokens(connection)
     if named:
         dropped = dropped | named
+    spelling: dict[str, str] = {}
     for name, value in source:
-        key = normalize(name)
+        lower = name.lower()
+        key = lower.replace("_", "-")  # normalize(), inlined: this loop runs for every header
         if key not in HOP_BY_HOP and key not in dropped:
-            target.add(name, value)
+            target.add(
+                spelling.setdefault(lower, name),
+                value if value.isascii() else field_text(value),
+            )
+
+
+# How the HTTP parser keeps a byte that is not UTF-8: a lone surrogate (surrogateescape).
+_RAW_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def field_text(value: str) -> str:
+    """A received field value as text that can be sent on and logged.
+
+    A byte that is not UTF-8 (obs-text, RFC 9110 section 5.5) reaches us as a lone surrogate,
+    which the HTTP writer drops without a word (``a\\xffb`` would arrive as ``ab``) and which
+    no JSON log line can hold. Each such byte becomes the ISO-8859-1 character it has always
+    stood for in HTTP, so nothing is cut out; UTF-8 text is returned unchanged.
+    """
+    if value.isascii():
+        return value
+    return _RAW_BYTE.sub(_latin1, value)
+
+
+def _latin1(m: re.Match[str]) -> str:
+    return chr(ord(m.group()) - 0xDC00)
 
 
 def stamp(
@@ -122,7 +153,9 @@ def apply_rules(
             target.popall(present, None)
         target[name] = value
     for name, value in add:
-        target.add(name, value)
+        # In the spelling already there: given X-A and x-a, the HTTP client sends only x-a.
+        lower = name.lower()
+        target.add(next((n for n in target if n.lower() == lower), name), value)
 
 
 def connection_tokens(values: Iterable[str]) -> set[str]:
