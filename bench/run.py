@@ -774,6 +774,21 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
     loadgen = _pick(args.loadgen, "wrk", "python")
     upstream_kind = _pick(args.upstream, "nginx", "builtin")
     have_nginx = shutil.which("nginx") is not None
+    # wrk and nginx are optional: without them the run goes on, and says what it used instead.
+    if args.loadgen == "auto" and loadgen != "wrk":
+        print(
+            "bench: wrk not found: load comes from bench/loadgen.py (Python; its ceiling is"
+            " lower, so compare only with runs made the same way)",
+            file=sys.stderr,
+            flush=True,
+        )
+    if not have_nginx:
+        skips = " and nginx-proxy is skipped" if "nginx-proxy" in args.contenders else ""
+        print(
+            f"bench: nginx not found: the upstream is bench/upstream.py{skips}",
+            file=sys.stderr,
+            flush=True,
+        )
     load = run_wrk if loadgen == "wrk" else run_python_load
     loadgen_label = f"wrk {wrk_version()} (-t1)" if loadgen == "wrk" else "bench/loadgen.py"
     upstream_label = f"nginx {nginx_version()}" if upstream_kind == "nginx" else "builtin"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.cli_admin import add_commands as add_admin_commands
 from gateway.cli_webhooks import add_commands as add_webhook_commands
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, load_config
+from gateway.config.schema import config_schema
 
 DEFAULT_CONFIG = "gateway.yaml"
 
@@ -45,10 +47,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     config = loaded.config
     print(
-        f"{path}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams,"
-        f" hash {loaded.digest})"
+        f"{path}: ok ({_count(len(config.routes), 'route')},"
+        f" {_count(len(config.upstreams), 'upstream')}, hash {loaded.digest})"
     )
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -56,18 +62,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def config_schema() -> dict[str, object]:
-    """The JSON Schema of gateway.yaml, as committed in config/gateway.schema.json."""
-    schema = GatewayConfig.model_json_schema(mode="validation")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "gateway.yaml"
-    return schema
-
-
 def _print_problems(exc: ConfigError) -> None:
-    print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+    print(f"{_printable(exc.source)}: {len(exc.problems)} problem(s)", file=sys.stderr)
     for problem in exc.problems:
-        print(f"  {problem}", file=sys.stderr)
+        print(f"  {_printable(problem)}", file=sys.stderr)
+
+
+# SECURITY: a key in a config may hold terminal escapes or newlines; one problem, one plain line.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def build_parser() -> argparse.ArgumentParser:

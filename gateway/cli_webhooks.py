@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
+import sys
 from typing import Any
-from urllib.parse import quote
 
-from gateway.cli_admin import CliError, add_command, client_from, show
+from gateway.cli_admin import CliError, add_command, client_from, segment, show
 
 ENDPOINT_COLUMNS = (
     "id",
@@ -30,11 +32,6 @@ DELIVERY_COLUMNS = (
 )
 
 
-def _id(value: str) -> str:
-    """One path segment: an id or slug as typed, never a way to another admin path."""
-    return quote(value, safe="")
-
-
 def _events(args: argparse.Namespace) -> list[str] | None:
     """--events a,b and --event a (each repeatable) as one list; None when neither was given."""
     given = [*(args.events or []), *(args.event or [])]
@@ -51,17 +48,19 @@ def webhooks_create(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"url": args.url, "events": events}
     if args.description is not None:
         body["description"] = args.description
-    result = client_from(args).call("POST", f"/admin/orgs/{_id(args.org)}/webhooks", body)
+    result = client_from(args).call("POST", f"/admin/orgs/{segment(args.org)}/webhooks", body)
     show(args, result, ENDPOINT_COLUMNS)
 
 
 def webhooks_list(args: argparse.Namespace) -> None:
-    result = client_from(args).call("GET", f"/admin/orgs/{_id(args.org)}/webhooks")
+    result = client_from(args).call("GET", f"/admin/orgs/{segment(args.org)}/webhooks")
     show(args, result, ENDPOINT_COLUMNS)
 
 
 def webhooks_show(args: argparse.Namespace) -> None:
-    show(args, client_from(args).call("GET", f"/admin/webhooks/{_id(args.id)}"), ENDPOINT_COLUMNS)
+    show(
+        args, client_from(args).call("GET", f"/admin/webhooks/{segment(args.id)}"), ENDPOINT_COLUMNS
+    )
 
 
 def webhooks_update(args: argparse.Namespace) -> None:
@@ -79,33 +78,33 @@ def webhooks_update(args: argparse.Namespace) -> None:
         raise CliError(
             "nothing to change: give --url, --events, --description, --enable or --disable"
         )
-    result = client_from(args).call("PATCH", f"/admin/webhooks/{_id(args.id)}", body)
+    result = client_from(args).call("PATCH", f"/admin/webhooks/{segment(args.id)}", body)
     show(args, result, ENDPOINT_COLUMNS)
 
 
 def webhooks_delete(args: argparse.Namespace) -> None:
-    result = client_from(args).call("DELETE", f"/admin/webhooks/{_id(args.id)}")
+    result = client_from(args).call("DELETE", f"/admin/webhooks/{segment(args.id)}")
     show(args, result, ("id", "deleted"))
 
 
 def webhooks_rotate(args: argparse.Namespace) -> None:
     body = {} if args.overlap is None else {"overlap": args.overlap}
-    result = client_from(args).call("POST", f"/admin/webhooks/{_id(args.id)}/rotate", body)
+    result = client_from(args).call("POST", f"/admin/webhooks/{segment(args.id)}/rotate", body)
     show(args, result, ENDPOINT_COLUMNS)
 
 
 def webhooks_ping(args: argparse.Namespace) -> None:
-    result = client_from(args).call("POST", f"/admin/webhooks/{_id(args.id)}/ping", {})
+    result = client_from(args).call("POST", f"/admin/webhooks/{segment(args.id)}/ping", {})
     show(args, result, ("eventId",))
 
 
 def webhooks_deliveries(args: argparse.Namespace) -> None:
-    result = client_from(args).call("GET", f"/admin/webhooks/{_id(args.id)}/deliveries")
+    result = client_from(args).call("GET", f"/admin/webhooks/{segment(args.id)}/deliveries")
     show(args, result, DELIVERY_COLUMNS)
 
 
 def webhooks_retry(args: argparse.Namespace) -> None:
-    result = client_from(args).call("POST", f"/admin/deliveries/{_id(args.delivery)}/retry", {})
+    result = client_from(args).call("POST", f"/admin/deliveries/{segment(args.delivery)}/retry", {})
     show(args, result, DELIVERY_COLUMNS)
 
 
@@ -117,6 +116,46 @@ def events_publish(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise CliError(f"--data is not valid JSON: {exc}") from None
     show(args, client_from(args).call("POST", "/admin/events", body), ("id",))
+
+
+def webhooks_listen(args: argparse.Namespace) -> int:
+    """A local receiver for trying webhooks: one line per delivery on stdout, until Ctrl-C."""
+    from gateway.demo_upstream import WebhookReceiver
+    from gateway.webhooks.signing import signature
+
+    if args.secret is not None:
+        try:
+            signature(args.secret, "msg", 0, b"")
+        except ValueError:
+            print("error: --secret: not a webhook secret (whsec_…)", file=sys.stderr)
+            return 1
+    if not 200 <= args.status <= 599:
+        print(f"error: --status: must be 200 to 599 (got {args.status})", file=sys.stderr)
+        return 1
+    receiver = WebhookReceiver(args.secret, args.status)
+
+    async def serve() -> None:
+        runner, url = await receiver.start(args.host, args.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        print(
+            f"listening for webhook deliveries on {url} (any path; Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _add_event_options(p: argparse.ArgumentParser) -> None:
@@ -176,6 +215,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         add_command(webhooks, name, func, what).add_argument("id", help="endpoint id (wh_…)")
     p = add_command(webhooks, "retry", webhooks_retry, "deliver a delivery again, now")
     p.add_argument("delivery", help="delivery id (dlv_…)")
+
+    p = webhooks.add_parser(
+        "listen",
+        help="receive webhooks locally: print each delivery, check its signature",
+        description="A webhook receiver for trying deliveries on one machine: it prints one"
+        " line per delivery and, given the endpoint's secret, checks its signature (a bad one"
+        " is answered 401). The gateway delivers to it only with"
+        " webhooks.allow_private_targets: true (GATEWAY_WEBHOOKS_ALLOW_PRIVATE=true with the"
+        " shipped gateway.yaml).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8099, help="port (default: 8099; 0: any free one)")
+    p.add_argument("--secret", help="the endpoint's whsec_… secret, to check signatures")
+    p.add_argument(
+        "--status",
+        type=int,
+        default=200,
+        help="answer deliveries with this status (default: 200; e.g. 500 to watch retries)",
+    )
+    p.set_defaults(func=webhooks_listen)
 
     events = sub.add_parser("events", help="publish events").add_subparsers(
         dest="action", required=True

@@ -115,7 +115,7 @@ async def test_endpoint_lifecycle_from_the_cli(cli: Cli, upstream: Upstream) -> 
         "invoice.created,invoice.paid,key.created",
         "enabled",
         "-",
-        "False",
+        "no",
         "billing",
     ]
     [secret] = re.findall(r"secret \(shown once, store it now\): (whsec_\S+)", created.out)
@@ -137,7 +137,7 @@ async def test_endpoint_lifecycle_from_the_cli(cli: Cli, upstream: Upstream) -> 
             "webhooks", "update", endpoint_id, "--enable", "--events", "*", "--description", ""
         )
     ).out
-    assert enabled.splitlines()[1].split()[1:7] == [url, "*", "enabled", "-", "False", "-"]
+    assert enabled.splitlines()[1].split()[1:7] == [url, "*", "enabled", "-", "no", "-"]
 
     rotated = (await cli.ok("webhooks", "rotate", endpoint_id, "--overlap", "1h", "--json")).json
     assert rotated["secret"].startswith("whsec_")
@@ -187,7 +187,7 @@ async def test_endpoint_lifecycle_from_the_cli(cli: Cli, upstream: Upstream) -> 
     assert missing.err == "error: not_found: No delivery 'dlv_nope'.\n"
 
     deleted = await cli.ok("webhooks", "delete", endpoint_id)
-    assert deleted.out.splitlines()[1].split() == [endpoint_id, "True"]
+    assert deleted.out.splitlines()[1].split() == [endpoint_id, "yes"]
     gone = await cli("webhooks", "show", endpoint_id)
     assert gone.code == 1
     assert gone.err.startswith("error: not_found: ")
