@@ -25,6 +25,7 @@ import pytest
 import redis
 import yaml
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from gateway.config import parse_config
 from gateway.config.models import LogConfig, StoreConfig
@@ -34,6 +35,18 @@ from gateway.snapshot import PluginFactory
 from gateway.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Fuzzing in CI: the same examples on every run, no example database, no per-example deadline
+# (CI machines are slow and shared), so a failure is a defect, never a flake. Each test sets
+# its own max_examples.
+settings.register_profile(
+    "gateway",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("gateway")
 
 
 # ---------------------------------------------------------------------------------------------

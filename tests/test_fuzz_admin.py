@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RunningGateway, Upstream, closed_port_url, make_config
@@ -26,13 +26,7 @@ ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 EXAMPLES = 60  # per endpoint and store: the whole file stays well under a minute
 PER_FIELD = 40  # per field, for bodies of several fields
 
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = settings(max_examples=EXAMPLES)  # the rest is the suite's profile (tests/conftest.py)
 
 # -- values: for each field, what it accepts (mostly) and anything at all ----------------------
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -25,13 +25,7 @@ from gateway.validation import join_path
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = (ROOT / "gateway.yaml").read_bytes()
 
-FUZZ = settings(
-    max_examples=200,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = settings(max_examples=200)  # the rest is the suite's profile (tests/conftest.py)
 
 # Problems about the file as a whole carry no field path.
 FILE_LEVEL = re.compile(r"^(line \d+, column \d+: |the file |cannot read the file)")

@@ -39,9 +39,7 @@ from gateway.paths import compile_template, split_target
 from gateway.request_id import accept_request_id
 from tests.conftest import LogLines, RunningGateway, Upstream, make_config, raw_request
 
-# Derandomized (the same examples on every run), no example database, no per-example deadline
-# (CI machines are slow and shared): a failure here is a defect, never a flake.
-FAST = settings(derandomize=True, database=None, deadline=None, max_examples=300)
+FAST = settings(max_examples=300)  # the rest is the suite's profile (tests/conftest.py)
 
 # ---------------------------------------------------------------------------------------------
 # Paths: one canonical spelling, or BadRequest.
