@@ -50,6 +50,7 @@ def _identity(key: ApiKey, org: Org, scopes: frozenset[str]) -> Identity:
 class _Entry:
     identity: Identity
     fetched_at: float
+    used_at: float
 
 
 class KeyRing:
@@ -58,6 +59,9 @@ class KeyRing:
     Entries leave the cache when the store announces a change (revocation, rotation, a plan
     change), and in any case after ``cache_ttl``; while the store's invalidation channel is down,
     after one second. Expiry and rotation grace are checked on every request against the clock.
+    A key that cannot be used any more (revoked, expired) is remembered like an unknown one,
+    briefly, and a key nobody used for ``IDLE_TTL`` (or ``cache_ttl`` if longer) is dropped: under
+    key churn the cache holds the keys in use, not every key ever seen.
 
     When the store cannot be reached, a key that was good when last checked keeps working
     (served stale) and the store is not asked again for a second; an unknown key gets a 503.
@@ -68,6 +72,7 @@ class KeyRing:
     """
 
     NEGATIVE_TTL = 5.0
+    IDLE_TTL = 600.0  # a key unused this long is dropped (so not served stale in an outage)
     UNTRUSTED_TTL = 1.0  # while invalidations may be missed
     OUTAGE_BACKOFF = 1.0
     MAX_KNOWN = 100_000
@@ -99,7 +104,7 @@ class KeyRing:
         self._lookups = asyncio.Semaphore(self.MAX_CONCURRENT_LOOKUPS)
         self._store_retry_at = 0.0
         self._pending_use: dict[str, float] = {}
-        self._last_written: dict[str, float] = {}
+        self._last_written: OrderedDict[str, float] = OrderedDict()  # key id -> when, oldest first
         self._flusher: asyncio.Task[None] | None = None
         self.stale_served = 0
         store.subscribe(self._invalidate)
@@ -128,9 +133,25 @@ class KeyRing:
     def _forget(self, key_hash: str) -> None:
         entry = self._known.pop(key_hash, None)
         if entry is not None:
-            hashes = self._by_org.get(entry.identity.org.id)
-            if hashes is not None:
-                hashes.discard(key_hash)
+            self._unindex(entry.identity.org.id, key_hash)
+
+    def _unindex(self, org_id: str, key_hash: str) -> None:
+        hashes = self._by_org.get(org_id)
+        if hashes is not None:
+            hashes.discard(key_hash)
+            if not hashes:
+                del self._by_org[org_id]
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each of the ring's maps holds now (all bounded, most by time)."""
+        return {
+            "known": len(self._known),
+            "unknown": len(self._unknown),
+            "orgs": len(self._by_org),
+            "inflight": len(self._inflight),
+            "pending_use": len(self._pending_use),
+            "last_written": len(self._last_written),
+        }
 
     def _ttl(self) -> float:
         if getattr(self.store, "invalidation_live", True):
@@ -151,6 +172,7 @@ class KeyRing:
         identity: Identity | None
         if entry is not None:
             self._known.move_to_end(key_hash)
+            entry.used_at = now
             identity = entry.identity
             if now - entry.fetched_at > self._ttl():
                 if now < self._store_retry_at:
@@ -197,20 +219,39 @@ class KeyRing:
         if generation != self._generation:
             return identity  # a change was announced meanwhile: answer this once, keep nothing
         now = self.clock()
-        if identity is None:
+        if identity is None or not identity.key.usable_at(now):
+            # Revoked and expired keys stay so (a change to one is announced): like unknown ones,
+            # they are remembered briefly, not kept among the good keys until pushed out.
             self._forget(key_hash)
             self._unknown[key_hash] = now
             self._unknown.move_to_end(key_hash)
-            if len(self._unknown) > self.MAX_UNKNOWN:
-                self._unknown.popitem(last=False)
+            self._drop_old_unknown(now)
         else:
-            self._known[key_hash] = _Entry(identity, now)
+            self._known[key_hash] = _Entry(identity, now, now)
             self._known.move_to_end(key_hash)
             self._by_org.setdefault(identity.org.id, set()).add(key_hash)
-            if len(self._known) > self.MAX_KNOWN:
-                evicted_hash, evicted = self._known.popitem(last=False)
-                self._by_org.get(evicted.identity.org.id, set()).discard(evicted_hash)
+            self._drop_idle_known(now)
         return identity
+
+    def _drop_old_unknown(self, now: float) -> None:
+        # Oldest first, so this stops at the first entry still worth keeping.
+        unknown = self._unknown
+        while unknown and (
+            len(unknown) > self.MAX_UNKNOWN
+            or now - next(iter(unknown.values())) > self.NEGATIVE_TTL
+        ):
+            unknown.popitem(last=False)
+
+    def _drop_idle_known(self, now: float) -> None:
+        # Least recently used first: every entry behind the first one kept was used later.
+        idle = max(self.cache_ttl, self.IDLE_TTL)
+        known = self._known
+        while known:
+            key_hash, entry = next(iter(known.items()))
+            if len(known) <= self.MAX_KNOWN and now - entry.used_at <= idle:
+                break
+            del known[key_hash]
+            self._unindex(entry.identity.org.id, key_hash)
 
     async def _load(self, key_hash: str) -> Identity | None:
         key = await self.store.find_key(key_hash)
@@ -223,9 +264,16 @@ class KeyRing:
 
     def _mark_used(self, key_id: str, now: float) -> None:
         # At most one write per key per interval, and never on the request path.
-        if now - self._last_written.get(key_id, 0.0) >= self.last_used_interval:
-            self._last_written[key_id] = now
+        interval = self.last_used_interval
+        written = self._last_written
+        if now - written.get(key_id, 0.0) >= interval:
+            written[key_id] = now
+            written.move_to_end(key_id)
             self._pending_use[key_id] = now
+            # A mark older than the interval allows the next write like no mark at all: drop
+            # those (oldest first), so this map holds the keys used within one interval.
+            while now - next(iter(written.values())) >= interval:
+                written.popitem(last=False)
 
     async def flush_last_used(self) -> None:
         if not self._pending_use:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from typing import ClassVar, Literal
 
 from aiohttp import web
@@ -15,6 +14,9 @@ from gateway.identity import Identity
 from gateway.pipeline import Handler, RequestContext
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.ratelimit.policy import US, Decision, Limit, Outcome, calendar_window
+
+BUCKETS_IDLE = 60.0  # seconds: a key's cached buckets outlive its last request by 1 to 2 of these
+MAX_BUCKETS = 10_000  # keys whose buckets are cached per generation
 
 
 class RateLimited(GatewayError):
@@ -82,10 +84,20 @@ class RateLimitPlugin:
         self.route = route
         self.cost = route.cost
         self.prefix = f"{key_prefix}:rl"
-        self._buckets: OrderedDict[tuple[str, str, str], tuple[Limit, ...]] = OrderedDict()
+        # Each key's buckets, built once and kept while the key is in use, in two generations:
+        # what went unused for a whole BUCKETS_IDLE leaves with the older one (revoked and idle
+        # keys included), and a flood of keys starts a new generation early.
+        self._buckets: dict[tuple[str, str, str], tuple[Limit, ...]] = {}
+        self._older_buckets: dict[tuple[str, str, str], tuple[Limit, ...]] = {}
+        self._buckets_until = 0.0
         # Route limits are this route's own, even where two routes name a limit alike.
         self._route_tag = hashlib.sha256(route.label.encode()).hexdigest()[:12]
         self._window: tuple[float, float, str] | None = None
+
+    @property
+    def cached_keys(self) -> int:
+        """Keys whose buckets are cached now: those used within the last BUCKETS_IDLE or two."""
+        return len(self._buckets) + len(self._older_buckets)
 
     async def startup(self) -> None:
         """The limiter is shared by every route and owned by the process."""
@@ -101,14 +113,15 @@ class RateLimitPlugin:
             return []
         override = key.rate_limit
         cache_key = (key.id, org.plan, repr(override))
+        if now >= self._buckets_until or len(self._buckets) >= MAX_BUCKETS:
+            self._older_buckets, self._buckets = self._buckets, {}
+            self._buckets_until = now + BUCKETS_IDLE
         buckets = self._buckets.get(cache_key)
-        if buckets is not None:
-            self._buckets.move_to_end(cache_key)
-        else:
-            buckets = self._build(identity, plan)
+        if buckets is None:
+            buckets = self._older_buckets.pop(cache_key, None)
+            if buckets is None:
+                buckets = self._build(identity, plan)
             self._buckets[cache_key] = buckets
-            if len(self._buckets) > 10_000:
-                self._buckets.popitem(last=False)
         limits = list(buckets)
         if plan.quota is not None:
             start, end, label = self._calendar(plan.quota.per, now)

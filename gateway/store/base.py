@@ -106,7 +106,14 @@ class Store(ABC):
     async def find_key(self, key_hash: str) -> ApiKey | None: ...
 
     @abstractmethod
-    async def list_keys(self, org_id: str) -> list[ApiKey]: ...
+    async def list_keys(
+        self, org_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ApiKey]:
+        """The org's keys, oldest first; ``offset`` and ``limit`` (>= 1) read one page of them.
+
+        Keys are never deleted, so reading page after page misses none (a key created meanwhile
+        can only push one already read into the next page).
+        """
 
     @abstractmethod
     async def update_key(self, key_id: str, change: Change[ApiKey]) -> ApiKey | None:

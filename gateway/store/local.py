@@ -212,11 +212,14 @@ class LocalStore(Store):
         row = await self._run(lambda db: db.execute(sql, (arg,)).fetchone())
         return _key(row) if row else None
 
-    async def list_keys(self, org_id: str) -> list[ApiKey]:
+    async def list_keys(
+        self, org_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ApiKey]:
         rows = await self._run(
             lambda db: db.execute(
-                "SELECT data, last_used_at FROM api_keys WHERE org_id = ? ORDER BY created_at, id",
-                (org_id,),
+                "SELECT data, last_used_at FROM api_keys WHERE org_id = ? ORDER BY created_at, id"
+                " LIMIT ? OFFSET ?",
+                (org_id, -1 if limit is None else max(1, limit), offset),
             ).fetchall()
         )
         return [_key(row) for row in rows]

@@ -11,6 +11,8 @@ from gateway.webhooks.service import WebhookService, stable_event_id
 log = structlog.get_logger("gateway.webhooks")
 
 SCAN_EVERY = 300.0  # seconds between scans for keys about to expire
+# Keys read at a time: a scan holds one page, however many keys an org has made and revoked.
+SCAN_PAGE = 500
 
 
 class KeyEvents:
@@ -43,8 +45,11 @@ class KeyEvents:
         """
         now = self.service.clock()
         for org in await self.store.list_orgs():
-            for key in await self.store.list_keys(org.id):
-                await self._announce_if_expiring(key, now)
+            offset = 0
+            while page := await self.store.list_keys(org.id, offset=offset, limit=SCAN_PAGE):
+                for key in page:
+                    await self._announce_if_expiring(key, now)
+                offset += len(page)
 
     async def _announce_if_expiring(self, key: ApiKey, now: float) -> None:
         expires = key.expires_at
