@@ -4,9 +4,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= gateway.yaml
 
-.PHONY: install run test lint format bench schema check clean
+.PHONY: help install run test lint format bench bench-proxy bench-webhooks soak schema check clean
+# `make` alone lists the targets; nothing is installed or started unless a target asks.
+.DEFAULT_GOAL := help
 
-install: $(VENV)/.installed
+help: ## list the targets (what `make` alone does)
+	@echo 'make TARGET, one of:'
+	@awk '/^[a-z][a-z0-9_-]*:/ { name = $$1; sub(/:.*/, "", name); text = ""; \
+		if (match($$0, /## /)) text = substr($$0, RSTART + 3); printf "  %-15s %s\n", name, text }' \
+		$(MAKEFILE_LIST)
+	@echo 'Variables: CONFIG=FILE (run, check; default gateway.yaml), ARGS="..." (flags of'
+	@echo '  bench/run.py, e.g. ARGS="--only gateway --duration 5"), WEBHOOK_ARGS="..." (flags of'
+	@echo '  bench/webhooks.py, e.g. WEBHOOK_ARGS="--only local --events 500"), SOAK_ARGS="..." (flags'
+	@echo '  of bench/soak.py), PYTHON=python3.11.'
+
+install: $(VENV)/.installed ## create .venv and install the gateway with its dev tools
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=python3.11)")'
@@ -15,30 +27,39 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-run: install
+run: install ## start the gateway on CONFIG (a demo org and key are made on first start)
 	$(BIN)/gateway run -c $(CONFIG)
 
-check: install
+check: install ## validate CONFIG: print every problem with its path
 	$(BIN)/gateway check -c $(CONFIG)
 
-test: install
+test: install ## the whole test suite with coverage (starts its own redis-server)
 	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term
 
-lint: install
+lint: install ## ruff format --check, ruff check, mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-format: install
+format: install ## ruff format and ruff check --fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-schema: install
+schema: install ## regenerate config/gateway.schema.json from the config models
 	$(BIN)/gateway schema > config/gateway.schema.json
 
-bench: install
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/webhooks.py
+bench: install ## both benchmarks below, in turn (wrk and nginx are used when installed)
+	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python bench/webhooks.py $(WEBHOOK_ARGS)
 
-clean:
+bench-proxy: install ## requests/s and latency: direct, bare aiohttp, the gateway, nginx; ARGS="..."
+	$(BIN)/python bench/run.py $(ARGS)
+
+bench-webhooks: install ## webhook delivery rate and latency on each store; WEBHOOK_ARGS="..."
+	$(BIN)/python bench/webhooks.py $(WEBHOOK_ARGS)
+
+soak: install ## 10 minutes of load, key churn, reloads and webhooks: is memory flat? SOAK_ARGS="..."
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+clean: ## remove .venv, .gateway (state and admin token) and tool caches
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache .coverage
