@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import orjson
 from aiohttp import web
 
-from gateway.headers import stamp
+from gateway.http.headers import stamp
 
 
 class GatewayError(Exception):

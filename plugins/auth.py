@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from aiohttp import web
 
+from gateway.dataplane.chain import Handler, RequestContext
 from gateway.errors import (
     ApiAccessDisabled,
     InsufficientScope,
@@ -13,11 +14,10 @@ from gateway.errors import (
     Unauthorized,
     Unavailable,
 )
-from gateway.forwarded import address_in
-from gateway.headers import IDENTITY_HEADERS, bearer_token
-from gateway.identity import KeyRing
-from gateway.pipeline import Handler, RequestContext
-from gateway.scopes import ScopePolicy
+from gateway.http.forwarded import address_in
+from gateway.http.headers import IDENTITY_HEADERS, bearer_token
+from gateway.keys.keyring import KeyRing
+from gateway.keys.scopes import ScopePolicy
 from gateway.store import StoreError
 
 

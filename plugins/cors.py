@@ -9,9 +9,9 @@ from typing import ClassVar
 from aiohttp import web
 
 from gateway.config.models import CorsConfig
+from gateway.dataplane.chain import Handler, RequestContext
 from gateway.errors import GatewayError
-from gateway.headers import RATE_LIMIT_HEADERS, REQUEST_ID, stamp
-from gateway.pipeline import Handler, RequestContext
+from gateway.http.headers import RATE_LIMIT_HEADERS, REQUEST_ID, stamp
 
 # What browser code may read from our answers.
 EXPOSED = ", ".join(

@@ -10,9 +10,9 @@ from typing import ClassVar
 from aiohttp import web
 
 from gateway.config.models import DeprecationConfig
+from gateway.dataplane.chain import Handler, RequestContext
 from gateway.errors import GatewayError
-from gateway.metrics import Metrics
-from gateway.pipeline import Handler, RequestContext
+from gateway.observability.metrics import Metrics
 
 
 class Sunset(GatewayError):

@@ -20,8 +20,10 @@ import structlog
 from aiohttp import web
 
 from gateway.config.models import IdempotencyConfig, RouteConfig
+from gateway.dataplane.chain import Handler, RequestContext, ResponseCapture
+from gateway.dataplane.request_body import read_body
 from gateway.errors import BadRequest, GatewayError, Unavailable
-from gateway.headers import (
+from gateway.http.headers import (
     IDENTITY_HEADERS,
     RATE_LIMIT_HEADERS,
     REQUEST_ID,
@@ -29,9 +31,7 @@ from gateway.headers import (
     stamp,
     strip_set,
 )
-from gateway.metrics import Metrics
-from gateway.pipeline import Handler, RequestContext, ResponseCapture
-from gateway.request_body import read_body
+from gateway.observability.metrics import Metrics
 from gateway.store import Store, StoreError
 
 log = structlog.get_logger("gateway.idempotency")

@@ -9,9 +9,9 @@ from typing import ClassVar, Literal
 from aiohttp import web
 
 from gateway.config.models import PlanConfig, RateLimitConfig, RouteConfig
+from gateway.dataplane.chain import Handler, RequestContext
 from gateway.errors import GatewayError
-from gateway.identity import Identity
-from gateway.pipeline import Handler, RequestContext
+from gateway.keys.keyring import Identity
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.ratelimit.policy import US, Decision, Limit, Outcome, calendar_window
 

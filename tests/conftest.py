@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, settings
 
 from gateway.config import parse_config
 from gateway.config.models import LogConfig, StoreConfig
-from gateway.log import configure_logging, flush_logs
-from gateway.server import GatewayProcess
-from gateway.snapshot import PluginFactory
+from gateway.dataplane.snapshot import PluginFactory
+from gateway.observability.log import configure_logging, flush_logs
+from gateway.process.gateway import GatewayProcess
 from gateway.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent

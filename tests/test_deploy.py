@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from gateway.config import load_config
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = re.compile(r"\bgateway_[a-z_]+\b")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from gateway.config.document import MAX_FILE_SIZE, UnreadableDocument, read_document
 from gateway.config.models import GatewayConfig
-from gateway.validation import describe_errors, join_path, shown
+from gateway.config.validation import describe_errors, join_path, shown
 
 # A reference to the environment; the JSON Schema lets any scalar be written as one.
 REFERENCE_PATTERN = r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"

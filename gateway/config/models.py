@@ -33,8 +33,8 @@ from gateway.config.types import (
     SizeRange,
     Timeout,
 )
-from gateway.paths import compile_template
-from gateway.scopes import check_scope
+from gateway.dataplane.paths import compile_template
+from gateway.keys.scopes import check_scope
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:/{}*-]{1,100}$")

@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from gateway.validation import shown
+from gateway.config.validation import shown
 
 MINUTE = 60.0
 HOUR = 3600.0

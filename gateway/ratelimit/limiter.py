@@ -9,7 +9,7 @@ from typing import Any, Literal
 import structlog
 
 from gateway.errors import Unavailable
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 from gateway.ratelimit.backends import LimiterError, LocalLimits, RedisLimits
 from gateway.ratelimit.policy import US, Decision, Limit
 

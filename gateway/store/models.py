@@ -6,7 +6,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from gateway.keys import ALPHABET
+from gateway.keys.secrets import ALPHABET
 
 
 def new_id(kind: str) -> str:

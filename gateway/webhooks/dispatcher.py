@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from gateway.config.models import WebhooksConfig
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 from gateway.store import StoreError
 from gateway.tasks import cancel_and_wait
 from gateway.webhooks.models import Attempt, Delivery, Endpoint

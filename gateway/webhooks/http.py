@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.admin import json_response
-from gateway.admin_api import find_org
+from gateway.control.admin_api import find_org
+from gateway.control.listener import json_response
+from gateway.dataplane.chain import RequestContext
+from gateway.dataplane.request_body import read_body
 from gateway.errors import MethodNotAllowed, RouteNotFound, Unauthorized, Unavailable
-from gateway.headers import stamp
-from gateway.pipeline import RequestContext
-from gateway.request_body import read_body
+from gateway.http.headers import stamp
 from gateway.store import Org, Store, StoreError
 from gateway.webhooks.service import WebhookService
 

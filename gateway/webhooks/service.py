@@ -16,12 +16,12 @@ import orjson
 import structlog
 from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.admin_api import Body, NotFound, find_org, iso, parse_body
-from gateway.admin_bounds import SecretOverlap
 from gateway.config.models import GatewayConfig
+from gateway.control.admin_api import Body, NotFound, find_org, iso, parse_body
+from gateway.control.bounds import SecretOverlap
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
-from gateway.keys import ALPHABET
-from gateway.metrics import Metrics
+from gateway.keys.secrets import ALPHABET
+from gateway.observability.metrics import Metrics
 from gateway.store import Conflict, Org, Store, new_id
 from gateway.webhooks.models import PING, Delivery, Endpoint, Event, Secret
 from gateway.webhooks.secret_box import SecretBox

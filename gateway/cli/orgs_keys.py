@@ -1,0 +1,381 @@
+"""``gateway orgs …`` and ``gateway keys …``: the admin API from a terminal or a script.
+
+The helpers here (``client_from``, ``show``, ``add_command``) are shared with
+``gateway.cli.webhooks``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from gateway.cli.client import (
+    DEFAULT_TIMEOUT,
+    TIMEOUT_ENV,
+    AdminClient,
+    CliError,
+    parse_timeout,
+)
+from gateway.config import ConfigError, load_config
+from gateway.config.types import parse_duration
+from gateway.control.listener import saved_admin_token
+
+__all__ = ["CliError", "add_command", "add_commands", "client_from", "segment", "show"]
+
+
+def client_from(args: argparse.Namespace) -> AdminClient:
+    """The admin URL and token: flags, then environment, then the config file."""
+    if args.timeout is not None:
+        timeout = parse_timeout(args.timeout, "--timeout")
+    elif os.environ.get(TIMEOUT_ENV):
+        timeout = parse_timeout(os.environ[TIMEOUT_ENV], TIMEOUT_ENV)
+    else:
+        timeout = DEFAULT_TIMEOUT
+    url = args.admin_url or os.environ.get("GATEWAY_ADMIN_URL")
+    token = os.environ.get("GATEWAY_ADMIN_TOKEN")
+    if not url or not token:
+        path = args.config or os.environ.get("GATEWAY_CONFIG") or "gateway.yaml"
+        try:
+            config = load_config(path).config
+        except ConfigError as exc:
+            raise CliError(f"{path}: " + "; ".join(exc.problems)) from None
+        host = config.admin.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, not a bind
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        url = url or f"http://{host}:{config.admin.port}"
+        token = token or saved_admin_token(config.admin)
+    if not token:
+        raise CliError("no admin token: set GATEWAY_ADMIN_TOKEN or admin.token in the config")
+    return AdminClient(url, token, timeout)
+
+
+def _seconds(seconds: float) -> str:
+    """60.0 as 1m, 86400.0 as 1d, 1.5 as 1.5s: durations as gateway.yaml writes them."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _rate_limit(value: dict[str, Any]) -> str:
+    """{"requests": 300, "per": 60.0, "burst": 50} as 300/1m+50, the --rate-limit form."""
+    try:
+        text = f"{value['requests']}/{_seconds(float(value['per']))}"
+    except (KeyError, TypeError, ValueError):
+        return json.dumps(value, separators=(",", ":"))
+    return f"{text}+{value['burst']}" if value.get("burst") else text
+
+
+def cell(value: Any) -> str:
+    """A value as people read it: yes/no, '-' for nothing, lists joined by commas."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(cell(v) for v in value)
+    if isinstance(value, dict):
+        return _rate_limit(value)
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def details(record: dict[str, Any], fields: Sequence[str]) -> str:
+    """One record, a field per line: for records too wide for a table row."""
+    width = max(len(f) for f in fields)
+    return "\n".join(f"{f.ljust(width)}  {cell(record.get(f))}".rstrip() for f in fields)
+
+
+ORG_COLUMNS = ("id", "slug", "name", "plan", "createdAt")
+KEY_COLUMNS = (
+    "id",
+    "name",
+    "prefix",
+    "last4",
+    "environment",
+    "scopes",
+    "expiresAt",
+    "lastUsedAt",
+    "revokedAt",
+)
+KEY_FIELDS = (
+    "id",
+    "name",
+    "orgId",
+    "prefix",
+    "last4",
+    "environment",
+    "scopes",
+    "allowedIps",
+    "rateLimit",
+    "createdAt",
+    "expiresAt",
+    "lastUsedAt",
+    "revokedAt",
+    "rotatedTo",
+)
+
+
+def show(args: argparse.Namespace, result: Any, columns: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    rows = result if isinstance(result, list) else [result]
+    print(table(rows, columns))
+    _print_secret(result)
+
+
+def show_details(args: argparse.Namespace, result: dict[str, Any], fields: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(details(result, fields))
+    _print_secret(result)
+
+
+def _print_secret(result: Any) -> None:
+    if isinstance(result, dict) and result.get("secret"):
+        print(f"\nsecret (shown once, store it now): {result['secret']}")
+
+
+def segment(value: str) -> str:
+    """One path segment: an id or slug as typed, never a way to another admin path."""
+    return quote(value, safe="")
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+?)\s*(?:\+\s*(\d+)\s*)?$")
+
+
+def rate_limit_body(value: str) -> dict[str, Any]:
+    """``300/1m`` or ``300/1m+50`` (50 more at once) as the admin API's rateLimit object."""
+    m = _RATE.match(value)
+    if m is None:
+        raise CliError(
+            f"--rate-limit: write REQUESTS/PERIOD[+BURST], e.g. 300/1m or 300/1m+50 (got {value!r})"
+        )
+    body: dict[str, Any] = {"requests": int(m.group(1)), "per": m.group(2)}
+    if m.group(3) is not None:
+        body["burst"] = int(m.group(3))
+    return body
+
+
+def orgs_create(args: argparse.Namespace) -> None:
+    body = {"slug": args.slug, "name": args.name or args.slug, "plan": args.plan}
+    show(args, client_from(args).call("POST", "/admin/orgs", body), ORG_COLUMNS)
+
+
+def orgs_list(args: argparse.Namespace) -> None:
+    show(args, client_from(args).call("GET", "/admin/orgs"), ORG_COLUMNS)
+
+
+def orgs_show(args: argparse.Namespace) -> None:
+    show(args, client_from(args).call("GET", f"/admin/orgs/{segment(args.org)}"), ORG_COLUMNS)
+
+
+def orgs_update(args: argparse.Namespace) -> None:
+    body = {k: v for k, v in (("name", args.name), ("plan", args.plan)) if v is not None}
+    if not body:
+        raise CliError("nothing to change: give --name or --plan")
+    show(
+        args, client_from(args).call("PATCH", f"/admin/orgs/{segment(args.org)}", body), ORG_COLUMNS
+    )
+
+
+def keys_create(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "scopes": args.scope,
+        "environment": args.environment,
+        "expiresAt": args.expires,
+        "allowedIps": args.allow_ip,
+    }
+    if args.rate_limit is not None:
+        body["rateLimit"] = rate_limit_body(args.rate_limit)
+    result = client_from(args).call("POST", f"/admin/orgs/{segment(args.org)}/keys", body)
+    show(args, result, KEY_COLUMNS)
+
+
+def keys_list(args: argparse.Namespace) -> None:
+    show(args, client_from(args).call("GET", f"/admin/orgs/{segment(args.org)}/keys"), KEY_COLUMNS)
+
+
+def keys_show(args: argparse.Namespace) -> None:
+    show_details(
+        args, client_from(args).call("GET", f"/admin/keys/{segment(args.key)}"), KEY_FIELDS
+    )
+
+
+_FIXED_AT_CREATION = (
+    "scopes, allowed IPs and expiry are fixed when a key is made:"
+    " create a key with the new ones, then revoke this one"
+)
+
+
+def keys_update(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {}
+    if args.name is not None:
+        body["name"] = args.name
+    if args.rate_limit is not None:
+        body["rateLimit"] = rate_limit_body(args.rate_limit)
+    if args.plan_rate_limit:
+        body["rateLimit"] = None  # the admin API's way to drop the override
+    if not body:
+        raise CliError(
+            f"nothing to change: give --name, --rate-limit or --plan-rate-limit"
+            f" ({_FIXED_AT_CREATION})"
+        )
+    result = client_from(args).call("PATCH", f"/admin/keys/{segment(args.key)}", body)
+    show_details(args, result, KEY_FIELDS)
+
+
+def keys_revoke(args: argparse.Namespace) -> None:
+    result = client_from(args).call("POST", f"/admin/keys/{segment(args.key)}/revoke", {})
+    show(args, result, KEY_COLUMNS)
+
+
+def keys_rotate(args: argparse.Namespace) -> None:
+    result = client_from(args).call(
+        "POST", f"/admin/keys/{segment(args.key)}/rotate", {"grace": args.grace}
+    )
+    show(args, result, KEY_COLUMNS)
+    if not args.json:
+        print(_rotation_note(args.key, args.grace))
+
+
+def _rotation_note(old: str, grace: str) -> str:
+    try:
+        seconds = parse_duration(grace)
+    except ValueError:  # the admin API accepted it, so it is fine; say it as given
+        seconds = None
+    if seconds == 0:
+        return (
+            f"The old key {old} stops working now (grace 0s;"
+            " pass --grace 24h to let both keys work for a day)."
+        )
+    return f"The old key {old} keeps working for {grace}, then stops."
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="config file that locates the admin API")
+    common.add_argument("--admin-url", help="admin API base URL (default: from the config)")
+    common.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        help=f"give up on a silent admin API after this long"
+        f" (default: ${TIMEOUT_ENV} or {DEFAULT_TIMEOUT:g})",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return common
+
+
+_COMMON = _common_options()
+
+
+def add_command(
+    group: Any,
+    name: str,
+    func: Callable[[argparse.Namespace], None],
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand with --config, --admin-url, --timeout and --json; CliError is ``error: …``."""
+    parser: argparse.ArgumentParser = group.add_parser(
+        name, parents=[_COMMON], help=help, description=description or help
+    )
+    parser.set_defaults(func=_run(func))
+    return parser
+
+
+def _add_rate_limit_option(p: argparse._ActionsContainer, what: str) -> argparse.Action:
+    return p.add_argument(
+        "--rate-limit",
+        metavar="N/PERIOD[+BURST]",
+        help=f"{what}, e.g. 300/1m or 300/1m+50 (50 more at once)",
+    )
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    orgs = sub.add_parser("orgs", help="manage orgs").add_subparsers(dest="action", required=True)
+    p = add_command(orgs, "create", orgs_create, "create an org")
+    p.add_argument("slug")
+    p.add_argument("--name", help="display name (default: the slug)")
+    p.add_argument("--plan", required=True, help="a plan from gateway.yaml")
+    add_command(orgs, "list", orgs_list, "list orgs")
+    add_command(orgs, "show", orgs_show, "show an org").add_argument("org", help="org id or slug")
+    p = add_command(orgs, "update", orgs_update, "rename an org or change its plan")
+    p.add_argument("org", help="org id or slug")
+    p.add_argument("--name", help="a new display name")
+    p.add_argument("--plan", help="a plan from gateway.yaml")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    p = add_command(keys, "create", keys_create, "create a key (its secret is shown once)")
+    p.add_argument("org", help="org id or slug")
+    p.add_argument("--name", required=True)
+    p.add_argument("--scope", action="append", default=[], help="a scope; repeat for more")
+    p.add_argument("--environment", "--env", choices=["live", "test"], default="live")
+    p.add_argument("--expires", help="expiry, ISO 8601 with a zone: 2027-01-01T00:00:00Z")
+    p.add_argument("--allow-ip", action="append", default=[], help="allowed CIDR; repeat for more")
+    _add_rate_limit_option(p, "this key's own limit instead of its plan's")
+    p = add_command(keys, "list", keys_list, "list an org's keys")
+    p.add_argument("org", help="org id or slug")
+    add_command(keys, "show", keys_show, "show a key").add_argument("key", help="key id (key_…)")
+    p = add_command(
+        keys,
+        "update",
+        keys_update,
+        "rename a key or change its rate limit",
+        description=f"Rename a key or change its rate limit ({_FIXED_AT_CREATION}).",
+    )
+    p.add_argument("key", help="key id (key_…)")
+    p.add_argument("--name", help="a new name")
+    limit = p.add_mutually_exclusive_group()
+    _add_rate_limit_option(limit, "this key's own limit instead of its plan's")
+    limit.add_argument(
+        "--plan-rate-limit",
+        action="store_true",
+        help="drop the key's own limit: its plan's applies again",
+    )
+    add_command(keys, "revoke", keys_revoke, "revoke a key now").add_argument(
+        "key", help="key id (key_…)"
+    )
+    p = add_command(
+        keys,
+        "rotate",
+        keys_rotate,
+        "replace a key; the old one works for --grace (default 0s: it stops at once)",
+    )
+    p.add_argument("key", help="key id (key_…)")
+    p.add_argument(
+        "--grace",
+        default="0s",
+        help="how long the old key keeps working, e.g. 24h (default: 0s, it stops at once)",
+    )
+
+
+def _run(func: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            func(args)
+        except CliError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run

@@ -1,0 +1,223 @@
+"""The admin listener: health, readiness, metrics, and the token-protected /admin API."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gateway.config import LoadedConfig
+from gateway.config.models import AdminConfig
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    RouteNotFound,
+    Unavailable,
+)
+from gateway.http.headers import bearer_token
+from gateway.http.listen import ListenError, listen
+from gateway.http.request_id import accept_request_id
+from gateway.http.server import EnvelopeAppRunner
+from gateway.store import StoreError
+from gateway.store.private_files import private_dir, report
+
+log = structlog.get_logger("gateway.admin")
+
+Readiness = Callable[[], Awaitable[dict[str, Any]]]
+ConfigView = Callable[[], dict[str, Any]]
+RouteInstaller = Callable[[web.Application], None]
+Reload = Callable[[], Awaitable[list[str]]]
+
+
+class ConfigInvalid(GatewayError):
+    status, code = 400, "config_invalid"
+
+
+REDACTED = "***"
+
+
+def saved_admin_token(config: AdminConfig) -> str | None:
+    """admin.token, else the token saved in admin.token_file, if any (what the CLI uses)."""
+    if config.token:
+        return config.token
+    try:
+        token = Path(config.token_file).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return token if len(token) >= 16 else None
+
+
+def admin_token(config: AdminConfig) -> str:
+    """The admin token; without one configured or saved, a new one is made and saved.
+
+    SECURITY: a made token is random (256 bits) and its file is readable by the owner only.
+    """
+    token = saved_admin_token(config)
+    if token is not None:
+        return token
+    path = Path(config.token_file)
+    token = secrets.token_urlsafe(32)
+    report([private_dir(path.parent)])  # the state directory: 0700 when we make it
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an unusable token file we overwrite may have been looser
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
+    """The config in force as JSON, secrets replaced, with the hash of its file."""
+    data = loaded.config.model_dump(mode="json")
+    for section, field in (("admin", "token"), ("keys", "pepper"), ("webhooks", "secret_key")):
+        if data[section].get(field):
+            data[section][field] = REDACTED
+    url = data["store"].get("url")
+    if url:
+        data["store"]["url"] = _redact_url(url)
+    return {"hash": loaded.digest, "source": loaded.source, "config": data}
+
+
+def _redact_url(url: str) -> str:
+    """redis://user:secret@host/0?password=secret -> redis://***@host/0?password=***"""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = f"{REDACTED}@{rest.rpartition('@')[2]}"
+    rest = re.sub(r"(?i)(password=)[^&]*", rf"\g<1>{REDACTED}", rest)
+    return f"{scheme}{sep}{rest}"
+
+
+class AdminUnauthorized(GatewayError):
+    status, code, message = 401, "unauthorized", "A valid admin token is required."
+
+    def __init__(self) -> None:
+        super().__init__(headers=[("WWW-Authenticate", 'Bearer realm="admin"')])
+
+
+async def start_admin_listener(
+    config: AdminConfig,
+    *,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    config_view: ConfigView,
+    install: RouteInstaller | None = None,
+    reload: Reload | None = None,
+    header_timeout: float,
+) -> tuple[web.AppRunner, tuple[str, int]]:
+    """The admin app on its own listener: its runner, and the address it got."""
+    app = build_admin_app(
+        registry=registry,
+        token=admin_token(config),
+        readiness=readiness,
+        config_view=config_view,
+        install=install,
+        reload=reload,
+    )
+    runner = EnvelopeAppRunner(
+        app, header_timeout=header_timeout, access_log=None, shutdown_timeout=5
+    )
+    await runner.setup()
+    try:
+        address = await listen(runner, config.host, config.port, "admin", False)
+    except ListenError:
+        await runner.cleanup()
+        raise
+    return runner, address
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps({"data": data}), status=status, content_type="application/json"
+    )
+
+
+def build_admin_app(
+    *,
+    registry: CollectorRegistry,
+    token: str,
+    readiness: Readiness,
+    config_view: ConfigView,
+    install: RouteInstaller | None = None,
+    reload: Reload | None = None,
+) -> web.Application:
+    """The admin application; later issues add their /admin routes to it."""
+
+    @web.middleware
+    async def envelope(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        request_id = accept_request_id(request.headers.getall("X-Request-Id", []))
+        try:
+            if request.path.startswith("/admin/") or request.path == "/admin":
+                _check_token(request, token)
+            response = await handler(request)
+        except GatewayError as exc:
+            return exc.render(request_id)
+        except StoreError:
+            return Unavailable("The state store is unavailable; try again shortly.").render(
+                request_id
+            )
+        except web.HTTPNotFound:
+            return RouteNotFound().render(request_id)
+        except web.HTTPMethodNotAllowed as exc:
+            return MethodNotAllowed(exc.allowed_methods).render(request_id)
+        except web.HTTPException as exc:
+            # aiohttp's own answers (a body over the size limit, ...) in our envelope too.
+            error = GatewayError(exc.reason)
+            error.status = exc.status
+            error.code = "payload_too_large" if exc.status == 413 else "bad_request"
+            return error.render(request_id)
+        except Exception:
+            log.exception("admin_error", path=request.path)
+            return InternalError().render(request_id)
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    async def healthz(request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        state = await readiness()
+        return json_response(state, status=200 if state.get("status") == "ready" else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def config(request: web.Request) -> web.Response:
+        return json_response(config_view())
+
+    async def reload_config(request: web.Request) -> web.Response:
+        if reload is None:
+            raise RouteNotFound()
+        problems = await reload()
+        if problems:
+            raise ConfigInvalid("; ".join(problems))
+        return json_response({"reloaded": True, **config_view()})
+
+    app = web.Application(middlewares=[envelope])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/config", config)
+    app.router.add_post("/admin/reload", reload_config)
+    if install is not None:
+        install(app)
+    return app
+
+
+def _check_token(request: web.Request, token: str) -> None:
+    presented = bearer_token(request.headers)
+    # SECURITY: constant-time comparison; the token is never logged.
+    if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
+        raise AdminUnauthorized()

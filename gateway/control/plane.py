@@ -1,0 +1,46 @@
+"""The admin API's parts, built alike by a gateway process and by the supervisor of workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.control.admin_api import AdminApi
+from gateway.keys.secrets import KeyFormat
+from gateway.observability.metrics import Metrics
+from gateway.store import Store
+from gateway.webhooks.http import WebhookAdmin
+from gateway.webhooks.key_events import KeyEvents
+from gateway.webhooks.service import WebhookService
+
+
+class ControlPlane:
+    """Orgs, keys, webhook endpoints and events over the admin API."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: GatewayConfig,
+        key_format: KeyFormat,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.webhooks = WebhookService(store, config, metrics=metrics, clock=clock)
+        self.key_events = KeyEvents(store, self.webhooks)
+        self.admin_api = AdminApi(
+            store, config, key_format, clock=clock, on_key_event=self.key_events.publish
+        )
+        self._webhook_admin = WebhookAdmin(self.webhooks, store)
+
+    def install(self, app: web.Application) -> None:
+        self.admin_api.add_routes(app)
+        self._webhook_admin.add_routes(app)
+
+    def set_config(self, config: GatewayConfig) -> None:
+        """After a reload: plans, routes and caps as the new config says."""
+        self.admin_api.config = config
+        self.webhooks.config = config

@@ -1,0 +1,65 @@
+"""The identity endpoint (``GET /v1/me``): the gateway says who a key belongs to."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.config.models import IdentityConfig
+from gateway.dataplane.chain import RequestContext
+from gateway.errors import Unauthorized
+from gateway.http.headers import stamp
+from gateway.ratelimit.policy import Decision
+
+
+def _limits(decision: Decision | None) -> dict[str, Any] | None:
+    """The caller's limits after this request (None when its plan sets none)."""
+    if decision is None:
+        return None
+    return {
+        "policies": [
+            {
+                "name": o.policy,
+                "limit": o.limit,
+                "window": math.ceil(o.window),
+                "remaining": o.remaining,
+                "reset": math.ceil(o.reset),
+            }
+            for o in decision.outcomes
+        ]
+    }
+
+
+class IdentityEndpoint:
+    """Terminal handler of the identity route; its chain's auth plugin has set ctx.identity."""
+
+    def __init__(self, config: IdentityConfig) -> None:
+        self._rename = dict(config.fields)
+
+    async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
+        identity = ctx.identity
+        if identity is None:
+            raise Unauthorized()
+        key, org = identity.key, identity.org
+        data: dict[str, Any] = {
+            "apiKeyId": key.id,
+            "keyName": key.name,
+            "orgId": org.id,
+            "orgName": org.name,
+            "orgSlug": org.slug,
+            "plan": org.plan,
+            "scopes": list(key.scopes),
+            "environment": key.environment,
+            "rateLimit": _limits(ctx.rate_limit),
+        }
+        if self._rename:
+            data = {self._rename.get(k, k): v for k, v in data.items()}
+        body = orjson.dumps({"data": data, "meta": {"request_id": ctx.request_id}})
+        ctx.bytes_out = len(body)
+        response = web.Response(body=body, content_type="application/json")
+        response.headers["Cache-Control"] = "no-store"
+        stamp(response.headers, ctx.request_id, ctx.response_headers)
+        return response

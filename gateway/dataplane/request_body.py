@@ -1,0 +1,129 @@
+"""The client's request body on its way upstream: streamed, limited, and watched."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway.dataplane.chain import RequestContext
+from gateway.errors import ClientDisconnected, GatewayError, PayloadTooLarge, RequestTimeout
+
+
+async def send_continue(ctx: RequestContext) -> None:
+    """Answer ``Expect: 100-continue``: the client sends its body only after this.
+
+    Called when the gateway is about to read the body, so a request refused before (401, 413,
+    429) never gets it and its body is never sent.
+    """
+    request = ctx.request
+    if (
+        request.version < (1, 1)
+        or request.headers.get("Expect", "").strip().lower() != "100-continue"
+    ):
+        return
+    writer = request.writer
+    if writer.output_size:  # already sent for this request
+        return
+    try:
+        await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    except ConnectionError:
+        raise ClientDisconnected() from None
+    writer.output_size = 0  # the interim answer is not part of the response
+
+
+async def read_body(ctx: RequestContext, limit: int, idle_seconds: float) -> bytes:
+    """The whole request body, for a plugin that must see it before the upstream does.
+
+    idle_seconds bounds each wait for the next piece, as for a streamed body.
+    """
+    request = ctx.request
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(limit)
+    await send_continue(ctx)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(idle_seconds):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RequestTimeout() from None
+        except (aiohttp.ClientError, ConnectionError, web.HTTPException):
+            raise ClientDisconnected() from None
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    ctx.bytes_in = size
+    return b"".join(chunks)
+
+
+class BodyRefused(Exception):
+    """The client's body broke a rule; the reason is in the pump's failure."""
+
+
+class BodyPump:
+    """Feeds the client's body to the upstream request, counted against the route's limit.
+
+    The HTTP client sends the body from a task of its own and, when the body fails, neither
+    aborts the exchange nor says why. So the pump records the reason (413, 408, a client that
+    went away) and cancels the handler that waits for the upstream's answer, unless that answer
+    has already begun.
+    """
+
+    __slots__ = (
+        "_ctx",
+        "_handler",
+        "_limit",
+        "_timeout",
+        "cancelled_handler",
+        "failure",
+        "response_started",
+    )
+
+    def __init__(self, ctx: RequestContext, limit: int, timeout: float) -> None:
+        self._ctx = ctx
+        self._limit = limit
+        self._timeout = timeout
+        self._handler = asyncio.current_task()
+        self.failure: GatewayError | None = None
+        self.response_started = False
+        self.cancelled_handler = False
+
+    def _fail(self, failure: GatewayError) -> None:
+        self.failure = failure
+        if not self.response_started and self._handler is not None:
+            self.cancelled_handler = True
+            self._handler.cancel()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        ctx = self._ctx
+        content = ctx.request.content
+        try:
+            await send_continue(ctx)
+        except ClientDisconnected as exc:
+            self._fail(exc)
+            raise
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self._fail(RequestTimeout())
+                raise
+            except (aiohttp.ClientError, ConnectionError, web.HTTPException):
+                self._fail(ClientDisconnected())
+                raise
+            if not chunk:
+                return
+            ctx.bytes_in += len(chunk)
+            if ctx.bytes_in > self._limit:
+                self._fail(PayloadTooLarge(self._limit))
+                raise BodyRefused()
+            yield chunk

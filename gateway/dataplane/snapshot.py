@@ -1,0 +1,168 @@
+"""An immutable, fully built view of one config: routes, chains, upstream pools."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from gateway.config import LoadedConfig, RouteConfig, UpstreamConfig
+from gateway.dataplane.chain import Handler, Plugin, build_chain
+from gateway.dataplane.identity_endpoint import IdentityEndpoint
+from gateway.dataplane.proxy import Proxy
+from gateway.dataplane.router import Router
+from gateway.dataplane.upstream import UpstreamPool
+from gateway.http.forwarded import ForwardedResolver
+from gateway.observability.metrics import Metrics, RouteMetrics, UpstreamMetrics
+
+WEBHOOKS_SCOPE = "webhooks:write"  # what a key needs to manage its org's webhook endpoints
+
+log = structlog.get_logger("gateway.snapshot")
+
+# Builds the plugins of one route; the chain is composed from them once per snapshot.
+PluginFactory = Callable[[RouteConfig], Sequence[Plugin]]
+
+
+@dataclass(slots=True, frozen=True)
+class CompiledRoute:
+    config: RouteConfig
+    label: str
+    handler: Handler  # the plugin chain ending in the proxy
+    metrics: RouteMetrics
+
+
+class Snapshot:
+    """Everything a request needs, built once per config; a reload builds a new one.
+
+    Requests hold on to the snapshot they started with, so swapping the reference is atomic.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        metrics: Metrics,
+        *,
+        builtin_targets: Mapping[str, Sequence[str]],
+        plugins_for: PluginFactory | None = None,
+        webhook_api: Handler | None = None,
+    ) -> None:
+        config = loaded.config
+        self.loaded = loaded
+        self.config = config
+        self.resolver = ForwardedResolver(config.trusted_proxies)
+        self.upstreams: dict[str, UpstreamPool] = {}
+        self.sandboxes: dict[str, UpstreamPool] = {}
+        for name, upstream in config.upstreams.items():
+            targets = builtin_targets[name] if upstream.builtin else upstream.targets
+            self.upstreams[name] = _pool(name, targets, upstream, metrics)
+            if upstream.sandbox:
+                sandbox = f"{name}:sandbox"
+                self.sandboxes[name] = _pool(sandbox, upstream.sandbox, upstream, metrics)
+        self.plugins: list[Plugin] = []
+        entries: list[tuple[str, Sequence[str] | None, str | None, CompiledRoute]] = []
+        # Routes the gateway answers itself, behind the same plugins as any other.
+        builtin: list[tuple[dict[str, Any], Handler]] = []
+        if config.identity.enabled:
+            route_spec = {"path": config.identity.path, "name": "identity", "methods": ["GET"]}
+            builtin.append((route_spec, IdentityEndpoint(config.identity)))
+        api_path = config.webhooks.api_path
+        if webhook_api is not None and api_path is not None:
+            for path in (api_path, api_path + "/{rest:.*}"):
+                route_spec = {"path": path, "name": "webhooks", "scopes": [WEBHOOKS_SCOPE]}
+                builtin.append((route_spec, webhook_api))
+        for route_spec, terminal in builtin:
+            route = RouteConfig.model_validate({**route_spec, "upstream": ""})
+            plugins = list(plugins_for(route)) if plugins_for else []
+            self.plugins.extend(plugins)
+            compiled = CompiledRoute(
+                config=route,
+                label=route.label,
+                handler=build_chain(plugins, terminal),
+                metrics=RouteMetrics(metrics, route.label),
+            )
+            entries.append((route.path, route.methods, None, compiled))
+        for route in config.routes:
+            upstream_config = config.upstreams[route.upstream]
+            plugins = list(plugins_for(route)) if plugins_for else []
+            self.plugins.extend(plugins)
+            proxy = Proxy(
+                self.upstreams[route.upstream],
+                connect_timeout=_override(route.timeouts.connect, upstream_config.timeouts.connect),
+                read_timeout=_override(route.timeouts.read, upstream_config.timeouts.read),
+                body_timeout=config.server.body_timeout,
+                max_body_size=route.max_body_size,
+                sandbox=self.sandboxes.get(route.upstream),
+                forward_authorization=route.forward_authorization,
+                injected_headers=[name for p in plugins for name in p.upstream_headers],
+                rules=route.headers,
+            )
+            compiled = CompiledRoute(
+                config=route,
+                label=route.label,
+                handler=build_chain(plugins, proxy),
+                metrics=RouteMetrics(metrics, route.label),
+            )
+            entries.append((route.path, route.methods, route.host, compiled))
+        self.router: Router[CompiledRoute] = Router(entries)
+        self.inflight = 0
+        self._retiring: asyncio.Event | None = None
+        self.unmatched_metrics = RouteMetrics(metrics, "unmatched")
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._retiring is not None:
+            self._retiring.set()
+
+    async def retire(self, drain_timeout: float) -> None:
+        """After a reload: let the requests that started here finish, then release it all.
+
+        No new request enters a retired snapshot, so the wait ends when the last one does (a
+        long download included); past drain_timeout it is logged, not cut.
+        """
+        self._retiring = asyncio.Event()
+        if self.inflight:
+            try:
+                async with asyncio.timeout(drain_timeout):
+                    await self._retiring.wait()
+            except TimeoutError:
+                log.info("snapshot_retiring_slowly", inflight=self.inflight)
+                await self._retiring.wait()
+        await self.shutdown()
+
+    async def startup(self) -> None:
+        for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
+            await pool.startup()
+        for plugin in self.plugins:
+            await plugin.startup()
+
+    async def shutdown(self) -> None:
+        """Release what startup took; safe after a partial startup."""
+        for plugin in self.plugins:
+            await plugin.shutdown()
+        for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
+            await pool.shutdown()
+
+
+def _pool(
+    name: str, targets: Sequence[str], config: UpstreamConfig, metrics: Metrics
+) -> UpstreamPool:
+    return UpstreamPool(
+        name,
+        targets,
+        max_connections=config.max_connections,
+        preserve_host=config.preserve_host,
+        metrics=UpstreamMetrics(metrics, name),
+        health=config.health,
+        max_concurrency=config.max_concurrency,
+        retry_budget=config.retry_budget,
+    )
+
+
+def _override(route_value: float | None, upstream_value: float) -> float:
+    return upstream_value if route_value is None else route_value

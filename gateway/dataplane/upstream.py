@@ -1,0 +1,123 @@
+"""An upstream: its healthy targets in round robin, one pooled session, its limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import aiohttp
+import structlog
+
+from gateway.config.models import HealthConfig
+from gateway.dataplane.health import RetryBudget, TargetSelector
+from gateway.observability.metrics import UpstreamMetrics
+from gateway.tasks import cancel_and_wait
+
+log = structlog.get_logger("gateway.upstream")
+
+
+class UpstreamPool:
+    """One upstream: its targets in round robin, one pooled client session, its timeouts."""
+
+    def __init__(
+        self,
+        name: str,
+        targets: Sequence[str],
+        *,
+        max_connections: int,
+        preserve_host: bool,
+        metrics: UpstreamMetrics,
+        health: HealthConfig | None = None,
+        max_concurrency: int | None = None,
+        retry_budget: float = 0.2,
+    ) -> None:
+        self.name = name
+        self.targets = tuple(t.rstrip("/") for t in targets)
+        self.preserve_host = preserve_host
+        self.metrics = metrics
+        self.health = health or HealthConfig()
+        self.selector = TargetSelector(
+            len(self.targets),
+            failures=self.health.failures,
+            cooldown=self.health.cooldown,
+            max_cooldown=self.health.max_cooldown,
+        )
+        self.budget = RetryBudget(retry_budget)
+        self.max_concurrency = max_concurrency
+        self.inflight = 0
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._checker: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        self.metrics.healthy.set(self.selector.healthy())
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=self._max_connections, ttl_dns_cache=10
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Bodies pass through as the backend encoded them; the client asked for that encoding.
+            auto_decompress=False,
+            # Send only what the client sent: no default Accept, Accept-Encoding, User-Agent or
+            # Content-Type invented by the HTTP library.
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+        if self.health.path is not None:
+            self._checker = asyncio.create_task(
+                self._check_periodically(), name=f"health-{self.name}"
+            )
+
+    async def shutdown(self) -> None:
+        await cancel_and_wait(self._checker)
+        self._checker = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"upstream {self.name} is not started")
+        return self._session
+
+    def pick(self, exclude: int | None = None) -> int:
+        return self.selector.pick(exclude)
+
+    def succeeded(self, index: int) -> None:
+        returning = self.selector.health[index].ejections > 0
+        self.selector.succeeded(index)
+        if returning:
+            self.metrics.healthy.set(self.selector.healthy())  # back from an ejection
+
+    def failed(self, index: int) -> None:
+        if self.selector.failed(index):
+            self.metrics.ejections.inc()
+            log.warning("upstream_target_ejected", upstream=self.name, target=self.targets[index])
+        self.metrics.healthy.set(self.selector.healthy())
+
+    async def _check_periodically(self) -> None:
+        """Active checks: GET health.path on each target; a failure counts like a failed request."""
+        path = self.health.path
+        timeout = aiohttp.ClientTimeout(total=min(5.0, self.health.interval))
+        while True:
+            await asyncio.sleep(self.health.interval)
+            for index, target in enumerate(self.targets):
+                try:
+                    async with self.session.get(f"{target}{path}", timeout=timeout) as response:
+                        ok = 200 <= response.status < 300
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                now = self.selector.clock()
+                if ok:
+                    self.selector.recovered(index)
+                else:
+                    if self.selector.health[index].ejected_until <= now:
+                        self.metrics.ejections.inc()
+                        log.warning("upstream_check_failed", upstream=self.name, target=target)
+                    # Out until at least the next check: no traffic between two failed checks.
+                    wait = max(self.health.cooldown, self.health.interval)
+                    self.selector.eject_until(index, now + wait)
+            self.metrics.healthy.set(self.selector.healthy())

@@ -1,0 +1,1 @@
+"""API keys and identity: the key format, the key ring that resolves keys, scopes."""
