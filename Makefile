@@ -36,10 +36,11 @@ check: install ## validate CONFIG: print every problem with its path
 test: install ## the whole test suite with coverage (starts its own redis-server)
 	$(BIN)/pytest -p no:cacheprovider --cov --cov-report=term
 
-lint: install ## ruff format --check, ruff check, mypy --strict
+lint: install ## ruff format --check, ruff check, mypy --strict, lint-imports (package layers)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install ## ruff format and ruff check --fix
 	$(BIN)/ruff format .

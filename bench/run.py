@@ -325,7 +325,7 @@ NEVER_REFUSE = {"requests": 1_000_000_000, "per": "1m"}
 
 def unsupported(variant: GatewayVariant) -> str | None:
     """Why the checked-out gateway cannot run this variant, or None when it can."""
-    from gateway.config.models import AdminConfig, PlanConfig, RouteConfig
+    from gateway.config import AdminConfig, PlanConfig, RouteConfig
 
     if variant.auth and "token" not in AdminConfig.model_fields:
         return "this gateway has no admin token setting"
@@ -357,7 +357,7 @@ def gateway_config(
 ) -> Path:
     # Settings that only some versions of the config have are set when the model knows them,
     # so the harness measures whichever gateway is checked out.
-    from gateway.config.models import AdminConfig, RateLimitsConfig, RouteConfig
+    from gateway.config import AdminConfig, RateLimitsConfig, RouteConfig
 
     admin: dict[str, object] = {"host": "127.0.0.1", "port": setup.admin_port}
     if "token_file" in AdminConfig.model_fields:

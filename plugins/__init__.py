@@ -1,1 +1,2 @@
-"""Request plugins: one module each; the module's name is the plugin's config key and label."""
+"""Request plugins, one module each: found by the registry (gateway.config.registry), each module
+registers its plugin class, whose name is its config key, metric and log label."""

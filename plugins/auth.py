@@ -6,7 +6,10 @@ from typing import ClassVar
 
 from aiohttp import web
 
+from gateway.config import GatewayConfig, GatewaySettings, RouteConfig
+from gateway.config.registry import register
 from gateway.dataplane.chain import Handler, RequestContext
+from gateway.dataplane.plugins import PluginServices
 from gateway.errors import (
     ApiAccessDisabled,
     InsufficientScope,
@@ -21,12 +24,31 @@ from gateway.keys.scopes import ScopePolicy
 from gateway.store import StoreError
 
 
+@register
 class AuthPlugin:
     """Authenticates the key, then checks plan, client address and the route's scopes."""
 
     name: ClassVar[str] = "auth"
     priority: ClassVar[int] = 1000
     upstream_headers: ClassVar[tuple[str, ...]] = IDENTITY_HEADERS
+    # What it reads of a route (auth, scopes) are the core's fields: it owns none.
+    route_fields: ClassVar[type[RouteConfig] | None] = None
+    config_fields: ClassVar[type[GatewaySettings] | None] = None
+
+    @classmethod
+    def build(
+        cls, route: RouteConfig, config: GatewayConfig, services: PluginServices
+    ) -> AuthPlugin | None:
+        if route.auth != "key":
+            return None
+        return cls(
+            services.keyring,
+            services.scopes,
+            required_scopes=route.scopes,
+            plans_with_api_keys=frozenset(
+                name for name, plan in config.plans.items() if plan.api_keys
+            ),
+        )
 
     def __init__(
         self,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import re
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from aiohttp import web
+from pydantic import Field, field_validator, model_validator
 
-from gateway.config.models import CorsConfig
+from gateway.config import GatewayConfig, GatewaySettings, RouteConfig, Section
+from gateway.config.registry import register, sections
+from gateway.config.types import DAY, DurationRange
 from gateway.dataplane.chain import Handler, RequestContext
+from gateway.dataplane.plugins import PluginServices
 from gateway.errors import GatewayError
 from gateway.http.headers import RATE_LIMIT_HEADERS, REQUEST_ID, stamp
 
@@ -32,20 +36,83 @@ class CorsRefused(GatewayError):
     message = "This origin, method or header is not allowed by the API's CORS policy."
 
 
-def is_preflight(request: web.BaseRequest) -> bool:
-    return (
-        request.method == "OPTIONS"
-        and "Origin" in request.headers
-        and "Access-Control-Request-Method" in request.headers
+_ORIGIN = re.compile(r"^https?://(\*\.)?[a-z0-9.-]+(:\d{1,5})?$")
+
+
+class CorsConfig(Section):
+    origins: tuple[str, ...] = Field(
+        (), description="Allowed origins: https://app.example.com, https://*.example.com or *."
+    )
+    methods: tuple[str, ...] = Field(
+        ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"), description="Methods browsers may use."
+    )
+    headers: tuple[str, ...] = Field(
+        ("Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"),
+        description="Request headers browsers may send.",
+    )
+    max_age: Annotated[float, DurationRange(most=DAY)] = Field(
+        600.0, description="How long browsers may cache a preflight; at most 1d."
+    )
+    credentials: bool = Field(False, description="Allow cookies and HTTP auth from browsers.")
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"not an origin: {origin!r} (scheme://host[:port], lower case, no path;"
+                    " a leading *. for subdomains)"
+                )
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(m.upper() for m in value)
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsConfig:
+        if self.credentials and "*" in self.origins:
+            raise ValueError("origins: '*' cannot be used with credentials: true (browsers refuse)")
+        return self
+
+
+class CorsRoute(RouteConfig):
+    cors: CorsConfig | None = Field(
+        None, description="This route's CORS (default: the global cors)."
     )
 
 
+class CorsSettings(GatewaySettings):
+    cors: CorsConfig = Field(
+        default_factory=CorsConfig,
+        description="Browser access; no origin is allowed unless listed (Bearer APIs are"
+        " server-to-server by default).",
+    )
+
+
+@register
 class CorsPlugin:
-    """Everything is decided from a policy compiled once per route."""
+    """Everything is decided from a policy compiled once per route.
+
+    A preflight (the data plane routes it by the method it asks about) is answered here.
+    """
 
     name: ClassVar[str] = "cors"
     priority: ClassVar[int] = 2000  # outermost: a preflight never needs a key
     upstream_headers: ClassVar[tuple[str, ...]] = ()
+    route_fields: ClassVar[type[RouteConfig] | None] = CorsRoute
+    config_fields: ClassVar[type[GatewaySettings] | None] = CorsSettings
+
+    @classmethod
+    def build(
+        cls, route: RouteConfig, config: GatewayConfig, services: PluginServices
+    ) -> CorsPlugin:
+        """Every route has one: its own policy, else the global one (by default, none)."""
+        own = route.cors if isinstance(route, CorsRoute) else None
+        settings = sections(config, CorsSettings)
+        return cls(own or (settings.cors if settings is not None else CorsConfig()))
 
     def __init__(self, config: CorsConfig) -> None:
         self.any_origin = "*" in config.origins

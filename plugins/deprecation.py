@@ -8,11 +8,48 @@ from email.utils import format_datetime
 from typing import ClassVar
 
 from aiohttp import web
+from pydantic import Field, field_validator, model_validator
+from yarl import URL
 
-from gateway.config.models import DeprecationConfig
+from gateway.config import GatewayConfig, GatewaySettings, RouteConfig, Section
+from gateway.config.registry import register
+from gateway.config.types import UtcDateTime
 from gateway.dataplane.chain import Handler, RequestContext
+from gateway.dataplane.plugins import PluginServices
 from gateway.errors import GatewayError
 from gateway.observability.metrics import Metrics
+
+
+class DeprecationConfig(Section):
+    deprecated_at: UtcDateTime = Field(description="When the route is (or was) deprecated.")
+    sunset_at: UtcDateTime | None = Field(None, description="After this, the route answers 410.")
+    link: str | None = Field(None, description="Where clients read about the deprecation.")
+    successor: str | None = Field(None, description="The route that replaces this one.")
+
+    @field_validator("link", "successor")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            url = URL(value)
+            if (
+                url.scheme not in ("http", "https")
+                or not url.host
+                or any(c in value for c in '<> "')
+            ):
+                raise ValueError(f"must be an absolute http(s) URL (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _sunset_after_deprecation(self) -> DeprecationConfig:
+        if self.sunset_at is not None and self.sunset_at <= self.deprecated_at:
+            raise ValueError("sunset_at: must be after deprecated_at")
+        return self
+
+
+class DeprecationRoute(RouteConfig):
+    deprecation: DeprecationConfig | None = Field(
+        None, description="Deprecation and Sunset headers; 410 after the sunset."
+    )
 
 
 class Sunset(GatewayError):
@@ -23,6 +60,7 @@ class Sunset(GatewayError):
         super().__init__(f"This endpoint was retired on {when}.{see}")
 
 
+@register
 class DeprecationPlugin:
     """Tells every caller of a deprecated route, and counts them, so owners see who is left.
 
@@ -32,6 +70,16 @@ class DeprecationPlugin:
     name: ClassVar[str] = "deprecation"
     priority: ClassVar[int] = 1500  # before auth: a retired route is gone for everyone
     upstream_headers: ClassVar[tuple[str, ...]] = ()
+    route_fields: ClassVar[type[RouteConfig] | None] = DeprecationRoute
+    config_fields: ClassVar[type[GatewaySettings] | None] = None
+
+    @classmethod
+    def build(
+        cls, route: RouteConfig, config: GatewayConfig, services: PluginServices
+    ) -> DeprecationPlugin | None:
+        if not isinstance(route, DeprecationRoute) or route.deprecation is None:
+            return None
+        return cls(route.deprecation, services.metrics, route.label, services.clock)
 
     def __init__(
         self,

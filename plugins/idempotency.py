@@ -13,14 +13,18 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import orjson
 import structlog
 from aiohttp import web
+from pydantic import Field, model_validator
 
-from gateway.config.models import IdempotencyConfig, RouteConfig
+from gateway.config import GatewayConfig, GatewaySettings, RouteConfig, Section
+from gateway.config.registry import register, sections
+from gateway.config.types import MIB, WEEK, DurationRange, SizeRange, Timeout
 from gateway.dataplane.chain import Handler, RequestContext, ResponseCapture
+from gateway.dataplane.plugins import PluginServices
 from gateway.dataplane.request_body import read_body
 from gateway.errors import BadRequest, GatewayError, Unavailable
 from gateway.http.headers import (
@@ -58,6 +62,41 @@ _REPLAYED_HEADERS = frozenset(
     }
 )
 _OURS = strip_set([REQUEST_ID, *IDENTITY_HEADERS, *RATE_LIMIT_HEADERS])
+
+
+class IdempotencyConfig(Section):
+    ttl: Annotated[float, DurationRange(most=WEEK, positive=True)] = Field(
+        86400.0, description="How long a response is replayed to retries; at most 7d."
+    )
+    lock_timeout: Timeout = Field(
+        60.0,
+        description="How long a request in flight holds its key (a crashed holder's ends);"
+        " at most 1d.",
+    )
+    max_response_body: Annotated[int, SizeRange(most=64 * MIB)] = Field(
+        1024 * 1024,
+        description="Largest response kept for replay; retries of a larger one get a 409."
+        " At most 64MiB (each is kept in the store).",
+    )
+
+
+class IdempotencySettings(GatewaySettings):
+    idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
+
+
+class IdempotencyRoute(RouteConfig):
+    idempotency: Literal["off", "optional", "required"] = Field(
+        "off", description="Idempotency-Key on POST, PATCH and DELETE: off, optional or required."
+    )
+    idempotency_keep_5xx: bool = Field(
+        True, description="Replay an upstream 5xx to retries too (false: let them try again)."
+    )
+
+    @model_validator(mode="after")
+    def _idempotency_needs_auth(self) -> IdempotencyRoute:
+        if self.idempotency != "off" and self.auth == "none":
+            raise ValueError("idempotency: records are kept per org; it needs auth: key")
+        return self
 
 
 class IdempotencyKeyRequired(GatewayError):
@@ -130,17 +169,36 @@ def _keep_header(name: str) -> bool:
     return lower.startswith("x-") and normalize(lower) not in _OURS
 
 
+@register
 class IdempotencyPlugin:
     """Runs a write once per (org, Idempotency-Key); later copies get the first answer."""
 
     name: ClassVar[str] = "idempotency"
     priority: ClassVar[int] = 800  # after auth (the org scopes records) and rate limits
     upstream_headers: ClassVar[tuple[str, ...]] = ()
+    route_fields: ClassVar[type[RouteConfig] | None] = IdempotencyRoute
+    config_fields: ClassVar[type[GatewaySettings] | None] = IdempotencySettings
+
+    @classmethod
+    def build(
+        cls, route: RouteConfig, config: GatewayConfig, services: PluginServices
+    ) -> IdempotencyPlugin | None:
+        if not isinstance(route, IdempotencyRoute) or route.idempotency == "off":
+            return None
+        settings = sections(config, IdempotencySettings)
+        return cls(
+            services.store,
+            route,
+            settings.idempotency if settings is not None else IdempotencyConfig(),
+            services.metrics,
+            body_timeout=config.server.body_timeout,
+            clock=services.clock,
+        )
 
     def __init__(
         self,
         store: Store,
-        route: RouteConfig,
+        route: IdempotencyRoute,
         settings: IdempotencyConfig,
         metrics: Metrics,
         *,

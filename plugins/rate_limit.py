@@ -7,9 +7,12 @@ import math
 from typing import ClassVar, Literal
 
 from aiohttp import web
+from pydantic import Field, model_validator
 
-from gateway.config.models import PlanConfig, RateLimitConfig, RouteConfig
+from gateway.config import GatewayConfig, GatewaySettings, PlanConfig, RateLimitConfig, RouteConfig
+from gateway.config.registry import register
 from gateway.dataplane.chain import Handler, RequestContext
+from gateway.dataplane.plugins import PluginServices
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Identity
 from gateway.ratelimit.limiter import RateLimiter
@@ -17,6 +20,28 @@ from gateway.ratelimit.policy import US, Decision, Limit, Outcome, calendar_wind
 
 BUCKETS_IDLE = 60.0  # seconds: a key's cached buckets outlive its last request by 1 to 2 of these
 MAX_BUCKETS = 10_000  # keys whose buckets are cached per generation
+
+
+class RouteLimitConfig(RateLimitConfig):
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Names the policy: route:<name>."
+    )
+    scope: Literal["key", "org"] = Field("key", description="Counted per key or per org.")
+
+
+class RateLimitRoute(RouteConfig):
+    rate_limits: tuple[RouteLimitConfig, ...] = Field(
+        (), description="Extra limits for this route only, e.g. a stricter one on an export."
+    )
+
+    @model_validator(mode="after")
+    def _route_limits_need_auth(self) -> RateLimitRoute:
+        if self.rate_limits and self.auth == "none":
+            raise ValueError("rate_limits: limits count per key or org; they need auth: key")
+        names = [limit.name for limit in self.rate_limits]
+        if len(set(names)) != len(names):
+            raise ValueError("rate_limits: each limit of a route needs its own name")
+        return self
 
 
 class RateLimited(GatewayError):
@@ -64,12 +89,25 @@ def _bucket(policy: str, key: str, config: RateLimitConfig) -> Limit:
     return Limit(policy, f"{key}:{capacity}:{interval_us}", "gcra", capacity, interval_us)
 
 
+@register
 class RateLimitPlugin:
     """Counts each authenticated request against every limit that applies, all at once."""
 
     name: ClassVar[str] = "rate_limit"
     priority: ClassVar[int] = 900  # after auth: limits are per key and org
     upstream_headers: ClassVar[tuple[str, ...]] = ()
+    route_fields: ClassVar[type[RouteConfig] | None] = RateLimitRoute
+    config_fields: ClassVar[type[GatewaySettings] | None] = None
+
+    @classmethod
+    def build(
+        cls, route: RouteConfig, config: GatewayConfig, services: PluginServices
+    ) -> RateLimitPlugin | None:
+        """On every route that takes a key: the plan's limits apply even where the route sets
+        none of its own."""
+        if route.auth != "key" or services.limiter is None:
+            return None
+        return cls(services.limiter, config.plans, route, key_prefix=config.store.key_prefix)
 
     def __init__(
         self,
@@ -81,7 +119,7 @@ class RateLimitPlugin:
     ) -> None:
         self.limiter = limiter
         self.plans = plans
-        self.route = route
+        self.route_limits = route.rate_limits if isinstance(route, RateLimitRoute) else ()
         self.cost = route.cost
         self.prefix = f"{key_prefix}:rl"
         # Each key's buckets, built once and kept while the key is in use, in two generations:
@@ -155,7 +193,7 @@ class RateLimitPlugin:
             buckets.append(_bucket("key", f"{tag}:key:{key.id}", per_key))
         if plan.org_rate_limit is not None:
             buckets.append(_bucket("org", f"{tag}:org", plan.org_rate_limit))
-        for extra in self.route.rate_limits:
+        for extra in self.route_limits:
             subject = key.id if extra.scope == "key" else "org"
             key_name = f"{tag}:route:{self._route_tag}:{extra.name}:{subject}"
             buckets.append(_bucket(f"route:{extra.name}", key_name, extra))

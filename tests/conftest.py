@@ -27,9 +27,7 @@ import yaml
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 
-from gateway.config import parse_config
-from gateway.config.models import LogConfig, StoreConfig
-from gateway.dataplane.snapshot import PluginFactory
+from gateway.config import LogConfig, StoreConfig, load_config, parse_config
 from gateway.observability.log import configure_logging, flush_logs
 from gateway.process.gateway import GatewayProcess
 from gateway.store import Store, open_store
@@ -194,6 +192,7 @@ class Upstream:
 
 
 UpstreamHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+UpstreamFactory = Callable[..., Awaitable[Upstream]]
 
 
 async def _default_upstream(request: web.BaseRequest) -> web.StreamResponse:
@@ -201,7 +200,7 @@ async def _default_upstream(request: web.BaseRequest) -> web.StreamResponse:
 
 
 @pytest.fixture
-async def upstream_factory() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
+async def upstream_factory() -> AsyncIterator[UpstreamFactory]:
     runners: list[web.ServerRunner] = []
 
     async def start(
@@ -244,7 +243,7 @@ async def upstream_factory() -> AsyncIterator[Callable[..., Awaitable[Upstream]]
 
 
 @pytest.fixture
-async def upstream(upstream_factory: Callable[..., Awaitable[Upstream]]) -> Upstream:
+async def upstream(upstream_factory: UpstreamFactory) -> Upstream:
     return await upstream_factory()
 
 
@@ -275,13 +274,17 @@ class RunningGateway:
         return self.process.data_address[1]
 
 
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
 def make_config(
     upstreams: dict[str, Any], routes: list[dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
     """A config for an in-process gateway; routes are public unless they say auth: key."""
     config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
-        "admin": {"host": "127.0.0.1", "port": 0, "token": "test-admin-token-0123456789"},
+        "admin": {"host": "127.0.0.1", "port": 0, "token": ADMIN_TOKEN},
         "upstreams": upstreams,
         "routes": [{"auth": "none", **route} for route in routes],
     }
@@ -294,23 +297,25 @@ def make_config(
 
 
 @pytest.fixture
-async def gateway_factory(
-    tmp_path: Path,
-) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+async def gateway_factory(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     running: list[RunningGateway] = []
 
     async def start(
-        config: dict[str, Any],
+        config: dict[str, Any] | Path,
         *,
-        plugins_for: PluginFactory | None = None,
         clock: Callable[[], float] | None = None,
     ) -> RunningGateway:
-        # State stays in the test's own directory unless the test says otherwise.
-        store = {"path": str(tmp_path / f"state-{len(running)}.db"), **config.get("store", {})}
-        admin = {"token_file": str(tmp_path / "admin-token"), **config.get("admin", {})}
-        config = {**config, "store": store, "admin": admin}
-        loaded = parse_config(yaml.safe_dump(config).encode(), source="test.yaml", env=os.environ)
-        process = GatewayProcess(loaded, plugins_for=plugins_for, clock=clock or time.time)
+        """A gateway on a config, or on a config file (which a reload reads again)."""
+        if isinstance(config, Path):
+            loaded = load_config(config)
+        else:
+            # State stays in the test's own directory unless the test says otherwise.
+            store = {"path": str(tmp_path / f"state-{len(running)}.db"), **config.get("store", {})}
+            admin = {"token_file": str(tmp_path / "admin-token"), **config.get("admin", {})}
+            config = {**config, "store": store, "admin": admin}
+            text = yaml.safe_dump(config).encode()
+            loaded = parse_config(text, source="test.yaml", env=os.environ)
+        process = GatewayProcess(loaded, clock=clock or time.time)
         await process.start()
         session = aiohttp.ClientSession(auto_decompress=False)
         _host, port = process.data_address
@@ -330,9 +335,7 @@ async def gateway_factory(
 
 
 @pytest.fixture
-async def gateway(
-    gateway_factory: Callable[..., Awaitable[RunningGateway]], upstream: Upstream
-) -> RunningGateway:
+async def gateway(gateway_factory: GatewayFactory, upstream: Upstream) -> RunningGateway:
     """A gateway with a catch-all route to the recording upstream."""
     return await gateway_factory(
         make_config(
@@ -406,6 +409,9 @@ class GatewayProc:
         return self.log_path.read_text()
 
 
+Spawn = Callable[..., GatewayProc]
+
+
 def wait_until_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -419,7 +425,7 @@ def wait_until_listening(port: int, proc: subprocess.Popen[bytes], timeout: floa
 
 
 @pytest.fixture
-def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProc]]:
+def spawn_gateway(tmp_path: Path) -> Iterator[Spawn]:
     procs: list[GatewayProc] = []
 
     def spawn(config: dict[str, Any], *, env: dict[str, str] | None = None) -> GatewayProc:

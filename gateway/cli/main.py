@@ -24,7 +24,7 @@ def _config_path(args: argparse.Namespace) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.observability.log import configure_logging, flush_logs
-    from gateway.process.gateway import WORKER_ENV, run_gateway
+    from gateway.process.run import WORKER_ENV, run_gateway
 
     try:
         loaded = load_config(_config_path(args))

@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.config.document import MAX_FILE_SIZE, UnreadableDocument, read_document
-from gateway.config.models import GatewayConfig
+from gateway.config.registry import config_model
+from gateway.config.root import GatewayConfig
 from gateway.config.validation import describe_errors, join_path, shown
 
 # A reference to the environment; the JSON Schema lets any scalar be written as one.
@@ -67,10 +68,11 @@ def parse_config(text: bytes, *, source: str, env: Mapping[str, str]) -> LoadedC
     data = _interpolate(raw, "", env, problems)
     upstreams = data.get("upstreams")
     context = {"upstreams": set(upstreams) if isinstance(upstreams, dict) else set()}
+    model = config_model()  # the core's fields and every plugin's
     try:
-        config = GatewayConfig.model_validate(data, context=context)
+        config = model.model_validate(data, context=context)
     except ValidationError as exc:
-        problems.extend(describe_errors(exc, GatewayConfig))
+        problems.extend(describe_errors(exc, model))
     if problems:
         raise ConfigError(source, problems)
     return LoadedConfig(config=config, source=source, digest=hashlib.sha256(text).hexdigest()[:12])

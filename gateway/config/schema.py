@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config.loader import REFERENCE_PATTERN
-from gateway.config.models import GatewayConfig
+from gateway.config.registry import config_model
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _REFERENCE_DEF = "EnvironmentReference"
@@ -21,7 +21,7 @@ _ANNOTATIONS = ("title", "description", "default", "examples", "deprecated")
 
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of gateway.yaml, as committed in config/gateway.schema.json."""
-    schema = GatewayConfig.model_json_schema(mode="validation")
+    schema = config_model().model_json_schema(mode="validation")
     schema = _with_references(schema)
     schema["$defs"][_REFERENCE_DEF] = {
         "type": "string",

@@ -1,4 +1,4 @@
-"""Scalar types for gateway.yaml: bounded durations, sizes and numbers, and network ranges.
+"""Scalar types for gateway.yaml: bounded durations, sizes and numbers, times, network ranges.
 
 Every number a config can hold is finite and bounded: NaN, infinity and absurd magnitudes are
 refused with the field's name, so that no timer, pool or counter is ever built from them.
@@ -10,9 +10,16 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+)
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
@@ -240,3 +247,41 @@ Network = Annotated[
     BeforeValidator(parse_network),
     WithJsonSchema({"type": "string", "description": "An IP address or CIDR range."}),
 ]
+
+
+def _utc(value: Any) -> Any:
+    """YAML reads 2026-01-01 as a date: midnight UTC. A datetime without a zone is UTC."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
+
+
+UtcDateTime = Annotated[
+    datetime,
+    BeforeValidator(_utc),
+    AfterValidator(_utc),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date"},
+                {"type": "string", "format": "date-time"},
+            ],
+            "description": "A date (midnight UTC) or an RFC 3339 time (UTC if it has no zone).",
+        }
+    ),
+]
+
+
+# Scopes are checked where they are configured and where the admin API takes them.
+SCOPE = re.compile(r"^(?:\*|[A-Za-z0-9_.-]+(?::(?:[A-Za-z0-9_.-]+|\*))*)$")
+
+
+def check_scope(scope: str) -> str:
+    # fullmatch: "$" alone would let "read\n" through, into the X-Scopes header.
+    if not isinstance(scope, str) or not SCOPE.fullmatch(scope) or len(scope) > 100:
+        raise ValueError(
+            f"not a scope: {scope!r} (use names like read, contacts:read or contacts:*)"
+        )
+    return scope

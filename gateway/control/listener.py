@@ -15,8 +15,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.config import LoadedConfig
-from gateway.config.models import AdminConfig
+from gateway.config import AdminConfig, LoadedConfig
 from gateway.errors import (
     GatewayError,
     InternalError,

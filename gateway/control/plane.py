@@ -8,11 +8,12 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.config import GatewayConfig
-from gateway.control.admin_api import AdminApi
+from gateway.control.keys_api import KeysApi
+from gateway.control.orgs_api import OrgsApi
+from gateway.control.webhooks_api import WebhookAdmin
 from gateway.keys.secrets import KeyFormat
 from gateway.observability.metrics import Metrics
 from gateway.store import Store
-from gateway.webhooks.http import WebhookAdmin
 from gateway.webhooks.key_events import KeyEvents
 from gateway.webhooks.service import WebhookService
 
@@ -31,16 +32,19 @@ class ControlPlane:
     ) -> None:
         self.webhooks = WebhookService(store, config, metrics=metrics, clock=clock)
         self.key_events = KeyEvents(store, self.webhooks)
-        self.admin_api = AdminApi(
+        self.orgs_api = OrgsApi(store, config, clock=clock)
+        self.keys_api = KeysApi(
             store, config, key_format, clock=clock, on_key_event=self.key_events.publish
         )
         self._webhook_admin = WebhookAdmin(self.webhooks, store)
 
     def install(self, app: web.Application) -> None:
-        self.admin_api.add_routes(app)
+        self.orgs_api.add_routes(app)
+        self.keys_api.add_routes(app)
         self._webhook_admin.add_routes(app)
 
     def set_config(self, config: GatewayConfig) -> None:
         """After a reload: plans, routes and caps as the new config says."""
-        self.admin_api.config = config
+        self.orgs_api.config = config
+        self.keys_api.config = config
         self.webhooks.config = config

@@ -91,7 +91,9 @@ Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 
 
 class Plugin(Protocol):
-    """A request plugin: the module's name is its config key and metric label.
+    """A request plugin, one per route that needs it: its class is registered by name (see
+    gateway.config.registry and gateway.dataplane.plugins), the name being its config key, its
+    metric and log label.
 
     Higher priority runs first (outermost). ``startup`` and ``shutdown`` bracket the snapshot
     that uses the plugin; ``__call__`` must call ``call_next`` to continue, or answer itself.

@@ -9,14 +9,13 @@ from aiohttp import web
 from structlog.contextvars import bind_contextvars
 
 from gateway.dataplane.chain import RequestContext
-from gateway.dataplane.paths import split_target
 from gateway.dataplane.snapshot import Snapshot
 from gateway.errors import BadRequest, GatewayError, InternalError
-from gateway.http.headers import REQUEST_ID, field_text
+from gateway.http.headers import REQUEST_ID, field_text, is_preflight
+from gateway.http.paths import split_target
 from gateway.http.request_id import accept_request_id
 from gateway.observability.log import AccessLog
 from gateway.observability.metrics import Metrics
-from plugins.cors import is_preflight
 
 log = structlog.get_logger("gateway")
 access_logger = structlog.get_logger("gateway.access")
@@ -87,7 +86,7 @@ class DataPlane:
                 raise BadRequest("CONNECT is not supported here.", close_connection=True)
             ctx.path, ctx.query = split_target(request.raw_path)
             method = ctx.method
-            if is_preflight(request):
+            if is_preflight(request.method, request.headers):
                 # A browser asks whether it may send another method: route by that one, so
                 # the route's CORS policy answers (a GET-only route would say 405).
                 ctx.preflight = True

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.config.models import IdentityConfig
+from gateway.config import IdentityConfig
 from gateway.dataplane.chain import RequestContext
 from gateway.errors import Unauthorized
 from gateway.http.headers import stamp

@@ -1,10 +1,9 @@
-"""Forward a request to an upstream target and stream the answer back."""
+"""Forward a request to an upstream target; ``response_relay`` streams the answer back."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import re
 import time
 from collections.abc import Sequence
 
@@ -14,15 +13,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config.models import HeaderRulesConfig
-from gateway.dataplane.chain import RequestContext, ResponseCapture
+from gateway.config import HeaderRulesConfig
+from gateway.dataplane.chain import RequestContext
 from gateway.dataplane.request_body import BodyPump, BodyRefused
+from gateway.dataplane.response_relay import ResponseRelay, UpstreamFailure
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.errors import (
     BadGateway,
-    ClientDisconnected,
     ExpectationFailed,
-    GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
     Unavailable,
@@ -32,19 +30,13 @@ from gateway.http.headers import (
     FORWARDED_HOST,
     FORWARDED_PROTO,
     IDENTITY_HEADERS,
-    RATE_LIMIT_HEADERS,
     REQUEST_ID,
     apply_rules,
     copy_end_to_end,
-    stamp,
     strip_set,
 )
 
 log = structlog.get_logger("gateway.proxy")
-
-# Bodies up to this size with a known length are read whole and sent with the head in one write;
-# larger or open-ended ones stream.
-_WHOLE_BODY_LIMIT = 64 * 1024
 
 # Failures in which the request never left: the upstream cannot have acted on it.
 _NOT_SENT = frozenset({"connect", "connect_timeout"})
@@ -68,20 +60,6 @@ _ALWAYS_STRIPPED = strip_set(
         "X-Real-Ip",
     ]
 )
-# SECURITY: CORS is the gateway's policy; a backend that reflects Origin must not widen it.
-_RESPONSE_STRIPPED = strip_set(
-    [
-        "Content-Length",
-        REQUEST_ID,
-        "Access-Control-Allow-Origin",
-        "Access-Control-Allow-Credentials",
-        "Access-Control-Allow-Methods",
-        "Access-Control-Allow-Headers",
-        "Access-Control-Expose-Headers",
-        "Access-Control-Max-Age",
-    ]
-)
-_RESPONSE_STRIPPED_LIMITED = _RESPONSE_STRIPPED | strip_set(RATE_LIMIT_HEADERS)
 
 
 class Proxy:
@@ -125,13 +103,8 @@ class Proxy:
             tuple(rules.request.set.items()),
             tuple(rules.request.add.items()),
         )
-        self._response_rules = (
-            rules.response.remove,
-            tuple(rules.response.set.items()),
-            tuple(rules.response.add.items()),
-        )
         self._has_request_rules = any(self._request_rules)
-        self._has_response_rules = any(self._response_rules)
+        self._relay = ResponseRelay(rules)
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
@@ -189,7 +162,7 @@ class Proxy:
                 if current is not None:
                     current.uncancel()
                 raise pump.failure from None
-            except _UpstreamFailure as failure:
+            except UpstreamFailure as failure:
                 if pump is not None and pump.failure is not None:
                     raise pump.failure from None
                 if failure.kind in _NOT_SENT:
@@ -254,171 +227,26 @@ class Proxy:
                 timeout=self.timeout,
             )
         except aiohttp.ConnectionTimeoutError as exc:
-            raise _UpstreamFailure("connect_timeout", GatewayTimeout(), True, exc) from None
+            raise UpstreamFailure("connect_timeout", GatewayTimeout(), True, exc) from None
         except aiohttp.ClientConnectorError as exc:
-            raise _UpstreamFailure("connect", BadGateway(), True, exc) from None
+            raise UpstreamFailure("connect", BadGateway(), True, exc) from None
         except aiohttp.ServerTimeoutError as exc:
-            raise _UpstreamFailure("read_timeout", GatewayTimeout(), False, exc) from None
+            raise UpstreamFailure("read_timeout", GatewayTimeout(), False, exc) from None
         except aiohttp.ServerDisconnectedError as exc:
-            raise _UpstreamFailure("disconnected", BadGateway(), False, exc) from None
+            raise UpstreamFailure("disconnected", BadGateway(), False, exc) from None
         except (aiohttp.ClientError, BodyRefused, TimeoutError, ConnectionError) as exc:
-            raise _UpstreamFailure("protocol", BadGateway(), False, exc) from None
+            raise UpstreamFailure("protocol", BadGateway(), False, exc) from None
         if pump is not None:
             pump.response_started = True
         ctx.upstream_reached = True
         try:
             ctx.upstream_seconds = time.perf_counter() - started
             pool.metrics.observe(ctx.upstream_seconds)
-            response = self._response_head(ctx, upstream)
-            capture = ctx.capture
-            if capture is not None:
-                capture.head(response.status, list(response.headers.items()))
-            length = upstream.content_length
-            if length is not None and length <= _WHOLE_BODY_LIMIT and response.content_length:
-                return await self._whole(pool, ctx, upstream, response)
-            try:
-                await response.prepare(ctx.request)
-            except ConnectionError:
-                raise ClientDisconnected() from None
-            content = upstream.content
-            held: list[bytes] = []
-            while True:
-                try:
-                    chunk = await content.readany()
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    # SECURITY/correctness: the status line is already sent. Close the client's
-                    # connection without the final chunk so it can never take a truncated body
-                    # for a complete one (a Content-Length body is short; a chunked one open).
-                    kind = "read_timeout" if isinstance(exc, TimeoutError) else "body_truncated"
-                    pool.metrics.error(kind)
-                    log.warning(
-                        "upstream_body_failed",
-                        upstream=pool.name,
-                        target=ctx.upstream_target,
-                        kind=kind,
-                        error=describe_failure(exc),
-                        bytes_sent=ctx.bytes_out,
-                    )
-                    ctx.log_fields["truncated"] = True
-                    _abort(ctx.request)
-                    return response
-                if not chunk:
-                    break
-                if capture is not None:
-                    capture.add(chunk)
-                    if not capture.overflow:
-                        held.append(chunk)  # held back until the capture is stored
-                        continue
-                    chunks, held = [*held, chunk], []
-                else:
-                    chunks = [chunk]
-                await _send(response, chunks, ctx)
-            if capture is not None:
-                await _finish_capture(capture)
-                await _send(response, held, ctx)
-            try:
-                await response.write_eof()
-            except ConnectionError:
-                raise ClientDisconnected() from None
-            return response
+            return await self._relay(pool, ctx, upstream)
         finally:
             upstream.release()
-
-    async def _whole(
-        self,
-        pool: UpstreamPool,
-        ctx: RequestContext,
-        upstream: aiohttp.ClientResponse,
-        response: web.StreamResponse,
-    ) -> web.StreamResponse:
-        """A small body of known length: read it all, then send head and body in one write.
-
-        Nothing has reached the client yet, so an upstream that fails mid-body gets a clean 502.
-        """
-        try:
-            body = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            timeout = isinstance(exc, TimeoutError)
-            answer = GatewayTimeout() if timeout else BadGateway()
-            raise _UpstreamFailure(
-                "read_timeout" if timeout else "body_truncated", answer, False, exc
-            ) from None
-        capture = ctx.capture
-        if capture is not None:
-            capture.add(body)
-            await _finish_capture(capture)
-        try:
-            await response.prepare(ctx.request)
-            await response.write_eof(body)
-        except ConnectionError:
-            raise ClientDisconnected() from None
-        ctx.bytes_out = len(body)
-        return response
-
-    def _response_head(
-        self, ctx: RequestContext, upstream: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        source = upstream.headers
-        dropped = _RESPONSE_STRIPPED if ctx.rate_limit is None else _RESPONSE_STRIPPED_LIMITED
-        copy_end_to_end(source.items(), response.headers, dropped, source.getall("Connection", ()))
-        if (
-            upstream.content_length is not None
-            and "chunked" not in upstream.headers.get("Transfer-Encoding", "").lower()
-        ):
-            response.content_length = upstream.content_length
-        if self._has_response_rules:
-            apply_rules(response.headers, *self._response_rules)
-        stamp(response.headers, ctx.request_id, ctx.response_headers)
-        return response
-
-
-async def _finish_capture(capture: ResponseCapture) -> None:
-    # The upstream has answered in full: a plugin's hook failing (say, its store) must not
-    # turn that answer into an error for the client.
-    try:
-        await capture.finish()
-    except Exception:
-        log.exception("capture_hook_failed")
-
-
-async def _send(response: web.StreamResponse, chunks: list[bytes], ctx: RequestContext) -> None:
-    for chunk in chunks:
-        try:
-            await response.write(chunk)
-        except ConnectionError:
-            raise ClientDisconnected() from None
-        ctx.bytes_out += len(chunk)
-
-
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.close()
 
 
 def _bytes(body: bytes | None) -> io.BytesIO | None:
     # A file-like payload is sent in pieces, without blocking the loop on a large body.
     return None if body is None else io.BytesIO(body)
-
-
-def describe_failure(exc: BaseException) -> str:
-    """An exception for the log, without the URL's query that some aiohttp messages quote.
-
-    SECURITY: clients put tokens in query strings; the log never carries one.
-    """
-    return _QUERY.sub("", repr(exc))[:300]
-
-
-_QUERY = re.compile(r"\?[^\s'\")]*")
-
-
-class _UpstreamFailure(Exception):
-    def __init__(
-        self, kind: str, answer: GatewayError, retryable: bool, cause: BaseException
-    ) -> None:
-        self.kind = kind
-        self.answer = answer
-        self.retryable = retryable
-        self.detail = describe_failure(cause)
-        super().__init__(kind)

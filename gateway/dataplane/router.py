@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gateway.dataplane.paths import compile_template
 from gateway.errors import MethodNotAllowed, RouteNotFound
+from gateway.http.paths import compile_template
 
 T = TypeVar("T")
 

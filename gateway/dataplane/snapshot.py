@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ import structlog
 from gateway.config import LoadedConfig, RouteConfig, UpstreamConfig
 from gateway.dataplane.chain import Handler, Plugin, build_chain
 from gateway.dataplane.identity_endpoint import IdentityEndpoint
+from gateway.dataplane.plugins import PluginServices, plugins_for
 from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.router import Router
 from gateway.dataplane.upstream import UpstreamPool
@@ -21,9 +22,6 @@ from gateway.observability.metrics import Metrics, RouteMetrics, UpstreamMetrics
 WEBHOOKS_SCOPE = "webhooks:write"  # what a key needs to manage its org's webhook endpoints
 
 log = structlog.get_logger("gateway.snapshot")
-
-# Builds the plugins of one route; the chain is composed from them once per snapshot.
-PluginFactory = Callable[[RouteConfig], Sequence[Plugin]]
 
 
 @dataclass(slots=True, frozen=True)
@@ -46,9 +44,10 @@ class Snapshot:
         metrics: Metrics,
         *,
         builtin_targets: Mapping[str, Sequence[str]],
-        plugins_for: PluginFactory | None = None,
+        services: PluginServices | None = None,
         webhook_api: Handler | None = None,
     ) -> None:
+        """Without ``services``, routes have no plugins at all."""
         config = loaded.config
         self.loaded = loaded
         self.config = config
@@ -73,21 +72,28 @@ class Snapshot:
             for path in (api_path, api_path + "/{rest:.*}"):
                 route_spec = {"path": path, "name": "webhooks", "scopes": [WEBHOOKS_SCOPE]}
                 builtin.append((route_spec, webhook_api))
+
+        # Each route's plugins come from the registry and read this config, the one being
+        # built: a reload builds the new snapshot before the old config leaves.
+        def plugins_of(route: RouteConfig) -> list[Plugin]:
+            return plugins_for(route, config, services) if services is not None else []
+
         for route_spec, terminal in builtin:
-            route = RouteConfig.model_validate({**route_spec, "upstream": ""})
-            plugins = list(plugins_for(route)) if plugins_for else []
-            self.plugins.extend(plugins)
+            # With the plugins' fields too, so that each finds its defaults on these routes.
+            route = config.route_model.model_validate({**route_spec, "upstream": ""})
+            route_plugins = plugins_of(route)
+            self.plugins.extend(route_plugins)
             compiled = CompiledRoute(
                 config=route,
                 label=route.label,
-                handler=build_chain(plugins, terminal),
+                handler=build_chain(route_plugins, terminal),
                 metrics=RouteMetrics(metrics, route.label),
             )
             entries.append((route.path, route.methods, None, compiled))
         for route in config.routes:
             upstream_config = config.upstreams[route.upstream]
-            plugins = list(plugins_for(route)) if plugins_for else []
-            self.plugins.extend(plugins)
+            route_plugins = plugins_of(route)
+            self.plugins.extend(route_plugins)
             proxy = Proxy(
                 self.upstreams[route.upstream],
                 connect_timeout=_override(route.timeouts.connect, upstream_config.timeouts.connect),
@@ -96,13 +102,13 @@ class Snapshot:
                 max_body_size=route.max_body_size,
                 sandbox=self.sandboxes.get(route.upstream),
                 forward_authorization=route.forward_authorization,
-                injected_headers=[name for p in plugins for name in p.upstream_headers],
+                injected_headers=[name for p in route_plugins for name in p.upstream_headers],
                 rules=route.headers,
             )
             compiled = CompiledRoute(
                 config=route,
                 label=route.label,
-                handler=build_chain(plugins, proxy),
+                handler=build_chain(route_plugins, proxy),
                 metrics=RouteMetrics(metrics, route.label),
             )
             entries.append((route.path, route.methods, route.host, compiled))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import aiohttp
 import structlog
 
-from gateway.config.models import HealthConfig
+from gateway.config import HealthConfig
 from gateway.dataplane.health import RetryBudget, TargetSelector
 from gateway.observability.metrics import UpstreamMetrics
 from gateway.tasks import cancel_and_wait

@@ -117,6 +117,14 @@ def stamp(
         target.add(name, value)
 
 
+def is_preflight(method: str, headers: MultiMapping[str]) -> bool:
+    """A CORS preflight: the browser asks whether it may send another method (named in the
+    Access-Control-Request-Method header), which the request is then routed by."""
+    return (
+        method == "OPTIONS" and "Origin" in headers and "Access-Control-Request-Method" in headers
+    )
+
+
 def bearer_token(headers: MultiMapping[str]) -> str | None:
     """The token of exactly one ``Authorization: Bearer <token>`` header, else None.
 

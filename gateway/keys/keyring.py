@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway.breaker import CircuitBreaker
 from gateway.http.forwarded import IPNetwork
 from gateway.http.headers import API_KEY_ID, KEY_ENVIRONMENT, ORG_ID, ORG_SLUG, SCOPES
 from gateway.keys.scopes import ScopePolicy
@@ -64,7 +65,8 @@ class KeyRing:
     key churn the cache holds the keys in use, not every key ever seen.
 
     When the store cannot be reached, a key that was good when last checked keeps working
-    (served stale) and the store is not asked again for a second; an unknown key gets a 503.
+    (served stale) and the store is left alone for a second, then one lookup tries it again (a
+    circuit breaker); an unknown key gets a 503 meanwhile.
 
     SECURITY: anyone can make well-formed keys (the checksum is public), so unknown hashes live
     in a small cache of their own that cannot push good keys out, and at most
@@ -102,7 +104,7 @@ class KeyRing:
         self._generation = 0
         self._inflight: dict[str, asyncio.Task[Identity | None]] = {}
         self._lookups = asyncio.Semaphore(self.MAX_CONCURRENT_LOOKUPS)
-        self._store_retry_at = 0.0
+        self._breaker = CircuitBreaker(self.OUTAGE_BACKOFF, clock=clock)
         self._pending_use: dict[str, float] = {}
         self._last_written: OrderedDict[str, float] = OrderedDict()  # key id -> when, oldest first
         self._flusher: asyncio.Task[None] | None = None
@@ -154,9 +156,9 @@ class KeyRing:
         }
 
     def _ttl(self) -> float:
-        if getattr(self.store, "invalidation_live", True):
-            return self.cache_ttl
-        return self.UNTRUSTED_TTL
+        if self.store.invalidation_live is False:
+            return self.UNTRUSTED_TTL
+        return self.cache_ttl
 
     async def resolve(self, secret: str) -> Identity | None:
         """The identity of a usable key, or None (malformed, unknown, revoked or expired).
@@ -175,26 +177,29 @@ class KeyRing:
             entry.used_at = now
             identity = entry.identity
             if now - entry.fetched_at > self._ttl():
-                if now < self._store_retry_at:
+                if not self._breaker.allow():
                     self.stale_served += 1
                 else:
                     try:
                         identity = await self._fetch(key_hash)
                     except StoreError:
                         # Stale if error; expiry and revocation times are still checked below.
-                        self._store_retry_at = now + self.OUTAGE_BACKOFF
+                        self._breaker.failure()
                         self.stale_served += 1
+                    else:
+                        self._breaker.success()
         else:
             seen = self._unknown.get(key_hash)
             if seen is not None and now - seen <= self.NEGATIVE_TTL:
                 return None
-            if now < self._store_retry_at:
+            if not self._breaker.allow():
                 raise StoreError("the store is unavailable; not asking again for a moment")
             try:
                 identity = await self._fetch(key_hash)
             except StoreError:
-                self._store_retry_at = now + self.OUTAGE_BACKOFF
+                self._breaker.failure()
                 raise
+            self._breaker.success()
         if identity is None or not identity.key.usable_at(now):
             return None
         self._mark_used(identity.key.id, now)

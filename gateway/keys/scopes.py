@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
+
 # "read", "contacts:read", "contacts:*", "billing:invoices:write", or "*" for everything.
-SCOPE = re.compile(r"^(?:\*|[A-Za-z0-9_.-]+(?::(?:[A-Za-z0-9_.-]+|\*))*)$")
-
-
-def check_scope(scope: str) -> str:
-    # fullmatch: "$" alone would let "read\n" through, into the X-Scopes header.
-    if not isinstance(scope, str) or not SCOPE.fullmatch(scope) or len(scope) > 100:
-        raise ValueError(
-            f"not a scope: {scope!r} (use names like read, contacts:read or contacts:*)"
-        )
-    return scope
-
-
 class ScopePolicy:
     """Decides whether granted scopes cover a required one; built once per config."""
 

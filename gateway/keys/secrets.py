@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from gateway.config.models import KeysConfig
+    from gateway.config import KeysConfig
 
 Environment = Literal["live", "test"]
 ENVIRONMENTS: tuple[Environment, ...] = ("live", "test")

@@ -12,7 +12,7 @@ from typing import IO, Any
 import orjson
 import structlog
 
-from gateway.config.models import LogConfig
+from gateway.config import LogConfig
 
 _LEVELS = {
     "debug": logging.DEBUG,

@@ -10,11 +10,11 @@ from typing import TextIO
 import structlog
 
 from gateway.config import GatewayConfig
-from gateway.control.admin_api import AdminApi
-from gateway.dataplane.paths import _PARAM as TEMPLATE_PARAM  # the one definition of a {param}
-from gateway.dataplane.paths import check_path, compile_template
+from gateway.control.keys_api import KeysApi
 from gateway.dataplane.router import Router
 from gateway.errors import GatewayError
+from gateway.http.paths import _PARAM as TEMPLATE_PARAM  # the one definition of a {param}
+from gateway.http.paths import check_path, compile_template
 from gateway.keys.scopes import ScopePolicy
 from gateway.store import Conflict, Org, Store, new_id
 
@@ -37,7 +37,8 @@ def example_path(config: GatewayConfig, scopes: Sequence[str]) -> str | None:
     granted = policy.expand(scopes)
     router = Router([(r.path, r.methods, r.host, i) for i, r in enumerate(config.routes)])
     for index, route in enumerate(config.routes):
-        if route.auth != "key" or route.host is not None or route.deprecation is not None:
+        deprecated = getattr(route, "deprecation", None) is not None  # the plugin's field
+        if route.auth != "key" or route.host is not None or deprecated:
             continue
         if route.methods is not None and "GET" not in route.methods:
             continue
@@ -88,7 +89,7 @@ def _admin_url(address: tuple[str, int] | None) -> str:
 
 async def ensure_demo(
     store: Store,
-    api: AdminApi,
+    api: KeysApi,
     config: GatewayConfig,
     url: str,
     out: TextIO | None = None,

@@ -1,25 +1,26 @@
-"""Process lifecycle: listeners, signals, graceful drain, and N workers on one port."""
+"""One gateway process: store, keys, limits, webhooks, snapshot and listeners, started and
+stopped as one (the process entry, with its signals, is ``gateway.process.run``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from gateway.config import LoadedConfig, RouteConfig
+from gateway.config import LoadedConfig
 from gateway.control.listener import redacted_config, start_admin_listener
 from gateway.control.plane import ControlPlane
-from gateway.dataplane.chain import Plugin
 from gateway.dataplane.handler import DataPlane
-from gateway.dataplane.snapshot import PluginFactory, Snapshot
-from gateway.http.listen import ListenError, listen
+from gateway.dataplane.plugins import PluginServices
+from gateway.dataplane.snapshot import Snapshot
+from gateway.dataplane.webhooks_endpoint import WebhookEndpointsApi
+from gateway.http.listen import listen
 from gateway.http.server import EnvelopeServer
 from gateway.keys.keyring import KeyRing
 from gateway.keys.scopes import ScopePolicy
@@ -33,25 +34,11 @@ from gateway.ratelimit.backends import LocalLimits, RedisLimits
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.ratelimit.persistence import LocalLimitsPersistence
 from gateway.store import Store, StoreError, open_store
-from gateway.store.local import LocalStore
-from gateway.store.redis import RedisStore
 from gateway.tasks import cancel_and_wait
 from gateway.webhooks.dispatcher import Dispatcher
-from gateway.webhooks.http import WebhookEndpointsApi
 from gateway.webhooks.stream import EventStream
-from plugins.auth import AuthPlugin
-from plugins.cors import CorsPlugin
-from plugins.deprecation import DeprecationPlugin
-from plugins.idempotency import IdempotencyPlugin
-from plugins.rate_limit import RateLimitPlugin
 
 log = structlog.get_logger("gateway")
-
-WORKER_ENV = "GATEWAY_WORKER"
-# The hash of the config the supervisor runs; a worker refuses to start with another one.
-CONFIG_DIGEST_ENV = "GATEWAY_CONFIG_DIGEST"
-# A worker tells its supervisor that its listener is open by writing a line to this fd.
-READY_FD_ENV = "GATEWAY_READY_FD"
 
 
 class GatewayProcess:
@@ -63,21 +50,18 @@ class GatewayProcess:
         *,
         admin: bool = True,
         reuse_port: bool = False,
-        plugins_for: PluginFactory | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.loaded = loaded
         self.clock = clock
         self.metrics = Metrics()
         self.limiter: RateLimiter | None = None
-        self._limits_saver: LocalLimitsPersistence | None = None
         self._stopping = False
         self._reload_lock = asyncio.Lock()
         self._retiring: dict[asyncio.Task[None], Snapshot] = {}
         self.watcher: ConfigWatcher | None = None
         self._admin_enabled = admin
         self._reuse_port = reuse_port
-        self._extra_plugins = plugins_for
         self._echo: dict[str, EchoServer] = {}
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -96,7 +80,7 @@ class GatewayProcess:
         self.control = ControlPlane(
             self.store, config, self.key_format, metrics=self.metrics, clock=clock
         )
-        self.admin_api = self.control.admin_api
+        self.keys_api = self.control.keys_api
         self.webhooks = self.control.webhooks
         self.key_events = self.control.key_events
         self.webhook_api = WebhookEndpointsApi(
@@ -109,64 +93,38 @@ class GatewayProcess:
         self.draining = False
         self.data_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
-        self._started: list[str] = []
-
-    def plugins_for(self, route: RouteConfig) -> list[Plugin]:
-        """The plugins of one route: the core ones its config asks for, then any extra."""
-        config = self.loaded.config
-        plugins: list[Plugin] = [CorsPlugin(route.cors or config.cors)]
-        if route.deprecation is not None:
-            plugins.append(
-                DeprecationPlugin(route.deprecation, self.metrics, route.label, self.clock)
-            )
-        if route.auth == "key":
-            plugins.append(
-                AuthPlugin(
-                    self.keyring,
-                    self.scopes,
-                    required_scopes=route.scopes,
-                    plans_with_api_keys=frozenset(
-                        name for name, plan in config.plans.items() if plan.api_keys
-                    ),
-                )
-            )
-            if self.limiter is not None:
-                plugins.append(
-                    RateLimitPlugin(
-                        self.limiter, config.plans, route, key_prefix=config.store.key_prefix
-                    )
-                )
-        if route.idempotency != "off":
-            plugins.append(
-                IdempotencyPlugin(
-                    self.store,
-                    route,
-                    config.idempotency,
-                    self.metrics,
-                    body_timeout=config.server.body_timeout,
-                    clock=self.clock,
-                )
-            )
-        if self._extra_plugins is not None:
-            plugins.extend(self._extra_plugins(route))
-        return plugins
+        # What start() started, each with its release: stop() runs them in reverse order.
+        self._teardown = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
+        """Start every part in order. If a step fails, what started before it is released
+        again, in reverse order, and the error is raised: a failed start leaves nothing open."""
+        async with contextlib.AsyncExitStack() as stack:
+            await self._start(stack)
+            self._teardown = stack.pop_all()
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        # Each part registers its release once it has started, so the stack holds exactly what
+        # started; it runs them at stop(), or at once when a later step fails.
         config = self.loaded.config
         await self.store.startup()
-        self._started.append("store")
+        stack.push_async_callback(self.store.shutdown)
         await self.keyring.startup()
-        self._started.append("keyring")
-        shared = (
-            RedisLimits(self.store.client) if isinstance(self.store, RedisStore) else LocalLimits()
-        )
+        stack.push_async_callback(self.keyring.shutdown)  # saves pending last-used times
+        limits_server = self.store.shared_limits()
+        shared: LocalLimits | RedisLimits
+        if limits_server is not None:
+            shared = RedisLimits(limits_server)  # one set of counters for every instance
+        else:
+            shared = LocalLimits()
+            saved = self.store.limit_state()
+            if saved is not None:
+                saver = LocalLimitsPersistence(shared, saved, self.clock)
+                await saver.startup()
+                stack.push_async_callback(saver.shutdown)  # counts survive the restart
         self.limiter = RateLimiter(
             shared, mode=config.rate_limits.on_store_error, metrics=self.metrics, clock=self.clock
         )
-        if isinstance(shared, LocalLimits) and isinstance(self.store, LocalStore):
-            self._limits_saver = LocalLimitsPersistence(shared, self.store, self.clock)
-            await self._limits_saver.startup()
-            self._started.append("limits")
         self.dispatcher = Dispatcher(
             self.store.webhooks,
             config.webhooks,
@@ -175,17 +133,25 @@ class GatewayProcess:
             housekeeping=self.key_events.scan_if_due,
         )
         await self.dispatcher.startup()
-        self._started.append("webhooks")
+        # Attempts in flight finish, or are handed back for another instance to make.
+        stack.push_async_callback(self.dispatcher.shutdown)
         self.webhooks.on_enqueue = self.dispatcher.wake
-        if isinstance(self.store, RedisStore) and config.webhooks.stream:
+        stream_server = self.store.event_stream()
+        if stream_server is not None and config.webhooks.stream:
             stream = f"{config.store.key_prefix}:{config.webhooks.stream}"
-            self.event_stream = EventStream(self.store, self.webhooks, stream)
+            self.event_stream = EventStream(stream_server, self.store, self.webhooks, stream)
             await self.event_stream.startup()
+            stack.push_async_callback(self.event_stream.shutdown)
+        # Registered before the data listener, so released after it: while the data listener
+        # drains, /readyz on the admin listener still answers, and says "draining".
+        stack.push_async_callback(self._close_admin_listener)
+        stack.push_async_callback(self._stop_echo_servers)  # reloads may add some
         builtin: dict[str, list[str]] = {}
         for name, upstream in config.upstreams.items():
             if upstream.builtin == "echo":
                 echo = self._echo[name] = EchoServer()
                 builtin[name] = [await echo.start()]
+        stack.push_async_callback(self._release_snapshots)
         snapshot = self._snapshot(self.loaded, builtin)
         self.snapshot = snapshot
         await snapshot.startup()
@@ -209,6 +175,8 @@ class GatewayProcess:
         )
         self._data_runner = web.ServerRunner(data_server, shutdown_timeout=server.drain_timeout)
         await self._data_runner.setup()
+        # Its cleanup stops accepting, then lets requests in flight finish, up to drain_timeout.
+        stack.push_async_callback(self._data_runner.cleanup)
         self.data_address = await listen(
             self._data_runner, config.listen.host, config.listen.port, "listen", self._reuse_port
         )
@@ -225,6 +193,7 @@ class GatewayProcess:
         if config.reload.watch:
             self.watcher = ConfigWatcher(self.loaded.source, config.reload.interval, self.reload)
             self.watcher.start()
+            stack.push_async_callback(self.watcher.stop)
         log.info(
             "gateway_started",
             listen=f"{self.data_address[0]}:{self.data_address[1]}",
@@ -240,7 +209,7 @@ class GatewayProcess:
             host = "localhost" if config.listen.host in ("0.0.0.0", "::") else config.listen.host  # noqa: S104 - a comparison, not a bind
             await ensure_demo(
                 self.store,
-                self.admin_api,
+                self.keys_api,
                 config,
                 f"http://{host}:{self.data_address[1]}",
                 config_path=self.loaded.source,
@@ -272,21 +241,21 @@ class GatewayProcess:
             if upstream.builtin == "echo" and name not in builtin:
                 echo = self._echo[name] = EchoServer()
                 builtin[name] = [await echo.start()]
-        old_loaded = self.loaded
-        self.loaded = loaded  # plugins_for reads the config in force
         snapshot: Snapshot | None = None
         try:
             snapshot = self._snapshot(loaded, builtin)
             await snapshot.startup()
         except BaseException as exc:
-            self.loaded = old_loaded
             if snapshot is not None:
                 await snapshot.shutdown()  # what was started of it, sessions and checks
             if not isinstance(exc, Exception):
                 raise
             log.exception("config_reload_build_failed")
             return [f"the new config could not be started: {exc}"]
+        # The config in force switches with the snapshot that serves it: until here /readyz and
+        # /admin/config describe the old config, which is the one still serving.
         old = self.snapshot
+        self.loaded = loaded
         self.snapshot = snapshot
         if self.plane is not None:
             self.plane.snapshot = snapshot  # one reference: the swap is atomic
@@ -302,11 +271,21 @@ class GatewayProcess:
         return []
 
     def _snapshot(self, loaded: LoadedConfig, builtin: dict[str, list[str]]) -> Snapshot:
+        # The plugins are built from the registry, reading the config given here: the one the
+        # snapshot is for, which is not in force yet during a reload.
+        services = PluginServices(
+            store=self.store,
+            keyring=self.keyring,
+            scopes=self.scopes,
+            metrics=self.metrics,
+            limiter=self.limiter,
+            clock=self.clock,
+        )
         return Snapshot(
             loaded,
             self.metrics,
             builtin_targets=builtin,
-            plugins_for=self.plugins_for,
+            services=services,
             webhook_api=self.webhook_api,
         )
 
@@ -324,38 +303,38 @@ class GatewayProcess:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout), release all.
 
-        Safe to call again (a second signal, a failed start followed by cleanup): it runs once.
+        Releases exactly what start() started, in reverse order. Safe to call again (a second
+        signal, a failed start followed by cleanup): it runs once.
         """
         if self._stopping:
             return
         self._stopping = True
         self.draining = True
         log.info("gateway_draining", drain_timeout=self.loaded.config.server.drain_timeout)
-        if self.watcher is not None:
-            await self.watcher.stop()
-        if self._data_runner is not None:
-            await self._data_runner.cleanup()
-        for task, old in list(self._retiring.items()):  # snapshots a reload left draining
-            await cancel_and_wait(task)
-            await old.shutdown()
-        if self.snapshot is not None:
-            await self.snapshot.shutdown()
-        for echo in self._echo.values():
-            await echo.stop()
+        try:
+            await self._teardown.aclose()
+            log.info("gateway_stopped")
+        finally:
+            flush_logs()
+
+    async def _close_admin_listener(self) -> None:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
-        if self.event_stream is not None:
-            await self.event_stream.shutdown()
-        if "webhooks" in self._started and self.dispatcher is not None:
-            await self.dispatcher.shutdown()  # attempts in flight finish or are handed back
-        if "keyring" in self._started:
-            await self.keyring.shutdown()  # saves pending last-used times
-        if "limits" in self._started and self._limits_saver is not None:
-            await self._limits_saver.shutdown()  # counts survive the restart
-        if "store" in self._started:
-            await self.store.shutdown()
-        log.info("gateway_stopped")
-        flush_logs()
+
+    async def _stop_echo_servers(self) -> None:
+        for echo in self._echo.values():
+            await echo.stop()
+
+    async def _release_snapshots(self) -> None:
+        """The snapshot in force and those that reloads left draining."""
+        # Under the reload lock: a reload building a snapshot now finishes first, and the
+        # snapshot it swapped in is released here rather than left running.
+        async with self._reload_lock:
+            for task, old in list(self._retiring.items()):
+                await cancel_and_wait(task)
+                await old.shutdown()
+            if self.snapshot is not None:
+                await self.snapshot.shutdown()
 
 
 async def store_state(store: Store, backend: str) -> dict[str, Any]:
@@ -367,80 +346,7 @@ async def store_state(store: Store, backend: str) -> dict[str, Any]:
     except (StoreError, TimeoutError):
         ok = False
     state: dict[str, Any] = {"backend": backend, "ok": ok}
-    live = getattr(store, "invalidation_live", None)
+    live = store.invalidation_live
     if live is not None:
         state["invalidation"] = "live" if live else "down"
     return state
-
-
-def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop where it is installed."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main)
-
-
-def run_gateway(loaded: LoadedConfig, *, worker: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code."""
-    if loaded.config.workers > 1 and not worker:
-        from gateway.process.workers import supervise
-
-        return run_loop(supervise(loaded))
-    return run_loop(_serve(loaded, worker=worker))
-
-
-def _report_listening() -> None:
-    fd = os.environ.get(READY_FD_ENV)
-    if fd and fd.isdigit():
-        with contextlib.suppress(OSError), os.fdopen(int(fd), "wb") as pipe:
-            pipe.write(b"listening\n")
-
-
-async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    expected = os.environ.get(CONFIG_DIGEST_ENV)
-    if worker and expected and expected != loaded.digest:
-        # The file changed since the supervisor read it: never run a mixed fleet.
-        log.error(
-            "gateway_start_failed",
-            error="the config file changed since the gateway started; restart the gateway",
-            expected_hash=expected,
-            found_hash=loaded.digest,
-        )
-        return 1
-    # Until the handler below is in place, a SIGHUP (a reload of the fleet) must not kill us.
-    loop.add_signal_handler(signal.SIGHUP, lambda: None)
-    process = GatewayProcess(loaded, admin=not worker, reuse_port=worker)
-    try:
-        await process.start()
-    except (ListenError, StoreError) as exc:
-        log.error("gateway_start_failed", error=str(exc))
-        await process.stop()
-        return 1
-    except Exception:
-        # Anything else is a bug or an environment problem (an unwritable token file...):
-        # release what was started and say what happened, instead of dying half-way.
-        log.exception("gateway_start_failed")
-        await process.stop()
-        return 1
-    _report_listening()
-    reloads: set[asyncio.Task[list[str]]] = set()
-
-    def on_sighup() -> None:
-        task = asyncio.create_task(process.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    await stop.wait()
-    await process.stop()
-    return 0

@@ -22,8 +22,9 @@ from gateway.control.plane import ControlPlane
 from gateway.http.listen import ListenError
 from gateway.keys.secrets import KeyFormat
 from gateway.observability.log import flush_logs
-from gateway.process.gateway import CONFIG_DIGEST_ENV, READY_FD_ENV, WORKER_ENV, store_state
+from gateway.process.gateway import store_state
 from gateway.process.reload import read_for_reload
+from gateway.process.run import CONFIG_DIGEST_ENV, READY_FD_ENV, WORKER_ENV
 from gateway.store import Store, StoreError, open_store
 
 log = structlog.get_logger("gateway.supervisor")

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import structlog
 
+from gateway.breaker import CircuitBreaker
 from gateway.errors import Unavailable
 from gateway.observability.metrics import Metrics
 from gateway.ratelimit.backends import LimiterError, LocalLimits, RedisLimits
@@ -45,22 +46,24 @@ class RateLimiter:
         self.clock = clock
         self.fallback = LocalLimits()
         self.degraded = False
-        self._retry_at = 0.0  # after a store error, the store is left alone until then
+        # After a store error the store is left alone for a second instead of making every
+        # request wait for it.
+        self._breaker = CircuitBreaker(self.RETRY_AFTER_ERROR, clock=clock)
 
     async def decide(self, limits: Sequence[Limit], cost: int) -> Decision | None:
         """The decision, or None when limits are off for now (``open`` during an outage)."""
-        now = self.clock()
-        now_us = int(now * US)
+        now_us = int(self.clock() * US)
         try:
-            if now < self._retry_at:
+            if not self._breaker.allow():
                 raise LimiterError("the store failed a moment ago")
-            decision = await self.shared.decide(limits, cost, now_us)
+            try:
+                decision = await self.shared.decide(limits, cost, now_us)
+            except LimiterError:
+                if self._breaker.failure():  # requests that failed together count once
+                    self.metrics.rate_limit_store_errors.inc()
+                raise
+            self._breaker.success()
         except LimiterError as exc:
-            if now >= self._retry_at:
-                # A real failure: count it, and give the store a second before the next try
-                # instead of making every request wait for it.
-                self._retry_at = now + self.RETRY_AFTER_ERROR
-                self.metrics.rate_limit_store_errors.inc()
             if not self.degraded:
                 self.degraded = True
                 self.metrics.rate_limit_degraded.set(1)

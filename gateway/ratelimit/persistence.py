@@ -13,7 +13,7 @@ import structlog
 
 from gateway.ratelimit.backends import LocalLimits
 from gateway.store import StoreError
-from gateway.store.local import LocalStore
+from gateway.store.base import LimitState
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.ratelimit")
@@ -22,7 +22,7 @@ log = structlog.get_logger("gateway.ratelimit")
 class LocalLimitsPersistence:
     INTERVAL = 5.0
 
-    def __init__(self, limits: LocalLimits, store: LocalStore, clock: Callable[[], float]) -> None:
+    def __init__(self, limits: LocalLimits, store: LimitState, clock: Callable[[], float]) -> None:
         self.limits = limits
         self.store = store
         self.clock = clock

@@ -1,6 +1,6 @@
 """State store: orgs and keys (and later limits, idempotency records, webhooks)."""
 
-from gateway.config.models import StoreConfig
+from gateway.config import StoreConfig
 from gateway.store.base import Conflict, IdempotencyBegin, Invalidation, Store, StoreError
 from gateway.store.models import ApiKey, Org, new_id
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from gateway.errors import GatewayError
 from gateway.store.models import ApiKey, Org
 
 if TYPE_CHECKING:
-    from gateway.webhooks.store import WebhookStore
+    from redis.asyncio import Redis
+
+    from gateway.store.webhook_base import WebhookStore
 
 
 class StoreError(Exception):
@@ -55,6 +57,16 @@ class IdempotencyBegin:
     response: bytes | None = None  # the stored response, for "replay"
 
 
+class LimitState(Protocol):
+    """Where a process's own limit counts are saved, to survive a restart."""
+
+    async def load_limit_state(self, now_us: int) -> dict[str, tuple[int, int]]:
+        """The saved counts still in force: key -> (value, expires at in us)."""
+
+    async def save_limit_state(self, changed: Mapping[str, tuple[int, int]], now_us: int) -> None:
+        """Save what changed (key -> (value, expires at in us)) and forget what expired."""
+
+
 class Store(ABC):
     """Orgs, keys, idempotency records, saved limit counts, and webhooks."""
 
@@ -62,6 +74,28 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self._listeners: list[InvalidationListener] = []
+
+    # -- What a backend can do beyond the common interface. The process asks these, never the
+    # store's type; a backend that cannot do a thing answers None. Asked once started.
+
+    @property
+    def invalidation_live(self) -> bool | None:
+        """Whether changes made by other instances reach this one now: True or False while the
+        channel that brings them is up or down; None where no other instance shares the data."""
+        return None
+
+    def shared_limits(self) -> Redis | None:
+        """The server where the limit counters of every instance on this store meet (the rate
+        limiter runs its script there); None: each process counts alone."""
+        return None
+
+    def limit_state(self) -> LimitState | None:
+        """Where a process that counts limits alone saves its counts; None: nowhere."""
+        return None
+
+    def event_stream(self) -> Redis | None:
+        """The server whose streams backends may XADD events to; None: no event stream."""
+        return None
 
     def subscribe(self, listener: InvalidationListener) -> None:
         """Call listener for every change made by any instance (this one included)."""

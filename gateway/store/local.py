@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from gateway.store.base import (
     Conflict,
     IdempotencyBegin,
     Invalidation,
+    LimitState,
     Store,
     StoreError,
 )
@@ -123,6 +125,7 @@ class LocalStore(Store):
         try:
             found = await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
         except (sqlite3.Error, OSError) as exc:
+            await self.shutdown()  # a store that did not open holds nothing (its thread goes)
             raise StoreError(f"cannot open the local store at {self.path}: {exc}") from exc
         report(found)
 
@@ -132,11 +135,16 @@ class LocalStore(Store):
                 self._db.close()
                 self._db = None
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        # Safe to call again, also after a failed startup: the executor then refuses new work.
+        with contextlib.suppress(RuntimeError):
+            await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=True)
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    def limit_state(self) -> LimitState:
+        return self  # the one process on this file saves its limit counts beside the keys
 
     # -- orgs ------------------------------------------------------------------------------
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import secrets
+import string
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from gateway.keys.secrets import ALPHABET
+_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 
 def new_id(kind: str) -> str:
     """``org_…``/``key_…``: a kind prefix and 20 random base62 characters (119 bits)."""
-    return f"{kind}_" + "".join(secrets.choice(ALPHABET) for _ in range(20))
+    return f"{kind}_" + "".join(secrets.choice(_BASE62) for _ in range(20))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, WatchError
 
+from gateway.breaker import Backoff
 from gateway.store.base import (
     Change,
     Conflict,
@@ -47,7 +48,7 @@ class RedisStore(Store):
         self._client: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
         # False while the invalidation channel is down: caches must then not be trusted long.
-        self.invalidation_live = False
+        self._invalidation_live = False
         self._subscribed = asyncio.Event()
         self.webhooks: RedisWebhookStore = RedisWebhookStore(self, key_prefix)
 
@@ -71,7 +72,11 @@ class RedisStore(Store):
         self._idem_begin = self._client.register_script(_script("idem_begin.lua"))
         self._idem_finish = self._client.register_script(_script("idem_finish.lua"))
         self.webhooks.register_scripts()
-        await self.ping()
+        try:
+            await self.ping()
+        except BaseException:
+            await self.shutdown()  # a store that could not start holds no connection
+            raise
         self._listener = asyncio.create_task(self._listen(), name="gateway-store-invalidation")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
@@ -84,9 +89,20 @@ class RedisStore(Store):
             await self._client.aclose()
             self._client = None
 
+    @property
+    def invalidation_live(self) -> bool:
+        return self._invalidation_live
+
+    def shared_limits(self) -> aioredis.Redis:
+        return self.client
+
+    def event_stream(self) -> aioredis.Redis:
+        return self.client
+
     async def _listen(self) -> None:
         """Follow the invalidation channel; after any gap, tell listeners to drop everything."""
-        delay = 0.1
+        # Every instance loses the channel when Redis restarts: jitter spreads their returns.
+        backoff = Backoff(0.1, 2.0, jitter=0.5)
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -95,8 +111,8 @@ class RedisStore(Store):
                     self._subscribed.set()
                 else:
                     self._notify(Invalidation("all"))  # messages may have been missed
-                self.invalidation_live = True
-                delay = 0.1
+                self._invalidation_live = True
+                backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
@@ -104,11 +120,10 @@ class RedisStore(Store):
             except (RedisError, OSError) as exc:
                 # Caches are kept while the store is away (warm keys keep working) and dropped
                 # when the channel is back, since changes may have been missed meanwhile.
-                if self.invalidation_live:
+                if self._invalidation_live:
                     log.warning("store_invalidation_lost", error=repr(exc))
-                self.invalidation_live = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                self._invalidation_live = False
+                await asyncio.sleep(backoff.next_delay())
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call] # untyped in redis-py

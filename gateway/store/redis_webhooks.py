@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.store.base import Change, Conflict
-from gateway.webhooks.models import Attempt, Delivery, Endpoint, Event
-from gateway.webhooks.store import Outcome, WebhookStore
+from gateway.store.webhook_base import Outcome, WebhookStore
+from gateway.store.webhook_models import Attempt, Delivery, Endpoint, Event
 
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore

@@ -17,14 +17,15 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from gateway.config.models import WebhooksConfig
+from gateway.breaker import Backoff
+from gateway.config import WebhooksConfig
 from gateway.observability.metrics import Metrics
 from gateway.store import StoreError
+from gateway.store.webhook_base import Outcome, WebhookStore
+from gateway.store.webhook_models import Attempt, Delivery, Endpoint
 from gateway.tasks import cancel_and_wait
-from gateway.webhooks.models import Attempt, Delivery, Endpoint
 from gateway.webhooks.secret_box import SecretBox, SecretUnavailable
 from gateway.webhooks.sender import Sender
-from gateway.webhooks.store import Outcome, WebhookStore
 
 log = structlog.get_logger("gateway.webhooks")
 
@@ -97,17 +98,21 @@ class Dispatcher:
         await self._sender.shutdown()
 
     async def _run(self) -> None:
-        delay = self.config.poll_interval
+        poll = self.config.poll_interval
+        # After a failed tick, twice the poll interval and doubling, up to 10 s; every instance
+        # polls the same queue, so jitter spreads their tries after an outage.
+        backoff = Backoff(poll * 2, 10.0, jitter=0.5)
         while True:
             try:
                 await self._tick()
-                delay = self.config.poll_interval
+                backoff.reset()
+                delay = poll
             except StoreError as exc:
                 log.warning("webhook_queue_unavailable", error=str(exc))
-                delay = min(max(delay * 2, self.config.poll_interval), 10.0)
+                delay = backoff.next_delay()
             except Exception:
                 log.exception("webhook_dispatcher_error")
-                delay = min(max(delay * 2, self.config.poll_interval), 10.0)
+                delay = backoff.next_delay()
             # Not asyncio.wait_for: on Python 3.11 it returns, swallowing a cancellation that
             # arrives just after the wake-up (an attempt ending as the gateway stops), and this
             # loop would then run on while the shutdown waits for it.

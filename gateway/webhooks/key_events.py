@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from gateway.control.admin_api import key_view
+from gateway.api.views import key_view
 from gateway.store import ApiKey, Store, StoreError
 from gateway.webhooks.service import WebhookService, stable_event_id
 

@@ -16,14 +16,15 @@ import orjson
 import structlog
 from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.config.models import GatewayConfig
-from gateway.control.admin_api import Body, NotFound, find_org, iso, parse_body
-from gateway.control.bounds import SecretOverlap
+from gateway.api.bodies import Body, parse_body
+from gateway.api.bounds import SecretOverlap
+from gateway.api.views import NotFound, find_org, iso
+from gateway.config import GatewayConfig
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.keys.secrets import ALPHABET
 from gateway.observability.metrics import Metrics
 from gateway.store import Conflict, Org, Store, new_id
-from gateway.webhooks.models import PING, Delivery, Endpoint, Event, Secret
+from gateway.store.webhook_models import PING, Delivery, Endpoint, Event, Secret
 from gateway.webhooks.secret_box import SecretBox
 from gateway.webhooks.signing import new_secret
 from gateway.webhooks.targets import UnsafeTarget, check_registration, check_url

@@ -16,11 +16,12 @@ import socket
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.store import StoreError
-from gateway.store.redis import RedisStore
+from gateway.breaker import Backoff
+from gateway.store import Store, StoreError
 from gateway.tasks import cancel_and_wait
 from gateway.webhooks.service import (
     MAX_EVENT_BYTES,
@@ -42,7 +43,12 @@ class StreamRefused(ValueError):
 
 
 class EventStream:
-    def __init__(self, store: RedisStore, service: WebhookService, name: str) -> None:
+    """Reads the stream ``name`` on ``client`` (the store's event stream server) in the group."""
+
+    def __init__(
+        self, client: aioredis.Redis, store: Store, service: WebhookService, name: str
+    ) -> None:
+        self.client = client
         self.store = store
         self.service = service
         self.name = name
@@ -57,7 +63,8 @@ class EventStream:
         self._task = None
 
     async def _run(self) -> None:
-        delay = 0.5
+        # Every instance reads the stream: after an outage, jitter spreads their returns.
+        backoff = Backoff(0.5, 10.0, jitter=0.5)
         while True:
             try:
                 await self._ensure_group()
@@ -65,7 +72,7 @@ class EventStream:
                 while True:
                     await self._take_over_stale()
                     start = "0" if backlog else ">"
-                    reply: Any = await self.store.client.xreadgroup(
+                    reply: Any = await self.client.xreadgroup(
                         GROUP, self.consumer, {self.name: start}, count=100, block=_BLOCK_MS
                     )
                     entries = reply[0][1] if reply else []
@@ -73,25 +80,24 @@ class EventStream:
                         backlog = False
                     for entry_id, fields in entries:
                         await self._handle(entry_id.decode(), fields)
-                    delay = 0.5
+                    backoff.reset()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, StoreError) as exc:
                 log.warning("event_stream_unavailable", stream=self.name, error=str(exc))
             except Exception:
                 log.exception("event_stream_error", stream=self.name)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _ensure_group(self) -> None:
         try:
-            await self.store.client.xgroup_create(self.name, GROUP, id="0", mkstream=True)
+            await self.client.xgroup_create(self.name, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def _take_over_stale(self) -> None:
-        reply: Any = await self.store.client.xautoclaim(
+        reply: Any = await self.client.xautoclaim(
             self.name, GROUP, self.consumer, min_idle_time=_STALE_MS, count=100
         )
         for entry_id, fields in reply[1] if len(reply) > 1 else []:
@@ -117,7 +123,7 @@ class EventStream:
                 source="stream",
                 event_id=stable_event_id(self.name, entry_id),
             )
-        async with self.store.client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=True) as pipe:
             pipe.xack(self.name, GROUP, entry_id)
             pipe.xdel(self.name, entry_id)
             await pipe.execute()

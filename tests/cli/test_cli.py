@@ -31,6 +31,7 @@ from gateway.config import parse_config
 from gateway.process.bootstrap import example_path
 from tests.conftest import (
     ROOT,
+    GatewayFactory,
     RunningGateway,
     closed_port_url,
     free_port,
@@ -38,7 +39,6 @@ from tests.conftest import (
     wait_until_listening,
 )
 
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 TOKEN = "test-admin-token-0123456789"
 PROXY_VARIABLES = (
     "http_proxy",

@@ -15,10 +15,8 @@ import pytest
 from aiohttp import web
 
 from gateway.cli.main import main
-from tests.conftest import RunningGateway, Upstream, make_config
+from tests.conftest import GatewayFactory, RunningGateway, Upstream, UpstreamFactory, make_config
 
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
 TOKEN = "test-admin-token-0123456789"
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from gateway.config import ConfigError, load_config, parse_config
 from gateway.process.gateway import GatewayProcess
-from tests.conftest import GatewayProc, Upstream
+from tests.conftest import Spawn, Upstream
 
 GATEWAY = Path(sys.executable).parent / "gateway"  # the installed command, as operators run it
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -253,7 +253,7 @@ async def test_a_reload_refuses_a_nan_timeout_by_name(
 
 
 async def test_sighup_with_an_unreadable_file_logs_the_problem_and_serves_on(
-    spawn_gateway: Callable[..., GatewayProc], upstream: Upstream, tmp_path: Path
+    spawn_gateway: Spawn, upstream: Upstream, tmp_path: Path
 ) -> None:
     gp = spawn_gateway(
         {

@@ -4,25 +4,29 @@ odd time already in a store renders instead of taking its endpoints down."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis as redis_sync
 
-from gateway.control.admin_api import iso
-from gateway.webhooks.models import Attempt, Delivery, Endpoint, Secret
+from gateway.api.views import iso
+from gateway.store.webhook_models import Attempt, Delivery, Endpoint, Secret
 from gateway.webhooks.service import delivery_view, endpoint_view
-from tests.conftest import FakeClock, LogLines, RunningGateway, closed_port_url, make_config
-from tests.plugins.test_auth import Admin
+from tests.conftest import (
+    FakeClock,
+    GatewayFactory,
+    LogLines,
+    RunningGateway,
+    closed_port_url,
+    make_config,
+)
+from tests.helpers import ADMIN, Admin
 
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 NOW = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 DAY = 86400.0
 HUGE_GRACE = 99999999999 * DAY  # what "99999999999d" used to store: the year 273792727
 TOO_MANY_DIGITS = "9" * 400 + "s"  # parses to inf, which JSON stores as null: "never expires"
-ADMIN_HEADERS = {"Authorization": "Bearer test-admin-token-0123456789"}
 
 
 def bounds_config(store: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -314,7 +318,7 @@ async def test_event_data_nested_too_deep_to_send_is_a_400_not_a_500(
         async with gw.session.post(
             f"{gw.admin_url}/admin/events",
             data=b'{"org": "acme", "type": "a.b", "data": ' + data + b"}",
-            headers=ADMIN_HEADERS,
+            headers=ADMIN,
         ) as r:
             assert r.status == 400, depth
             answer = await r.json()
@@ -336,7 +340,7 @@ async def test_bodies_that_are_not_a_json_object_are_a_400(
         async with gw.session.post(
             f"{gw.admin_url}/admin/keys/{key['id']}/rotate",
             data=raw,
-            headers={**ADMIN_HEADERS, "Content-Type": "application/json"},
+            headers={**ADMIN, "Content-Type": "application/json"},
         ) as r:
             assert r.status == 400, raw
             assert (await r.json())["error"]["code"] == "bad_request", raw

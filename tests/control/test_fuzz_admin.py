@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -18,11 +18,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import RunningGateway, Upstream, closed_port_url, make_config
+from tests.conftest import GatewayFactory, RunningGateway, Upstream, closed_port_url, make_config
+from tests.helpers import ADMIN
 
 T = TypeVar("T")
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 EXAMPLES = 60  # per endpoint and store: the whole file stays well under a minute
 PER_FIELD = 40  # per field, for bodies of several fields
 

@@ -8,7 +8,7 @@ import ipaddress
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from urllib.parse import unquote, unquote_to_bytes
 
 import orjson
@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from gateway.config.models import KeysConfig
-from gateway.dataplane.paths import compile_template, split_target
+from gateway.config import KeysConfig
 from gateway.errors import BadRequest
 from gateway.http.forwarded import ForwardedResolver
 from gateway.http.headers import (
@@ -35,9 +34,18 @@ from gateway.http.headers import (
     copy_end_to_end,
     strip_set,
 )
+from gateway.http.paths import compile_template, split_target
 from gateway.http.request_id import accept_request_id
 from gateway.keys.secrets import ALPHABET, KeyFormat
-from tests.conftest import LogLines, RunningGateway, Upstream, make_config, raw_request
+from tests.conftest import (
+    GatewayFactory,
+    LogLines,
+    RunningGateway,
+    Upstream,
+    UpstreamFactory,
+    make_config,
+    raw_request,
+)
 
 FAST = settings(max_examples=300)  # the rest is the suite's profile (tests/conftest.py)
 
@@ -583,8 +591,8 @@ _wire_names = _header_names.filter(
 
 @pytest.fixture
 async def fuzz_target(
-    gateway_factory: Callable[..., Awaitable[RunningGateway]],
-    upstream_factory: Callable[..., Awaitable[Upstream]],
+    gateway_factory: GatewayFactory,
+    upstream_factory: UpstreamFactory,
 ) -> tuple[RunningGateway, Upstream]:
     upstream = await upstream_factory()
     gateway = await gateway_factory(

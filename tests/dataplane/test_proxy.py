@@ -6,25 +6,24 @@ import asyncio
 import hashlib
 import io
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from tests.conftest import (
+    GatewayFactory,
     LogLines,
     RunningGateway,
     Upstream,
+    UpstreamFactory,
     closed_port_url,
     make_config,
     parse_response,
     raw_request,
     read_one_response,
 )
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
 
 
 def assert_envelope(body: dict[str, object], code: str, request_id: str) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from gateway.dataplane.health import RetryBudget, TargetSelector
-from tests.conftest import RunningGateway, Upstream, closed_port_url, make_config
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
+from tests.conftest import (
+    GatewayFactory,
+    RunningGateway,
+    Upstream,
+    UpstreamFactory,
+    closed_port_url,
+    make_config,
+)
 
 
 async def metrics(gw: RunningGateway) -> str:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -14,16 +13,14 @@ import pytest
 
 from gateway.config import ConfigError, parse_config
 from tests.conftest import (
-    GatewayProc,
+    GatewayFactory,
     RunningGateway,
+    Spawn,
     Upstream,
     make_config,
     parse_response,
     read_one_response,
 )
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-Spawn = Callable[..., GatewayProc]
 
 PARTIAL_HEAD = b"GET /v1/x HTTP/1.1\r\nHost: gw\r\nX-Slow: "
 REQUEST = b"GET /v1/x HTTP/1.1\r\nHost: gw\r\n\r\n"

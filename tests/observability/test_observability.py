@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import io
 import stat
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
 from aiohttp import web
 
-from gateway.config import RouteConfig, parse_config
+from gateway.config import GatewayConfig, GatewaySettings, RouteConfig, parse_config
+from gateway.config.registry import registered
 from gateway.control.listener import redacted_config
-from gateway.dataplane.chain import Handler, Plugin, RequestContext
-from tests.conftest import LogLines, RunningGateway, Upstream, make_config
+from gateway.dataplane.chain import Handler, RequestContext
+from gateway.dataplane.plugins import PluginServices
+from tests.conftest import GatewayFactory, LogLines, RunningGateway, Upstream, make_config
 
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 TOKEN = "test-admin-token-0123456789"
 
 
@@ -163,16 +163,19 @@ async def test_admin_token_is_made_and_saved_when_not_configured(
 
 
 class _Tag:
-    """A test plugin: records its order, adds an upstream and a response header."""
+    """A test plugin on every route: records its order, adds an upstream and a response header."""
 
-    name: ClassVar[str] = "tag"
-    priority: ClassVar[int] = 0
+    name: ClassVar[str]
+    priority: ClassVar[int]
+    label: ClassVar[str]
     upstream_headers: ClassVar[tuple[str, ...]] = ("X-Tag-low", "X-Tag-high")
+    route_fields: ClassVar[type[RouteConfig] | None] = None
+    config_fields: ClassVar[type[GatewaySettings] | None] = None
     calls: ClassVar[list[str]] = []
 
-    def __init__(self, label: str, priority: int) -> None:
-        self.label = label
-        self.priority = priority  # type: ignore[misc]
+    @classmethod
+    def build(cls, route: RouteConfig, config: GatewayConfig, services: PluginServices) -> _Tag:
+        return cls()
 
     async def startup(self) -> None:
         pass
@@ -193,17 +196,26 @@ class _Tag:
         return await call_next(ctx)
 
 
+class _TagLow(_Tag):
+    name = "tag_low"
+    priority = 10
+    label = "low"
+
+
+class _TagHigh(_Tag):
+    name = "tag_high"
+    priority = 100
+    label = "high"
+
+
 async def test_plugins_run_by_priority_and_shape_both_directions(
     gateway_factory: GatewayFactory, upstream: Upstream, logs: LogLines
 ) -> None:
-    def plugins_for(route: RouteConfig) -> list[Plugin]:
-        return [_Tag("low", 10), _Tag("high", 100)]
-
     _Tag.calls.clear()
-    gw = await gateway_factory(
-        make_config({"app": {"targets": [upstream.url]}}, [{"path": "/x", "upstream": "app"}]),
-        plugins_for=plugins_for,
-    )
+    with registered(_TagLow, _TagHigh):
+        gw = await gateway_factory(
+            make_config({"app": {"targets": [upstream.url]}}, [{"path": "/x", "upstream": "app"}])
+        )
     async with gw.session.get(
         f"{gw.url}/x", headers={"X-Tag-low": "spoofed", "X_Tag_High": "spoofed"}
     ) as r:

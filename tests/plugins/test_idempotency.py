@@ -12,16 +12,14 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import (
+    GatewayFactory,
     LogLines,
     RunningGateway,
-    Upstream,
+    UpstreamFactory,
     free_port,
     make_config,
 )
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
-ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
+from tests.helpers import Admin
 
 
 def creating_upstream(
@@ -60,22 +58,12 @@ def idem_config(
 class Api:
     def __init__(self, gw: RunningGateway) -> None:
         self.gw = gw
+        self.admin = Admin(gw)
 
     async def key(self, org: str = "acme") -> str:
-        s = self.gw.session
-        async with s.get(f"{self.gw.admin_url}/admin/orgs/{org}", headers=ADMIN) as r:
-            exists = r.status == 200
-        if not exists:
-            async with s.post(
-                f"{self.gw.admin_url}/admin/orgs",
-                json={"slug": org, "name": org, "plan": "default"},
-                headers=ADMIN,
-            ) as r:
-                assert r.status == 201
-        async with s.post(
-            f"{self.gw.admin_url}/admin/orgs/{org}/keys", json={"name": "k"}, headers=ADMIN
-        ) as r:
-            return str((await r.json())["data"]["secret"])
+        if (await self.admin.call("GET", f"/admin/orgs/{org}"))[0] != 200:
+            await self.admin.org(org, plan="default")
+        return str((await self.admin.key(org))["secret"])
 
     async def post(
         self, secret: str, body: bytes = b'{"amount": 100}', key: str | None = "ik-1"
@@ -292,12 +280,7 @@ async def test_test_and_live_keys_never_share_a_record(
     gw = await gateway_factory(idem_config([up.url], store_config))
     api = Api(gw)
     live = await api.key()
-    async with gw.session.post(
-        f"{gw.admin_url}/admin/orgs/acme/keys",
-        json={"name": "t", "environment": "test"},
-        headers=ADMIN,
-    ) as r:
-        test = (await r.json())["data"]["secret"]
+    test = (await api.admin.key(name="t", environment="test"))["secret"]
     first = await api.post(test)
     second = await api.post(live)
     assert (first[0], second[0]) == (201, 201)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from tests.conftest import FakeClock, LogLines, RunningGateway, Upstream, make_config
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-
+from tests.conftest import (
+    FakeClock,
+    GatewayFactory,
+    LogLines,
+    Upstream,
+    UpstreamFactory,
+    make_config,
+)
 
 DEPRECATION = {
     "deprecated_at": "2026-01-01",
@@ -241,7 +244,7 @@ routes: [{path: /x, upstream: a, cors: {origins: ['https://app.example.com/path'
 
 
 async def test_header_rules_apply_after_our_sanitising(
-    gateway_factory: GatewayFactory, upstream_factory: Callable[..., Awaitable[Upstream]]
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
 ) -> None:
     from aiohttp import web
 
@@ -291,7 +294,7 @@ routes:
 
 
 async def test_a_pinned_header_replaces_every_client_spelling_and_backend_cors_is_dropped(
-    gateway_factory: GatewayFactory, upstream_factory: Callable[..., Awaitable[Upstream]]
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
 ) -> None:
     from aiohttp import web
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,22 +12,22 @@ import pytest
 import redis.asyncio as aioredis
 from multidict import CIMultiDictProxy
 
-from gateway.config.models import RateLimitConfig
+from gateway.config import RateLimitConfig
 from gateway.ratelimit.backends import LocalLimits, RedisLimits
 from gateway.ratelimit.policy import US, Limit
 from plugins.rate_limit import _bucket
 from tests.conftest import (
     FakeClock,
+    GatewayFactory,
     LogLines,
     RedisServer,
     RunningGateway,
     Upstream,
+    UpstreamFactory,
     make_config,
     unique_prefix,
 )
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
+from tests.helpers import Admin
 
 
 def limited_config(
@@ -45,13 +44,7 @@ def limited_config(
 class Client:
     def __init__(self, gw: RunningGateway) -> None:
         self.gw = gw
-
-    async def admin(self, method: str, path: str, body: Any = None) -> Any:
-        async with self.gw.session.request(
-            method, f"{self.gw.admin_url}{path}", json=body, headers=ADMIN
-        ) as r:
-            assert r.status < 300, await r.text()
-            return (await r.json())["data"]
+        self.admin = Admin(gw).data
 
     async def key(self, org: str = "acme", **fields: Any) -> dict[str, Any]:
         if not any(o["slug"] == org for o in await self.admin("GET", "/admin/orgs")):
@@ -486,7 +479,7 @@ async def test_a_fresh_key_gets_exactly_requests_plus_burst(
 
 async def test_the_backends_own_rate_limit_headers_are_replaced_on_limited_routes(
     gateway_factory: GatewayFactory,
-    upstream_factory: Callable[..., Awaitable[Upstream]],
+    upstream_factory: UpstreamFactory,
     store_config: dict[str, Any],
 ) -> None:
     from aiohttp import web

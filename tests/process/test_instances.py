@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +12,25 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import (
+    ADMIN_TOKEN,
+    FakeClock,
+    GatewayFactory,
     GatewayProc,
     RedisServer,
-    RunningGateway,
+    Spawn,
     Upstream,
+    UpstreamFactory,
     make_config,
     unique_prefix,
 )
-
-Spawn = Callable[..., GatewayProc]
-ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
+from tests.helpers import ADMIN, Admin, eventually
 
 pytestmark = pytest.mark.slow
 
 
 def _config(upstream: Upstream, store: dict[str, Any]) -> dict[str, Any]:
     return {
-        "admin": {"token": "test-admin-token-0123456789"},
+        "admin": {"token": ADMIN_TOKEN},
         "store": store,
         "upstreams": {"app": {"targets": [upstream.url]}},
         "routes": [{"path": "/v1/{rest:.*}", "upstream": "app"}],
@@ -39,9 +40,7 @@ def _config(upstream: Upstream, store: dict[str, Any]) -> dict[str, Any]:
 async def _admin(
     session: aiohttp.ClientSession, gp: GatewayProc, method: str, path: str, body: Any = None
 ) -> Any:
-    async with session.request(method, f"{gp.admin_url}{path}", json=body, headers=ADMIN) as r:
-        assert r.status < 300, await r.text()
-        return (await r.json())["data"]
+    return await Admin(gp, session).data(method, path, body)
 
 
 async def _status(session: aiohttp.ClientSession, gp: GatewayProc, secret: str) -> int:
@@ -68,29 +67,34 @@ async def test_revocation_reaches_every_instance_within_a_second(
         await _admin(session, a, "POST", f"/admin/keys/{rotated['id']}/rotate", {"grace": "0s"})
         revoked_at = time.monotonic()
         refused: dict[tuple[str, str], float] = {}
-        while len(refused) < 4 and time.monotonic() - revoked_at < 3:
+
+        async def all_refused() -> bool:
             for gp, name in ((a, "a"), (b, "b")):
                 for secret, which in ((key["secret"], "revoked"), (rotated["secret"], "rotated")):
                     if (name, which) not in refused and await _status(session, gp, secret) == 401:
                         refused[(name, which)] = time.monotonic() - revoked_at
-            await asyncio.sleep(0.01)
+            return len(refused) == 4
+
+        await eventually(all_refused, 3, interval=0.01)
     assert set(refused) == {("a", "revoked"), ("b", "revoked"), ("a", "rotated"), ("b", "rotated")}
     assert max(refused.values()) < 1.0, refused
 
 
 async def test_redis_outage_is_503_never_a_disguised_401(
-    gateway_factory: Callable[..., Awaitable[RunningGateway]],
+    gateway_factory: GatewayFactory,
     upstream: Upstream,
     private_redis: RedisServer,
 ) -> None:
     server = private_redis
     store = {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+    clock = FakeClock()
     gw = await gateway_factory(
         make_config(
             {"app": {"targets": [upstream.url]}},
             [{"path": "/v1/x", "upstream": "app", "auth": "key"}],
             store=store,
-        )
+        ),
+        clock=clock,
     )
     async with gw.session.post(
         f"{gw.admin_url}/admin/orgs",
@@ -128,7 +132,7 @@ async def test_redis_outage_is_503_never_a_disguised_401(
             f"{gw.url}/v1/x", headers={"Authorization": f"Bearer {warm}"}
         ) as r:
             assert r.status == 200
-        await asyncio.sleep(1.1)
+        clock.now += 1.1
     assert gw.process.keyring.stale_served >= 1
 
 
@@ -169,6 +173,7 @@ async def test_limits_are_exact_across_two_instances(
                 # stamped before a concurrent one that Redis ran first (a safe overestimate).
                 assert 1 <= int(headers["Retry-After"]) <= 7
         wait = max(int(h["Retry-After"]) for s, h in answers if s == 429)
+        # Real time: a spawned gateway runs on the system clock.
         await asyncio.sleep(wait)
         assert (await call(b))[0] == 200
         assert (await call(a))[0] == 429
@@ -177,7 +182,7 @@ async def test_limits_are_exact_across_two_instances(
 @pytest.mark.parametrize("backend", ["local", "redis"])
 async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
     spawn_gateway: Spawn,
-    upstream_factory: Callable[..., Awaitable[Upstream]],
+    upstream_factory: UpstreamFactory,
     redis_server: RedisServer,
     tmp_path: Path,
     backend: str,
@@ -187,7 +192,7 @@ async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
     async def slow_create(request: web.BaseRequest) -> web.Response:
         calls.append(request.headers.get("Idempotency-Key"))
         await request.read()
-        await asyncio.sleep(3)
+        await asyncio.sleep(3)  # in flight while its gateway is killed
         return web.json_response({"id": "inv_1"}, status=201)
 
     up = await upstream_factory(slow_create)
@@ -197,7 +202,7 @@ async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
         else {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
     )
     config = {
-        "admin": {"token": "test-admin-token-0123456789"},
+        "admin": {"token": ADMIN_TOKEN},
         "store": store,
         # Long enough that a second gateway starting on a loaded machine finds the lock held.
         "idempotency": {"lock_timeout": "5s"},
@@ -216,8 +221,7 @@ async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
         pending = asyncio.create_task(
             session.post(f"{first.url}/v1/invoices", data=b"{}", headers=headers)
         )
-        while not calls:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: calls)
         killed_at = time.monotonic()
         first.proc.kill()  # SIGKILL: no cleanup, the lock stays behind
         with pytest.raises(aiohttp.ClientError):
@@ -225,6 +229,8 @@ async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
         second = spawn_gateway(config)
         async with session.post(f"{second.url}/v1/invoices", data=b"{}", headers=headers) as r:
             assert r.status == 409  # still locked: the first attempt may yet be acting
+        # Real time: the spawned gateways run on the system clock, and on Redis the lock's
+        # record expires by the server's.
         await asyncio.sleep(max(0.0, 5.2 - (time.monotonic() - killed_at)))
         async with session.post(f"{second.url}/v1/invoices", data=b"{}", headers=headers) as r:
             assert r.status == 201

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,10 +14,16 @@ from gateway.store import ApiKey, new_id
 from gateway.webhooks import key_events
 from gateway.webhooks.service import stable_event_id
 from plugins.rate_limit import BUCKETS_IDLE, RateLimitPlugin
-from tests.conftest import FakeClock, RunningGateway, Upstream, closed_port_url, make_config
+from tests.conftest import (
+    FakeClock,
+    GatewayFactory,
+    RunningGateway,
+    Upstream,
+    closed_port_url,
+    make_config,
+)
+from tests.helpers import ADMIN, Admin, eventually
 
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 BATCHES = 60
 BATCH = 10  # keys created, used, revoked and tried again together, per batch
 STEP = 20.0  # seconds of the injected clock per batch: 1,200 s in all, twice the longest expiry
@@ -48,14 +53,12 @@ def churn_config(upstream: Upstream, store: dict[str, Any]) -> dict[str, Any]:
 class Churn:
     def __init__(self, gw: RunningGateway) -> None:
         self.gw = gw
+        self.api = Admin(gw)
 
     async def admin(self, path: str, body: dict[str, Any], expect: int) -> dict[str, Any]:
-        async with self.gw.session.post(
-            f"{self.gw.admin_url}{path}", json=body, headers=ADMIN
-        ) as answer:
-            data = await answer.json()
-            assert answer.status == expect, data
-            return data["data"]  # type: ignore[no-any-return]
+        status, answer = await self.api.call("POST", path, body)
+        assert status == expect, answer
+        return answer["data"]  # type: ignore[no-any-return]
 
     async def status(self, path: str, secret: str) -> int:
         headers = {"Authorization": f"Bearer {secret}"}
@@ -66,10 +69,7 @@ class Churn:
     async def until(self, path: str, secret: str, expected: int) -> None:
         # Revocation reaches the cache by the store's channel: at once locally, over pub/sub
         # on Redis, where the contract allows up to a second.
-        deadline = time.monotonic() + 1.0
-        while (got := await self.status(path, secret)) != expected:
-            assert time.monotonic() < deadline, f"still {got}, not {expected}"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: self.status(path, secret), 1.0, expect=expected, interval=0.01)
 
     async def key(self, org: str) -> dict[str, Any]:
         return await self.admin(f"/admin/orgs/{org}/keys", {"name": "churn"}, 201)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,15 @@ from tests.conftest import (
     ROOT,
     GatewayProc,
     RedisServer,
+    Spawn,
     Upstream,
+    UpstreamFactory,
     free_port,
     parse_response,
     read_one_response,
     unique_prefix,
     wait_until_listening,
 )
-
-Spawn = Callable[..., GatewayProc]
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
 
 pytestmark = pytest.mark.slow
 

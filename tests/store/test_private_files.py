@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.store.local import LocalStore
-from tests.conftest import GatewayProc, LogLines, RunningGateway, make_config
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-Spawn = Callable[..., GatewayProc]
+from tests.conftest import GatewayFactory, LogLines, Spawn, make_config
 
 PLAN = {"rate_limit": {"requests": 10, "per": "1m"}, "quota": {"requests": 100, "per": "day"}}
 ROUTE = {"path": "/v1/{rest:.*}", "upstream": "demo", "auth": "key", "idempotency": "optional"}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.config.models import StoreConfig
+from gateway.config import StoreConfig
 from gateway.store import ApiKey, Conflict, Invalidation, Org, Store, new_id, open_store
 from tests.conftest import RedisServer, StoreFactory, unique_prefix
 

@@ -23,18 +23,16 @@ from aiohttp import web
 from gateway.webhooks.secret_box import SecretBox, SecretUnavailable
 from gateway.webhooks.sender import Sender
 from tests.conftest import (
+    GatewayFactory,
     GatewayProc,
     RedisServer,
-    RunningGateway,
-    Upstream,
+    Spawn,
+    UpstreamFactory,
     make_config,
     unique_prefix,
 )
 from tests.plugins.test_auth import ADMIN, Admin
 from tests.webhooks.test_signing import verify_standard_webhooks
-
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
 
 
 @dataclass
@@ -552,7 +550,7 @@ class ProcAdmin(Admin):
 
 
 async def test_a_delivery_in_flight_survives_kill_9(
-    spawn_gateway: Callable[..., GatewayProc],
+    spawn_gateway: Spawn,
     upstream_factory: UpstreamFactory,
     store_config: dict[str, Any],
 ) -> None:
@@ -585,7 +583,7 @@ async def test_a_delivery_in_flight_survives_kill_9(
 
 
 async def test_instances_sharing_redis_deliver_each_event_once(
-    spawn_gateway: Callable[..., GatewayProc],
+    spawn_gateway: Spawn,
     upstream_factory: UpstreamFactory,
     redis_server: RedisServer,
 ) -> None:
@@ -732,7 +730,7 @@ async def test_the_dispatcher_stops_when_a_wake_up_comes_just_before_the_stop(
 
 
 async def test_with_workers_the_supervisor_takes_events_and_the_workers_deliver(
-    spawn_gateway: Callable[..., GatewayProc],
+    spawn_gateway: Spawn,
     upstream_factory: UpstreamFactory,
     redis_server: RedisServer,
 ) -> None:

@@ -11,19 +11,7 @@ import pytest
 
 from gateway.webhooks.signing import legacy_signature, new_secret, signature, signed_headers
 from gateway.webhooks.targets import UnsafeTarget, address_refusal, check_url
-
-
-def verify_standard_webhooks(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """An independent verifier, written from the spec: base64-decode the part after whsec_,
-    HMAC-SHA256 over "{webhook-id}.{webhook-timestamp}.{body}", compare with any v1 entry."""
-    key = base64.b64decode(secret.split("_", 1)[1])
-    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
-    for entry in headers["webhook-signature"].split(" "):
-        version, _, value = entry.partition(",")
-        if version == "v1" and hmac.compare_digest(value, expected):
-            return True
-    return False
+from tests.helpers import verify_standard_webhooks
 
 
 def test_signatures_verify_with_an_independent_implementation() -> None:

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from gateway.store import Conflict, Store, new_id
-from gateway.webhooks.models import Attempt, Delivery, Endpoint, Event, Secret
-from gateway.webhooks.store import Outcome
+from gateway.store.webhook_base import Outcome
+from gateway.store.webhook_models import Attempt, Delivery, Endpoint, Event, Secret
 from tests.conftest import StoreFactory
 
 

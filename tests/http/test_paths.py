@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dataplane.paths import split_target
 from gateway.dataplane.router import Router
 from gateway.errors import BadRequest, MethodNotAllowed, RouteNotFound
+from gateway.http.paths import split_target
 from gateway.http.request_id import accept_request_id
 
 

@@ -1,98 +1,31 @@
-"""Admin API for orgs and keys: JSON in, JSON out, the data/error envelopes."""
+"""The admin API's key endpoints: create, list, show, change, revoke and rotate API keys."""
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import orjson
-import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 
-from gateway.config.models import GatewayConfig
-from gateway.config.types import parse_network
-from gateway.config.validation import describe_errors
-from gateway.control.bounds import Grace, KeyExpiry, RateLimitOverride
+from gateway.api.bodies import B, Body, parse_body
+from gateway.api.bounds import Grace, KeyExpiry, RateLimitOverride
+from gateway.api.views import NotFound, find_org, key_view
+from gateway.config import GatewayConfig
+from gateway.config.types import check_scope, parse_network
 from gateway.control.listener import json_response
 from gateway.errors import ApiAccessDisabled, BadRequest, GatewayError
-from gateway.keys.scopes import check_scope
 from gateway.keys.secrets import KeyFormat
 from gateway.store import ApiKey, Org, Store, new_id
-
-log = structlog.get_logger("gateway.admin")
 
 Clock = Callable[[], float]
 # Called after a key is created, revoked or rotated (key.created, ...), for webhooks.
 KeyEventHook = Callable[[str, ApiKey], Awaitable[None]]
-_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch: "acme\n" is no slug
-
-
-class NotFound(GatewayError):
-    status, code = 404, "not_found"
 
 
 class KeyNotRotatable(GatewayError):
     status, code, message = 409, "conflict", "A revoked or expired key cannot be rotated."
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-B = TypeVar("B", bound=Body)
-
-
-def parse_body(raw: bytes, model: type[B], context: dict[str, Any]) -> B:
-    """A JSON object body as model, or 400 naming every problem with its field."""
-    try:
-        payload = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError:
-        raise BadRequest("The body must be JSON.") from None
-    if not isinstance(payload, dict):
-        raise BadRequest("The body must be a JSON object.")
-    try:
-        return model.model_validate(payload, context=context)
-    except ValidationError as exc:
-        raise BadRequest("; ".join(describe_errors(exc, model))) from None
-
-
-def _plan_known(value: str, info: ValidationInfo) -> str:
-    plans = (info.context or {}).get("plans", ())
-    if value not in plans:
-        raise ValueError(f"unknown plan {value!r} (known: {', '.join(plans)})")
-    return value
-
-
-class CreateOrg(Body):
-    slug: str = Field(description="Lower-case letters, digits and '-'; used in URLs.")
-    name: str = Field(min_length=1, max_length=200)
-    plan: str
-
-    @field_validator("slug")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if not _SLUG.fullmatch(value) or value.startswith("org_"):
-            raise ValueError(
-                f"must be 1-63 lower-case letters, digits or '-', not at the ends (got {value!r})"
-            )
-        return value
-
-    _plan = field_validator("plan")(_plan_known)
-
-
-class UpdateOrg(Body):
-    name: str | None = Field(None, min_length=1, max_length=200)
-    plan: str | None = None
-
-    @field_validator("plan")
-    @classmethod
-    def _plan(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _plan_known(value, info)
 
 
 class CreateKey(Body):
@@ -123,73 +56,8 @@ class RotateKey(Body):
     grace: Grace = Field(0.0, description="How long the old key keeps working, e.g. 24h.")
 
 
-async def find_org(store: Store, ref: str) -> Org:
-    """The org with this id or slug, or 404."""
-    org = await store.get_org(ref)
-    if org is None:
-        raise NotFound(f"No org {ref!r}.")
-    return org
-
-
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
-_LATEST = datetime.max.replace(tzinfo=UTC)
-
-
-def iso(ts: float | None) -> str | None:
-    """RFC 3339 in UTC, to the millisecond. Never raises: an endpoint must not go down over one
-    odd stored time (older versions could store a key expiry in the year 273792727), so a time
-    beyond what a datetime can hold is clamped to year 1 or 9999, and a non-number is null."""
-    if ts is None:
-        return None
-    try:
-        moment = datetime.fromtimestamp(ts, UTC)
-    except (OverflowError, OSError, ValueError, TypeError):
-        valid = isinstance(ts, int | float) and not math.isnan(ts)
-        log.warning(
-            "stored_time_out_of_range", value=repr(ts), shown="clamped" if valid else "null"
-        )
-        if not valid:
-            return None
-        moment = _LATEST if ts > 0 else _EARLIEST
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def org_view(org: Org) -> dict[str, Any]:
-    return {
-        "id": org.id,
-        "slug": org.slug,
-        "name": org.name,
-        "plan": org.plan,
-        "createdAt": iso(org.created_at),
-    }
-
-
-def key_view(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {"id": key.id}
-    if secret is not None:
-        view["secret"] = secret  # SECURITY: only in the answer to create and rotate
-    view.update(
-        {
-            "name": key.name,
-            "scopes": list(key.scopes),
-            "environment": key.environment,
-            "orgId": key.org_id,
-            "prefix": key.prefix,
-            "last4": key.last4,
-            "allowedIps": list(key.allowed_ips),
-            "createdAt": iso(key.created_at),
-            "expiresAt": iso(key.expires_at),
-            "lastUsedAt": iso(key.last_used_at),
-            "revokedAt": iso(key.revoked_at),
-            "rotatedTo": key.rotated_to,
-            "rateLimit": key.rate_limit,
-        }
-    )
-    return view
-
-
-class AdminApi:
-    """The org and key endpoints; the admin app's middleware handles auth and errors."""
+class KeysApi:
+    """The key endpoints, and the one way a key is minted (the demo key too)."""
 
     def __init__(
         self,
@@ -201,7 +69,7 @@ class AdminApi:
         on_key_event: KeyEventHook | None = None,
     ) -> None:
         self.store = store
-        self.config = config
+        self.config = config  # replaced on a reload: plans and routes
         self.format = key_format
         self.clock = clock
         self._on_key_event = on_key_event
@@ -212,10 +80,6 @@ class AdminApi:
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
-        r.add_post("/admin/orgs", self.create_org)
-        r.add_get("/admin/orgs", self.list_orgs)
-        r.add_get("/admin/orgs/{org}", self.get_org)
-        r.add_patch("/admin/orgs/{org}", self.update_org)
         r.add_post("/admin/orgs/{org}/keys", self.create_key)
         r.add_get("/admin/orgs/{org}/keys", self.list_keys)
         r.add_get("/admin/keys/{id}", self.get_key)
@@ -223,12 +87,9 @@ class AdminApi:
         r.add_post("/admin/keys/{id}/revoke", self.revoke_key)
         r.add_post("/admin/keys/{id}/rotate", self.rotate_key)
 
-    async def _body(self, request: web.Request, model: type[Body]) -> Any:
-        context = {"plans": list(self.config.plans), "now": self.clock()}
+    async def _body(self, request: web.Request, model: type[B]) -> B:
+        context: dict[str, Any] = {"now": self.clock()}  # expiresAt must lie ahead
         return parse_body(await request.read(), model, context)
-
-    async def _org(self, request: web.Request) -> Org:
-        return await find_org(self.store, request.match_info["org"])
 
     async def _key(self, request: web.Request) -> ApiKey:
         key_id = request.match_info["id"]
@@ -236,36 +97,6 @@ class AdminApi:
         if key is None:
             raise NotFound(f"No key {key_id!r}.")
         return key
-
-    async def create_org(self, request: web.Request) -> web.Response:
-        body: CreateOrg = await self._body(request, CreateOrg)
-        org = Org(new_id("org"), body.slug, body.name, body.plan, self.clock())
-        await self.store.create_org(org)
-        return json_response(org_view(org), 201)
-
-    async def list_orgs(self, request: web.Request) -> web.Response:
-        return json_response([org_view(o) for o in await self.store.list_orgs()])
-
-    async def get_org(self, request: web.Request) -> web.Response:
-        return json_response(org_view(await self._org(request)))
-
-    async def update_org(self, request: web.Request) -> web.Response:
-        org = await self._org(request)
-        body: UpdateOrg = await self._body(request, UpdateOrg)
-
-        def change(current: Org) -> Org:
-            return Org(
-                current.id,
-                current.slug,
-                body.name or current.name,
-                body.plan or current.plan,
-                current.created_at,
-            )
-
-        changed = await self.store.update_org(org.id, change)
-        if changed is None:
-            raise NotFound(f"No org {org.id!r}.")
-        return json_response(org_view(changed))
 
     def _check_override(self, limit: RateLimitOverride | None) -> None:
         """A per-key limit must let the costliest route through, or its callers wait forever."""
@@ -279,8 +110,8 @@ class AdminApi:
             )
 
     async def create_key(self, request: web.Request) -> web.Response:
-        org = await self._org(request)
-        body: CreateKey = await self._body(request, CreateKey)
+        org = await find_org(self.store, request.match_info["org"])
+        body = await self._body(request, CreateKey)
         self._check_override(body.rateLimit)
         key, secret = self.new_key(
             org,
@@ -331,7 +162,7 @@ class AdminApi:
         return key, secret
 
     async def list_keys(self, request: web.Request) -> web.Response:
-        org = await self._org(request)
+        org = await find_org(self.store, request.match_info["org"])
         return json_response([key_view(k) for k in await self.store.list_keys(org.id)])
 
     async def get_key(self, request: web.Request) -> web.Response:
@@ -339,7 +170,7 @@ class AdminApi:
 
     async def update_key(self, request: web.Request) -> web.Response:
         key = await self._key(request)
-        body: UpdateKey = await self._body(request, UpdateKey)
+        body = await self._body(request, UpdateKey)
         self._check_override(body.rateLimit)
         changes: dict[str, Any] = {}
         if body.name is not None:
@@ -372,7 +203,7 @@ class AdminApi:
 
     async def rotate_key(self, request: web.Request) -> web.Response:
         old = await self._key(request)
-        body: RotateKey = await self._body(request, RotateKey)
+        body = await self._body(request, RotateKey)
         now = self.clock()
         if not old.usable_at(now):
             raise KeyNotRotatable()

@@ -1,4 +1,4 @@
-"""What the admin API accepts as durations, times and limits: bounded, refused before any write.
+"""What the APIs accept as durations, times and limits: bounded, refused before any write.
 
 Every bound is here, so the API, its error messages and the README agree:
 
@@ -27,7 +27,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from gateway.config.models import MAX_REQUESTS, RateLimitConfig
+from gateway.config import MAX_REQUESTS, RateLimitConfig
 from gateway.config.types import DAY, YEAR, DurationRange, format_duration
 from gateway.config.validation import shown
 

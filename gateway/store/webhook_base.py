@@ -1,4 +1,4 @@
-"""The webhook part of the state store: endpoints, and a durable delivery queue with leases.
+"""The webhook part of the store interface: endpoints, and a durable delivery queue with leases.
 
 Both backends implement it alike and pass one contract suite. The queue's rules:
 
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.store.base import Change
-from gateway.webhooks.models import Attempt, Delivery, DeliveryStatus, Endpoint, Event
+from gateway.store.webhook_models import Attempt, Delivery, DeliveryStatus, Endpoint, Event
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,96 @@
+"""How the process listens, keeps its state, logs and reloads: listen, admin, store, server, log,
+reload."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config.section import Section
+from gateway.config.types import DAY, MIB, DurationRange, Interval, SizeRange, Timeout
+
+
+class ListenConfig(Section):
+    host: str = Field("0.0.0.0", description="Address the data listener binds.")  # noqa: S104 - a gateway serves the network by design
+    port: int = Field(8080, ge=0, le=65535, description="Port of the data listener.")
+
+
+class AdminConfig(Section):
+    host: str = Field("127.0.0.1", description="Address of the admin listener (keep it private).")
+    port: int = Field(9090, ge=0, le=65535, description="Port of the admin listener.")
+    token: str | None = Field(
+        None, description="Bearer token for /admin/*; use ${GATEWAY_ADMIN_TOKEN}."
+    )
+    token_file: str = Field(
+        ".gateway/admin-token",
+        description="Without token: the token is read from here, or made and saved here (0600).",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_strong_enough(cls, value: str | None) -> str | None:
+        if value is not None and value != "" and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value or None
+
+
+class StoreConfig(Section):
+    backend: Literal["local", "redis"] = Field(
+        "local", description="local (SQLite, one instance) or redis."
+    )
+    path: str = Field(".gateway/state.db", description="SQLite file of the local store.")
+    url: str | None = Field(None, description="redis://host:port/db for the redis store.")
+    key_prefix: str = Field(
+        "gw", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Namespace of our keys in Redis."
+    )
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> StoreConfig:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("url: required when backend is redis")
+        return self
+
+
+class ServerConfig(Section):
+    idle_timeout: Timeout = Field(
+        75.0,
+        description="How long a connection may wait idle for its next request before it is closed.",
+    )
+    # SECURITY: bounded, so a slow-header client can never hold a socket for long.
+    header_timeout: Annotated[float, DurationRange(least=1.0, most=600.0)] = Field(
+        10.0,
+        description=(
+            "Deadline for a complete request head, from its first byte (the accept, for a"
+            " connection's first request); 408 and close when it passes; 1s to 10m."
+        ),
+    )
+    body_timeout: Timeout = Field(
+        30.0,
+        description="Longest wait for the next piece of a request body before giving up;"
+        " at most 1d.",
+    )
+    drain_timeout: Annotated[float, DurationRange(most=DAY)] = Field(
+        30.0, description="On SIGTERM, how long in-flight requests may take to finish; at most 1d."
+    )
+    max_header_size: Annotated[int, SizeRange(least=256, most=MIB)] = Field(
+        8190, description="Longest request line or header field; 256b to 1MiB."
+    )
+    max_headers: int = Field(100, ge=1, le=1000, description="Most header fields in one request.")
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged."
+    )
+    format: Literal["json", "console"] = Field(
+        "json", description="json for machines, console for people."
+    )
+    access_log: bool = Field(True, description="One line per request on stdout.")
+
+
+class ReloadConfig(Section):
+    watch: bool = Field(False, description="Reload when the config file changes (polling).")
+    interval: Interval = Field(
+        1.0, description="How often the file is checked when watched; 10ms to 1d."
+    )

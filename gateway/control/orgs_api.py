@@ -1,0 +1,105 @@
+"""The admin API's org endpoints: create, list, show and change orgs."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import Field, ValidationInfo, field_validator
+
+from gateway.api.bodies import B, Body, parse_body
+from gateway.api.views import NotFound, find_org, org_view
+from gateway.config import GatewayConfig
+from gateway.control.listener import json_response
+from gateway.store import Org, Store, new_id
+
+Clock = Callable[[], float]
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch: "acme\n" is no slug
+
+
+def _plan_known(value: str, info: ValidationInfo) -> str:
+    plans = (info.context or {}).get("plans", ())
+    if value not in plans:
+        raise ValueError(f"unknown plan {value!r} (known: {', '.join(plans)})")
+    return value
+
+
+class CreateOrg(Body):
+    slug: str = Field(description="Lower-case letters, digits and '-'; used in URLs.")
+    name: str = Field(min_length=1, max_length=200)
+    plan: str
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _SLUG.fullmatch(value) or value.startswith("org_"):
+            raise ValueError(
+                f"must be 1-63 lower-case letters, digits or '-', not at the ends (got {value!r})"
+            )
+        return value
+
+    _plan = field_validator("plan")(_plan_known)
+
+
+class UpdateOrg(Body):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    plan: str | None = None
+
+    @field_validator("plan")
+    @classmethod
+    def _plan(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _plan_known(value, info)
+
+
+class OrgsApi:
+    """The org endpoints; the admin app's middleware handles auth and errors."""
+
+    def __init__(self, store: Store, config: GatewayConfig, *, clock: Clock = time.time) -> None:
+        self.store = store
+        self.config = config  # replaced on a reload: the plans an org may be on
+        self.clock = clock
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/admin/orgs", self.create_org)
+        r.add_get("/admin/orgs", self.list_orgs)
+        r.add_get("/admin/orgs/{org}", self.get_org)
+        r.add_patch("/admin/orgs/{org}", self.update_org)
+
+    async def _body(self, request: web.Request, model: type[B]) -> B:
+        context: dict[str, Any] = {"plans": list(self.config.plans)}
+        return parse_body(await request.read(), model, context)
+
+    async def create_org(self, request: web.Request) -> web.Response:
+        body = await self._body(request, CreateOrg)
+        org = Org(new_id("org"), body.slug, body.name, body.plan, self.clock())
+        await self.store.create_org(org)
+        return json_response(org_view(org), 201)
+
+    async def list_orgs(self, request: web.Request) -> web.Response:
+        return json_response([org_view(o) for o in await self.store.list_orgs()])
+
+    async def get_org(self, request: web.Request) -> web.Response:
+        org = await find_org(self.store, request.match_info["org"])
+        return json_response(org_view(org))
+
+    async def update_org(self, request: web.Request) -> web.Response:
+        org = await find_org(self.store, request.match_info["org"])
+        body = await self._body(request, UpdateOrg)
+
+        def change(current: Org) -> Org:
+            return Org(
+                current.id,
+                current.slug,
+                body.name or current.name,
+                body.plan or current.plan,
+                current.created_at,
+            )
+
+        changed = await self.store.update_org(org.id, change)
+        if changed is None:
+            raise NotFound(f"No org {org.id!r}.")
+        return json_response(org_view(changed))

@@ -1,0 +1,161 @@
+"""Helpers the test modules share: the admin API as a test drives it, waiting for an effect."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import inspect
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+
+from tests.conftest import (
+    ADMIN_TOKEN,
+    ROOT,
+    GatewayProc,
+    RunningGateway,
+    UpstreamHandler,
+    wait_until_listening,
+)
+
+T = TypeVar("T")
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+_TRUTHY = object()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T] | T],
+    timeout: float = 5.0,
+    *,
+    expect: Any = _TRUTHY,
+    interval: float = 0.02,
+) -> T:
+    """Ask ``probe`` again until it answers ``expect`` (by default: anything truthy).
+
+    For effects that show on their own time (another process, a socket, pub/sub, a task of
+    the gateway's), never for time that must pass: that is the injected clock's job. Returns
+    the last answer; fails with it after ``timeout`` real seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if inspect.isawaitable(got):
+            got = await got
+        if (got == expect) if expect is not _TRUTHY else got:
+            return got
+        if time.monotonic() > deadline:
+            wanted = "something truthy" if expect is _TRUTHY else repr(expect)
+            raise AssertionError(f"still {_short(got)}, not {wanted}, after {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def _short(value: Any, limit: int = 2000) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+class Admin:
+    """The admin API of a gateway: in this process (its own session) or spawned (pass one)."""
+
+    def __init__(
+        self, gw: RunningGateway | GatewayProc, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        self.admin_url = gw.admin_url
+        if session is None:
+            assert isinstance(gw, RunningGateway), "a spawned gateway's admin API needs a session"
+            session = gw.session
+        self.session = session
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.session.request(
+            method, f"{self.admin_url}{path}", json=body, headers=ADMIN
+        ) as r:
+            return r.status, await r.json()
+
+    async def data(self, method: str, path: str, body: Any = None) -> Any:
+        """The answer's data, which must be a success."""
+        async with self.session.request(
+            method, f"{self.admin_url}{path}", json=body, headers=ADMIN
+        ) as r:
+            assert r.status < 300, await r.text()
+            return (await r.json())["data"]
+
+    async def org(self, slug: str = "acme", plan: str = "free") -> dict[str, Any]:
+        status, body = await self.call(
+            "POST", "/admin/orgs", {"slug": slug, "name": slug.title(), "plan": plan}
+        )
+        assert status == 201, body
+        return body["data"]  # type: ignore[no-any-return]
+
+    async def key(self, org: str = "acme", **fields: Any) -> dict[str, Any]:
+        status, body = await self.call("POST", f"/admin/orgs/{org}/keys", {"name": "k", **fields})
+        assert status == 201, body
+        return body["data"]  # type: ignore[no-any-return]
+
+
+def slow_upstream(delay: float, text: str = "ok") -> UpstreamHandler:
+    """An upstream that answers after ``delay`` real seconds: the proxy's own timers are real."""
+
+    async def slow(request: web.BaseRequest) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.Response(text=text)
+
+    return slow
+
+
+def verify_standard_webhooks(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """An independent verifier, written from the spec: base64-decode the part after whsec_,
+    HMAC-SHA256 over "{webhook-id}.{webhook-timestamp}.{body}", compare with any v1 entry."""
+    key = base64.b64decode(secret.split("_", 1)[1])
+    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+    for entry in headers["webhook-signature"].split(" "):
+        version, _, value = entry.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return True
+    return False
+
+
+def start_shipped(
+    tmp_path: Path, port: int, admin_port: int, run: int, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`make run` on other ports: the shipped gateway.yaml in a fresh directory; the JSON log
+    goes to out-RUN.log, the banner to err-RUN.log."""
+    with (
+        (tmp_path / f"out-{run}.log").open("wb") as out,
+        (tmp_path / f"err-{run}.log").open("wb") as err,
+    ):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(ROOT / "gateway.yaml")],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
+    wait_until_listening(port, proc)
+    return proc
+
+
+async def wait_for_text(
+    path: Path,
+    text: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    timeout: float = 10.0,
+) -> str:
+    """The file's content once it holds ``text`` (a banner follows the listener by a moment)."""
+
+    def holds() -> str:
+        content = path.read_text()
+        assert proc is None or proc.poll() is None, content
+        return content if text in content else ""
+
+    return await eventually(holds, timeout, interval=0.05)
