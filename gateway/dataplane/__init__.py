@@ -1,1 +1,1 @@
-"""The data plane: listener handler, canonical path, router, plugin chain, proxy, upstream pools."""
+"""The data plane: the request handler, router, plugin chain, proxy, upstream pools, snapshot."""

@@ -1,1 +1,1 @@
-"""HTTP pieces both listeners share: the server and its head deadline, headers, client address."""
+"""HTTP both listeners share: the server and its head deadline, canonical paths, headers."""

@@ -1,4 +1,4 @@
-"""State store: orgs and keys (and later limits, idempotency records, webhooks)."""
+"""State store: orgs, keys, idempotency records, limit counts and webhooks, on SQLite or Redis."""
 
 from gateway.config import StoreConfig
 from gateway.store.base import Conflict, IdempotencyBegin, Invalidation, Store, StoreError

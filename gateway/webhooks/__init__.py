@@ -1,1 +1,1 @@
-"""Outbound webhooks: signing and target safety (delivery arrives with its queue)."""
+"""Outbound webhooks: events to endpoints, signed, retried from a durable queue, SSRF-safe."""
