@@ -2,6 +2,9 @@
 
 The gateway also runs with API keys (gateway+auth) and with rate limits that never refuse,
 on the local store (gateway+limits) and on a Redis the harness starts (gateway+limits+redis).
+
+Over 400 lines: one script on purpose, so every contender's set-up sits beside the others and a
+reader compares them side by side; shared pieces (load generators, upstream) are modules beside it.
 """
 
 from __future__ import annotations
@@ -636,6 +639,42 @@ def wrk_version() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Profiling: py-spy samples a gateway contender while it is under the measured load.
+
+
+def py_spy() -> str:
+    # Installed into the venv by pip, so it may sit beside the interpreter and not on PATH.
+    beside = Path(sys.executable).with_name("py-spy")
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise BenchError("--profile needs py-spy (pip install py-spy); it is not installed")
+    return found
+
+
+def start_profiler(
+    procs: Processes, out_dir: Path, name: str, target: Child, seconds: int
+) -> Child:
+    """py-spy on the contender for the measured run only; raw collapsed stacks, which
+    flamegraph.pl and speedscope both read, one line per stack with its sample count."""
+    out = out_dir / f"{_slug(name)}.txt"
+    argv = [py_spy(), "record", "--pid", str(target.proc.pid), "--duration", str(seconds)]
+    argv += ["--format", "raw", "--subprocesses", "--output", str(out)]
+    return procs.start(f"{name} py-spy", argv)
+
+
+def finish_profiler(procs: Processes, recorder: Child, seconds: int) -> None:
+    """Wait for py-spy to write its file: it stops on its own after its duration."""
+    try:
+        recorder.proc.wait(timeout=seconds + LOAD_GRACE)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{recorder.name} did not finish in {seconds + LOAD_GRACE:g}s") from None
+    finally:
+        procs.stop(recorder.proc)
+    if recorder.proc.returncode != 0:
+        raise BenchError(recorder.describe_exit())
+
+
+# ---------------------------------------------------------------------------------------------
 # Report.
 
 
@@ -738,6 +777,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--markdown-out", metavar="FILE", help="append the report to FILE")
     parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record each gateway contender with py-spy during its run, into DIR/<name>.txt"
+        " (sampling slows it: its figures are not comparable with unprofiled runs)",
+    )
+    parser.add_argument(
         "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if found"
     )
     parser.add_argument(
@@ -794,6 +839,9 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
     upstream_label = f"nginx {nginx_version()}" if upstream_kind == "nginx" else "builtin"
     python = ".".join(str(v) for v in sys.version_info[:3])
 
+    profile_dir = Path(args.profile).resolve() if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     skipped: dict[str, list[str]] = {}  # reason: contenders
     with (
@@ -816,7 +864,12 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
                 url = f"http://127.0.0.1:{started.port}{BENCH_PATH}"
                 if args.warmup:
                     load(url, args.connections, args.warmup, started.headers)
+                recorder = None
+                if profile_dir is not None and child is not None and name in GATEWAYS:
+                    recorder = start_profiler(procs, profile_dir, name, child, args.duration)
                 result = load(url, args.connections, args.duration, started.headers)
+                if recorder is not None:
+                    finish_profiler(procs, recorder, args.duration)
                 for proc in (child, *started.helpers):
                     if proc is not None and proc.proc.poll() is not None:
                         raise BenchError(proc.describe_exit())
@@ -825,6 +878,8 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
                     if proc is not None:
                         procs.stop(proc.proc)
             notes = gateway_problems(started.stdout)
+            if recorder is not None:
+                notes = (f"profiled by py-spy into {profile_dir}/{_slug(name)}.txt", *notes)
             if result.non_2xx:
                 # Refusals and errors are cheap to send: the rate would not be of the real work.
                 what = f"{result.non_2xx:,} of {result.requests:,} responses were not 2xx/3xx"
