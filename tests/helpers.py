@@ -10,11 +10,14 @@ import inspect
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
+import yaml
 from aiohttp import web
 
 from tests.conftest import (
@@ -22,7 +25,9 @@ from tests.conftest import (
     ROOT,
     GatewayProc,
     RunningGateway,
+    Upstream,
     UpstreamHandler,
+    make_config,
     wait_until_listening,
 )
 
@@ -94,12 +99,27 @@ class Admin:
             "POST", "/admin/orgs", {"slug": slug, "name": slug.title(), "plan": plan}
         )
         assert status == 201, body
-        return body["data"]  # type: ignore[no-any-return]
+        org: dict[str, Any] = body["data"]
+        return org
 
     async def key(self, org: str = "acme", **fields: Any) -> dict[str, Any]:
         status, body = await self.call("POST", f"/admin/orgs/{org}/keys", {"name": "k", **fields})
         assert status == 201, body
-        return body["data"]  # type: ignore[no-any-return]
+        key: dict[str, Any] = body["data"]
+        return key
+
+
+def write_config(
+    path: Path, upstream: Upstream, routes: Sequence[str] = ("/a",), **extra: Any
+) -> None:
+    """A gateway's config file, public routes to one upstream: what a reload reads again."""
+    config = make_config(
+        {"app": {"targets": [upstream.url]}, **extra.pop("upstreams", {})},
+        [{"path": p, "upstream": "app"} for p in routes],
+        store={"path": str(path.parent / "state.db")},
+        **extra,
+    )
+    path.write_text(yaml.safe_dump(config))
 
 
 def slow_upstream(delay: float, text: str = "ok") -> UpstreamHandler:
@@ -110,6 +130,31 @@ def slow_upstream(delay: float, text: str = "ok") -> UpstreamHandler:
         return web.Response(text=text)
 
     return slow
+
+
+@dataclass
+class Done:
+    """What a CLI command did: exit code, stdout, stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        assert self.code == 0, self.err
+        return orjson.loads(self.out)
+
+    def assert_one_error_line(self, *expected: str) -> None:
+        """Exit 1, nothing on stdout, one `error: …` line on stderr holding each expected part."""
+        assert "Traceback" not in self.err, self.err
+        assert self.code == 1, (self.code, self.err)
+        assert self.out == ""
+        assert self.err.startswith("error: ")
+        assert self.err.count("\n") == 1, self.err
+        assert self.err.endswith("\n")
+        for part in expected:
+            assert part in self.err, (part, self.err)
 
 
 def verify_standard_webhooks(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -158,4 +203,7 @@ async def wait_for_text(
         assert proc is None or proc.poll() is None, content
         return content if text in content else ""
 
-    return await eventually(holds, timeout, interval=0.05)
+    try:
+        return await eventually(holds, timeout, interval=0.05)
+    except AssertionError:
+        raise AssertionError(f"{text!r} not in {path.name}: {path.read_text()!r}") from None

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import yaml
 
@@ -30,16 +29,16 @@ from gateway.cli.orgs_keys import cell
 from gateway.config import parse_config
 from gateway.process.bootstrap import example_path
 from tests.conftest import (
+    ADMIN_TOKEN,
     ROOT,
     GatewayFactory,
     RunningGateway,
     closed_port_url,
     free_port,
     make_config,
-    wait_until_listening,
 )
+from tests.helpers import ADMIN, Done, start_shipped, wait_for_text
 
-TOKEN = "test-admin-token-0123456789"
 PROXY_VARIABLES = (
     "http_proxy",
     "HTTP_PROXY",
@@ -48,29 +47,6 @@ PROXY_VARIABLES = (
     "all_proxy",
     "ALL_PROXY",
 )
-
-
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> Any:
-        assert self.code == 0, self.err
-        return orjson.loads(self.out)
-
-    def assert_one_error_line(self, *expected: str) -> None:
-        """Exit 1, nothing on stdout, one `error: …` line on stderr holding each expected part."""
-        assert "Traceback" not in self.err, self.err
-        assert self.code == 1, (self.code, self.err)
-        assert self.out == ""
-        assert self.err.startswith("error: ")
-        assert self.err.count("\n") == 1, self.err
-        assert self.err.endswith("\n")
-        for part in expected:
-            assert part in self.err, (part, self.err)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -82,7 +58,7 @@ def cli_env(**extra: str) -> dict[str, str]:
         and k.lower() != "no_proxy"
         and not k.startswith("GATEWAY_")
     }
-    return {**env, "GATEWAY_ADMIN_TOKEN": TOKEN, **extra}
+    return {**env, "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, **extra}
 
 
 async def run_cli(
@@ -232,8 +208,7 @@ async def test_proxy_variables_are_ignored_and_the_token_reaches_only_the_admin_
     assert [o["slug"] for o in listed.json] == ["acme"]
 
     assert proxy.received == []  # never a byte, so never the token
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with gw.session.get(f"{gw.admin_url}/admin/orgs/acme", headers=headers) as r:
+    async with gw.session.get(f"{gw.admin_url}/admin/orgs/acme", headers=ADMIN) as r:
         assert r.status == 200  # the org is real: the command reached the gateway
 
 
@@ -285,7 +260,7 @@ async def test_network_failures_are_one_line_and_exit_1(
     done = await run_cli(*args, env=env, timeout=40)
 
     done.assert_one_error_line(url, expected.format(url=url))
-    assert TOKEN not in done.err
+    assert ADMIN_TOKEN not in done.err
 
 
 async def test_bad_timeouts_are_named() -> None:
@@ -309,7 +284,7 @@ InProcess = Callable[..., Awaitable[Done]]
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> InProcess:
     """The CLI's main() in a thread, for the commands' output (quicker than a process each)."""
-    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
     for name in ("GATEWAY_ADMIN_URL", "GATEWAY_ADMIN_TIMEOUT", "GATEWAY_CONFIG"):
         monkeypatch.delenv(name, raising=False)
 
@@ -491,28 +466,10 @@ def test_the_example_path_is_a_route_the_demo_key_may_call() -> None:
 
 
 def _start_shipped(tmp_path: Path, port: int, admin_port: int, run: int) -> subprocess.Popen[bytes]:
-    """`make run` on non-default ports: the shipped gateway.yaml, a fresh directory."""
+    """`make run` on non-default ports, in an environment that steers nothing."""
     env = {**cli_env(GATEWAY_PORT=str(port), GATEWAY_ADMIN_PORT=str(admin_port))}
     env.pop("GATEWAY_ADMIN_TOKEN")
-    with (tmp_path / f"err-{run}.log").open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(ROOT / "gateway.yaml")],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    wait_until_listening(port, proc)
-    return proc
-
-
-async def _banner(path: Path, text: str, proc: subprocess.Popen[bytes]) -> str:
-    for _ in range(200):
-        if text in (content := path.read_text()):
-            return content
-        assert proc.poll() is None, content
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{text!r} not in {path.read_text()!r}")
+    return start_shipped(tmp_path, port, admin_port, run, env)
 
 
 async def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -524,7 +481,7 @@ async def test_every_command_printed_on_start_works_as_printed(tmp_path: Path) -
     port, admin_port = free_port(), free_port()
     proc = _start_shipped(tmp_path, port, admin_port, 1)
     try:
-        first = await _banner(tmp_path / "err-1.log", "Try it:", proc)
+        first = await wait_for_text(tmp_path / "err-1.log", "Try it:", proc)
         curls = re.findall(r'curl -H "Authorization: Bearer (\S+)" (\S+)', first)
         assert [url for _, url in curls] == [
             f"http://localhost:{port}/v1/me",
@@ -539,7 +496,7 @@ async def test_every_command_printed_on_start_works_as_printed(tmp_path: Path) -
 
     proc = _start_shipped(tmp_path, port, admin_port, 2)
     try:
-        second = await _banner(tmp_path / "err-2.log", "and try it:", proc)
+        second = await wait_for_text(tmp_path / "err-2.log", "and try it:", proc)
         assert "Demo org 'demo' exists" in second
         [command] = re.findall(r"^  (\.venv/bin/gateway keys create .*)$", second, re.MULTILINE)
         [curl_url] = re.findall(r'Bearer <the new key>" (\S+)', second)

@@ -5,31 +5,21 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
 
 from gateway.cli.main import main
-from tests.conftest import GatewayFactory, RunningGateway, Upstream, UpstreamFactory, make_config
-
-TOKEN = "test-admin-token-0123456789"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> Any:
-        assert self.code == 0, self.err
-        return orjson.loads(self.out)
+from tests.conftest import (
+    ADMIN_TOKEN,
+    GatewayFactory,
+    RunningGateway,
+    Upstream,
+    UpstreamFactory,
+    make_config,
+)
+from tests.helpers import Done, eventually
 
 
 class Cli:
@@ -39,14 +29,14 @@ class Cli:
         self.admin_url = gw.admin_url
         self.capsys = capsys
 
-    async def __call__(self, *args: str) -> Run:
+    async def __call__(self, *args: str) -> Done:
         self.capsys.readouterr()
         code = await asyncio.to_thread(main, [*args, "--admin-url", self.admin_url])
         out, err = self.capsys.readouterr()
         assert "Traceback" not in err
-        return Run(code, out, err)
+        return Done(code, out, err)
 
-    async def ok(self, *args: str) -> Run:
+    async def ok(self, *args: str) -> Done:
         run = await self(*args)
         assert run.code == 0, run.err
         return run
@@ -58,7 +48,7 @@ async def cli(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Cli:
-    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
     monkeypatch.delenv("GATEWAY_ADMIN_URL", raising=False)
     gw = await gateway_factory(
         make_config(
@@ -71,14 +61,6 @@ async def cli(
     cli = Cli(gw, capsys)
     await cli.ok("orgs", "create", "acme", "--plan", "free")
     return cli
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("the condition did not come true in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_endpoint_lifecycle_from_the_cli(cli: Cli, upstream: Upstream) -> None:
@@ -151,7 +133,7 @@ async def test_endpoint_lifecycle_from_the_cli(cli: Cli, upstream: Upstream) -> 
         found = (await cli.ok("webhooks", "deliveries", endpoint_id, "--json")).json
         return bool(found and found[0]["status"] == "succeeded")
 
-    await wait_for(delivered)
+    await eventually(delivered)
     [delivery] = (await cli.ok("webhooks", "deliveries", endpoint_id, "--json")).json
     assert delivery["eventId"] == ping["eventId"]
     assert delivery["eventType"] == "webhook.ping"
@@ -177,7 +159,7 @@ async def test_endpoint_lifecycle_from_the_cli(cli: Cli, upstream: Upstream) -> 
         found = (await cli.ok("webhooks", "deliveries", endpoint_id, "--json")).json
         return bool(found[0]["attempts"] == 2 and found[0]["status"] == "succeeded")
 
-    await wait_for(attempted_again)
+    await eventually(attempted_again)
     assert [s.raw_path for s in upstream.seen] == ["/hooks", "/hooks"]
 
     missing = await cli("webhooks", "retry", "dlv_nope")
@@ -209,10 +191,7 @@ async def test_events_publish_reaches_subscribed_endpoints(
     ).json
     assert published["id"].startswith("evt_")
 
-    async def arrived() -> bool:
-        return bool(bodies)
-
-    await wait_for(arrived)
+    await eventually(lambda: bodies)
     event = orjson.loads(bodies[0])
     assert (event["id"], event["type"], event["data"]) == (
         published["id"],

@@ -3,26 +3,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from gateway.config import ConfigError, load_config, parse_config
-from gateway.process.gateway import GatewayProcess
-from tests.conftest import Spawn, Upstream
+from tests.conftest import ADMIN_TOKEN, GatewayFactory, Spawn, Upstream
+from tests.helpers import ADMIN, eventually, write_config
 
 GATEWAY = Path(sys.executable).parent / "gateway"  # the installed command, as operators run it
-ADMIN_TOKEN = "test-admin-token-0123456789"
 
 NESTED = "line 1, column 65: nested deeper than 64 levels"
 # "Billion laughs": nine references to nine references... 9**9 strings once expanded.
@@ -182,52 +178,23 @@ def test_run_reports_an_unreadable_file_and_exits_1(tmp_path: Path) -> None:
 # Reloads: the running config keeps serving, the problem is reported.
 
 
-def write_config(path: Path, upstream: Upstream, **extra: Any) -> None:
-    config = {
-        "listen": {"host": "127.0.0.1", "port": 0},
-        "admin": {"host": "127.0.0.1", "port": 0, "token": ADMIN_TOKEN},
-        "store": {"path": str(path.parent / "state.db")},
-        "upstreams": {"app": {"targets": [upstream.url]}},
-        "routes": [{"path": "/a", "upstream": "app", "auth": "none"}],
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(config))
-
-
-@pytest.fixture
-async def gateway_from(
-    tmp_path: Path,
-) -> AsyncIterator[Callable[[Path], Awaitable[GatewayProcess]]]:
-    started: list[GatewayProcess] = []
-
-    async def start(path: Path) -> GatewayProcess:
-        process = GatewayProcess(load_config(path))
-        await process.start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        await process.stop()
-
-
 @pytest.mark.parametrize("name", [*CRASHED_BEFORE, "billion-laughs"])
 async def test_a_reload_of_an_unreadable_file_is_refused_with_its_problem(
-    gateway_from: Callable[[Path], Awaitable[GatewayProcess]],
+    gateway_factory: GatewayFactory,
     upstream: Upstream,
     tmp_path: Path,
     name: str,
 ) -> None:
     path = tmp_path / "gateway.yaml"
     write_config(path, upstream)
-    process = await gateway_from(path)
+    process = (await gateway_factory(path)).process
     digest = process.loaded.digest
     content, expected = UNREADABLE[name]
     path.write_bytes(content)
     assert await process.reload() == [expected]
     async with aiohttp.ClientSession() as session:
         admin = f"http://127.0.0.1:{process.admin_address[1]}/admin/reload"
-        async with session.post(admin, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+        async with session.post(admin, headers=ADMIN) as r:
             assert r.status == 400
             body = await r.json()
         assert body["error"]["code"] == "config_invalid"
@@ -238,13 +205,13 @@ async def test_a_reload_of_an_unreadable_file_is_refused_with_its_problem(
 
 
 async def test_a_reload_refuses_a_nan_timeout_by_name(
-    gateway_from: Callable[[Path], Awaitable[GatewayProcess]],
+    gateway_factory: GatewayFactory,
     upstream: Upstream,
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "gateway.yaml"
     write_config(path, upstream)
-    process = await gateway_from(path)
+    process = (await gateway_factory(path)).process
     nan = {"targets": [upstream.url], "timeouts": {"read": float("nan")}}
     write_config(path, upstream, upstreams={"app": nan})
     assert await process.reload() == [
@@ -263,13 +230,11 @@ async def test_sighup_with_an_unreadable_file_logs_the_problem_and_serves_on(
         }
     )
     [path] = sorted(tmp_path.glob("gateway-*.yaml"))
+    failed = '"event":"config_reload_failed"'
     for reloads, name in enumerate(("deep-block-mapping", "alias-loop"), 1):
         path.write_bytes(UNREADABLE[name][0])
         gp.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while gp.log_text().count('"event":"config_reload_failed"') < reloads:
-            assert time.monotonic() < deadline, gp.log_text()
-            await asyncio.sleep(0.05)
+        await eventually(lambda n=reloads: gp.log_text().count(failed) >= n, 10, interval=0.05)
     log = gp.log_text()
     assert "nested deeper than 64 levels" in log
     assert "an alias refers to the value that holds it" in log

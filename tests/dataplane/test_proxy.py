@@ -24,6 +24,7 @@ from tests.conftest import (
     raw_request,
     read_one_response,
 )
+from tests.helpers import eventually, slow_upstream
 
 
 def assert_envelope(body: dict[str, object], code: str, request_id: str) -> None:
@@ -212,11 +213,7 @@ async def test_upstream_down_is_502_without_address(gateway_factory: GatewayFact
 async def test_slow_upstream_is_504(
     gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
 ) -> None:
-    async def slow(request: web.BaseRequest) -> web.Response:
-        await asyncio.sleep(2)
-        return web.Response(text="late")
-
-    up = await upstream_factory(slow)
+    up = await upstream_factory(slow_upstream(2, "late"))
     gw = await gateway_factory(
         make_config(
             {"app": {"targets": [up.url], "timeouts": {"read": "300ms"}}},
@@ -405,7 +402,7 @@ async def _truncating_upstream(chunked: bool) -> tuple[asyncio.Server, int]:
         else:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1024)
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # real time: the first bytes reach the gateway before the reset
         writer.transport.abort()  # reset mid-body
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -533,7 +530,7 @@ async def test_client_hanging_up_mid_response_is_a_499_not_a_server_error(
         try:
             for _ in range(50):
                 await response.write(b"x" * 65536)
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # a slow stream, still going when the client leaves
         finally:
             finished.set()
         return response
@@ -546,9 +543,7 @@ async def test_client_hanging_up_mid_response_is_a_499_not_a_server_error(
     writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
     writer.transport.abort()  # the client gives up mid-body
-    async with asyncio.timeout(5):
-        while not logs.events("request"):
-            await asyncio.sleep(0.02)
+    await eventually(lambda: logs.events("request"))
     [line] = logs.events("request")
     assert line["status"] == 499
     assert logs.events("unhandled_error") == []

@@ -15,6 +15,7 @@ from tests.conftest import (
     closed_port_url,
     make_config,
 )
+from tests.helpers import eventually, slow_upstream
 
 
 async def metrics(gw: RunningGateway) -> str:
@@ -60,11 +61,7 @@ async def test_the_last_target_is_never_ejected(gateway_factory: GatewayFactory)
 async def test_a_full_upstream_answers_503_at_once(
     gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
 ) -> None:
-    async def slow(request: web.BaseRequest) -> web.Response:
-        await asyncio.sleep(0.5)
-        return web.Response(text="ok")
-
-    up = await upstream_factory(slow)
+    up = await upstream_factory(slow_upstream(0.5))
     gw = await gateway_factory(
         make_config(
             {"app": {"targets": [up.url], "max_concurrency": 1}},
@@ -77,7 +74,7 @@ async def test_a_full_upstream_answers_503_at_once(
             return r.status
 
     first = asyncio.create_task(call())
-    await asyncio.sleep(0.1)
+    await eventually(lambda: up.seen)  # the one slot is taken
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert await call() == 503
@@ -109,18 +106,25 @@ async def test_active_checks_eject_a_target_without_client_traffic(
             [{"path": "/x", "upstream": "app"}],
         )
     )
-    await asyncio.sleep(0.35)  # a few checks
-    assert 'gateway_upstream_healthy_targets{upstream="app"} 1.0' in await metrics(gw)
+
+    async def one_healthy() -> bool:
+        return 'gateway_upstream_healthy_targets{upstream="app"} 1.0' in await metrics(gw)
+
+    await eventually(one_healthy)  # the checks run on their own interval
     for _ in range(6):
         async with gw.session.get(f"{gw.url}/x") as r:
             assert await r.text() != "sick"
     healthy["value"] = True
-    await asyncio.sleep(1.0)  # past the cool-down, and checks pass again
-    bodies = []
-    for _ in range(4):
-        async with gw.session.get(f"{gw.url}/x") as r:
-            bodies.append(await r.text())
-    assert "sick" in bodies  # back in rotation
+
+    async def back_in_rotation() -> bool:
+        bodies = []
+        for _ in range(4):
+            async with gw.session.get(f"{gw.url}/x") as r:
+                bodies.append(await r.text())
+        return "sick" in bodies
+
+    # Past the cool-down, and checks pass again: both on the event loop's own clock.
+    await eventually(back_in_rotation)
 
 
 def test_cooldown_grows_on_repeat_and_resets_after_recovery() -> None:

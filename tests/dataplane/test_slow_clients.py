@@ -1,4 +1,8 @@
-"""Slow clients: header_timeout cuts partial and trickled request heads; idle_timeout the idle."""
+"""Slow clients: header_timeout cuts partial and trickled request heads; idle_timeout the idle.
+
+The clients here are slow in real time on purpose: the listener's deadlines run on the event
+loop's clock.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import pytest
 
 from gateway.config import ConfigError, parse_config
 from tests.conftest import (
+    ADMIN_TOKEN,
     GatewayFactory,
     RunningGateway,
     Spawn,
@@ -73,8 +78,10 @@ async def test_hundred_partial_heads_are_all_answered_408_and_closed_at_header_t
     loop = asyncio.get_running_loop()
 
     async def partial_head() -> tuple[float, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        # Timed from before the connect: the server's deadline starts at its accept, which a
+        # busy loop may report to this side late; timed from after, a cut looked early.
         started = loop.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(PARTIAL_HEAD)  # and then nothing more
         try:
             # The idle timeout is 75s: only the head deadline can close these in time.
@@ -169,7 +176,7 @@ async def test_slow_but_complete_head_within_the_deadline_is_served_past_the_idl
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(REQUEST)
     assert parse_response(await read_one_response(reader))[0] == 200
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # idle, within the idle timeout
     # The next head starts within the idle timeout and takes 1.5s in pieces: its own deadline
     # (3s) governs it, not the idle timer that would have closed the connection at 1s.
     for piece in (b"GET /v1/slow HTTP/1.1\r\n", b"Host: gw\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n"):
@@ -209,7 +216,7 @@ async def test_real_clients_keep_their_latency_during_a_slow_header_attack(
 ) -> None:
     gp = spawn_gateway(
         {
-            "admin": {"token": "test-admin-token-0123456789"},
+            "admin": {"token": ADMIN_TOKEN},
             "server": {"header_timeout": "1s"},
             "log": {"access_log": False},
             "upstreams": {"demo": {"builtin": "echo"}},

@@ -15,6 +15,7 @@ from gateway.keys.secrets import KeyFormat
 from gateway.store import ApiKey, Org, new_id
 from gateway.store.local import LocalStore
 from tests.conftest import FakeClock
+from tests.helpers import eventually
 
 
 class GatedStore(LocalStore):
@@ -24,11 +25,13 @@ class GatedStore(LocalStore):
         super().__init__(path)
         self.gate: asyncio.Event | None = None
         self.lookups = 0
+        self.held = 0  # lookups that have read the key and wait at the gate
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         self.lookups += 1
         key = await super().find_key(key_hash)
         if self.gate is not None:
+            self.held += 1
             await self.gate.wait()
         return key
 
@@ -81,7 +84,7 @@ async def test_a_lookup_overlapping_a_revocation_is_not_cached(store: GatedStore
     keyring = ring(store)
     store.gate = asyncio.Event()
     first = asyncio.create_task(keyring.resolve(secret))
-    await asyncio.sleep(0.05)  # the lookup has read the key, not yet returned it
+    await eventually(lambda: store.held)  # the lookup has read the key, not yet returned it
     await store.update_key(key.id, lambda k: k.with_changes(revoked_at=time.time()))
     store.gate.set()
     assert await first is not None  # it began before the revocation
@@ -96,7 +99,7 @@ async def test_a_cancelled_caller_does_not_cancel_others_sharing_its_lookup(
     store.gate = asyncio.Event()
     leader = asyncio.create_task(keyring.resolve(secret))
     follower = asyncio.create_task(keyring.resolve(secret))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: store.held)  # both wait on the one lookup
     leader.cancel()
     store.gate.set()
     identity = await follower

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import stat
 from pathlib import Path
@@ -15,9 +14,15 @@ from gateway.config.registry import registered
 from gateway.control.listener import redacted_config
 from gateway.dataplane.chain import Handler, RequestContext
 from gateway.dataplane.plugins import PluginServices
-from tests.conftest import GatewayFactory, LogLines, RunningGateway, Upstream, make_config
-
-TOKEN = "test-admin-token-0123456789"
+from tests.conftest import (
+    ADMIN_TOKEN,
+    GatewayFactory,
+    LogLines,
+    RunningGateway,
+    Upstream,
+    make_config,
+)
+from tests.helpers import ADMIN, eventually
 
 
 async def test_one_access_log_line_per_request_with_its_fields(
@@ -64,14 +69,14 @@ async def test_error_responses_are_logged_with_their_request_id(
 async def _scrape(gw: RunningGateway) -> str:
     """Metrics once no request is in flight: a response's last byte can reach the client just
     before its handler records it."""
-    for _ in range(100):
+
+    async def settled() -> str:
         async with gw.session.get(f"{gw.admin_url}/metrics") as r:
             assert r.status == 200
             text = await r.text()
-        if "gateway_inflight_requests 0.0" in text:
-            return text
-        await asyncio.sleep(0.01)
-    raise AssertionError("requests still in flight")
+        return text if "gateway_inflight_requests 0.0" in text else ""
+
+    return await eventually(settled, 2.0, interval=0.01)
 
 
 async def test_metrics_have_low_cardinality_labels(gateway: RunningGateway) -> None:
@@ -120,20 +125,22 @@ async def test_health_and_readiness(gateway: RunningGateway) -> None:
 
 async def test_admin_api_needs_the_token(gateway: RunningGateway) -> None:
     url = f"{gateway.admin_url}/admin/config"
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {ADMIN_TOKEN}"},
+    ):
         async with gateway.session.get(url, headers=headers) as r:
             assert r.status == 401
             assert r.headers["WWW-Authenticate"] == 'Bearer realm="admin"'
             assert (await r.json())["error"]["code"] == "unauthorized"
-    async with gateway.session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+    async with gateway.session.get(url, headers=ADMIN) as r:
         body = await r.json()
     assert r.status == 200
     assert body["data"]["hash"] == gateway.process.loaded.digest
     assert body["data"]["config"]["admin"]["token"] == "***"
-    assert TOKEN not in str(body)
-    async with gateway.session.get(
-        f"{gateway.admin_url}/admin/nothing", headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as r:
+    assert ADMIN_TOKEN not in str(body)
+    async with gateway.session.get(f"{gateway.admin_url}/admin/nothing", headers=ADMIN) as r:
         assert r.status == 404
         assert (await r.json())["error"]["code"] == "route_not_found"
 
@@ -251,7 +258,7 @@ async def test_admin_api_answers_its_own_refusals_in_the_envelope(gateway: Runni
     async with gateway.session.post(
         f"{gateway.admin_url}/admin/orgs",
         data=io.BytesIO(b"x" * (2 * 1024 * 1024)),
-        headers={"Authorization": f"Bearer {TOKEN}"},
+        headers=ADMIN,
     ) as r:
         assert r.status == 413
         body = await r.json()

@@ -29,7 +29,7 @@ def creating_upstream(
 
     async def create(request: web.BaseRequest) -> web.Response:
         await request.read()
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay)  # real time: duplicates arrive while the first is in flight
         n = next(counter)
         return web.json_response(
             {"id": f"inv_{n}", "created": n},

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,9 +30,8 @@ from gateway.dataplane.chain import Handler, RequestContext
 from gateway.dataplane.plugins import PluginServices
 from gateway.process.gateway import GatewayProcess
 from plugins.cors import CorsPlugin
-from tests.conftest import RunningGateway, Upstream, make_config
+from tests.conftest import GatewayFactory, Upstream, make_config
 
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 SHIPPED = ["auth", "cors", "deprecation", "idempotency", "rate_limit"]
 
 

@@ -21,11 +21,14 @@ from gateway.http.listen import ListenError
 from gateway.process.gateway import GatewayProcess
 from gateway.store import StoreError
 from gateway.store.redis import RedisStore
-from tests.conftest import RunningGateway, Upstream, closed_port_url, make_config
-
-ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
-GatewayFactory = Callable[..., Awaitable[RunningGateway]]
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
+from tests.conftest import (
+    GatewayFactory,
+    Upstream,
+    UpstreamFactory,
+    closed_port_url,
+    make_config,
+)
+from tests.helpers import ADMIN, eventually
 
 
 def _background_tasks() -> list[str]:
@@ -133,9 +136,7 @@ async def test_stop_drains_requests_in_flight_while_readyz_says_draining(
     pending = asyncio.create_task(gw.session.get(f"{gw.url}/slow"))
     await asyncio.wait_for(arrived.wait(), 5)
     stopping = asyncio.create_task(gw.process.stop())
-    async with asyncio.timeout(5):
-        while not await _refused(gw.port):  # the data listener takes no new connection
-            await asyncio.sleep(0.02)
+    await eventually(lambda: _refused(gw.port))  # the data listener takes no new connection
     async with gw.session.get(f"{gw.admin_url}/readyz") as r:
         assert (r.status, (await r.json())["data"]["status"]) == (503, "draining")
     assert not stopping.done()
@@ -261,9 +262,9 @@ async def test_a_reload_racing_a_stop_leaves_no_snapshot_running(
     reload = asyncio.create_task(process.reload())
     await asyncio.wait_for(held.entered.wait(), 5)
     stopping = asyncio.create_task(process.stop())
-    async with asyncio.timeout(5):
-        while not await _refused(process.data_address[1]):  # the stop is under way
-            await asyncio.sleep(0.02)
+    await eventually(
+        lambda: _refused(process.data_address[1])
+    )  # the data listener takes no new connection
     held.gate.set()
     assert await asyncio.wait_for(reload, 5) == []
     await asyncio.wait_for(stopping, 10)
@@ -295,9 +296,9 @@ async def test_stop_finishes_the_snapshots_earlier_reloads_left_retiring(
     _write(path, up, ["/a", "/b"])
     assert await process.reload() == []  # the first snapshot retires when its request ends
     stopping = asyncio.create_task(process.stop())
-    async with asyncio.timeout(5):
-        while not await _refused(process.data_address[1]):
-            await asyncio.sleep(0.02)
+    await eventually(
+        lambda: _refused(process.data_address[1])
+    )  # the data listener takes no new connection
     release.set()
     response = await pending
     assert (response.status, await response.text()) == (200, "finished")

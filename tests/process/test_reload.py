@@ -6,7 +6,6 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
@@ -18,20 +17,8 @@ from tests.conftest import (
     Spawn,
     Upstream,
     UpstreamFactory,
-    make_config,
 )
-from tests.helpers import ADMIN, eventually, slow_upstream
-
-
-def write_config(path: Path, upstream: Upstream, routes: list[str], **extra: Any) -> None:
-    """The gateway's config file, which a reload reads again."""
-    config = make_config(
-        {"app": {"targets": [upstream.url]}},
-        [{"path": p, "upstream": "app"} for p in routes],
-        store={"path": str(path.parent / "state.db")},
-        **extra,
-    )
-    path.write_text(yaml.safe_dump(config))
+from tests.helpers import ADMIN, eventually, slow_upstream, write_config
 
 
 async def status(gw: RunningGateway, path: str) -> int:

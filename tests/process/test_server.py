@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import (
+    ADMIN_TOKEN,
     ROOT,
     GatewayProc,
     RedisServer,
@@ -28,15 +28,15 @@ from tests.conftest import (
     parse_response,
     read_one_response,
     unique_prefix,
-    wait_until_listening,
 )
+from tests.helpers import eventually, slow_upstream, start_shipped, wait_for_text
 
 pytestmark = pytest.mark.slow
 
 
 def _config(target: str, **extra: Any) -> dict[str, Any]:
     return {
-        "admin": {"token": "test-admin-token-0123456789"},
+        "admin": {"token": ADMIN_TOKEN},
         "upstreams": {"app": {"targets": [target]}},
         "routes": [{"path": "/{rest:.*}", "upstream": "app", "auth": "none"}],
         **extra,
@@ -54,29 +54,7 @@ def _log_events(gp: GatewayProc) -> list[dict[str, Any]]:
 def _start_shipped(tmp_path: Path, port: int, admin_port: int, run: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_PORT": str(admin_port)}
     env.pop("GATEWAY_ADMIN_TOKEN", None)
-    with (
-        (tmp_path / f"out-{run}.log").open("wb") as out,
-        (tmp_path / f"err-{run}.log").open("wb") as err,
-    ):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(ROOT / "gateway.yaml")],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=err,
-        )
-    wait_until_listening(port, proc)
-    return proc
-
-
-async def _wait_for_text(path: Path, text: str, timeout: float = 10) -> str:
-    """The file's content once it holds text (the banner follows the listener by a moment)."""
-    deadline = time.monotonic() + timeout
-    while text not in (content := path.read_text()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in {path.name}: {content!r}")
-        await asyncio.sleep(0.05)
-    return content
+    return start_shipped(tmp_path, port, admin_port, run, env)
 
 
 def _cli(tmp_path: Path, admin_port: int, *args: str) -> Any:
@@ -103,7 +81,7 @@ async def test_newcomer_flow_on_the_shipped_config(tmp_path: Path) -> None:
     proc = _start_shipped(tmp_path, port, admin_port, 1)
     url = f"http://127.0.0.1:{port}"
     try:
-        banner = await _wait_for_text(tmp_path / "err-1.log", "Try it:")
+        banner = await wait_for_text(tmp_path / "err-1.log", "Try it:")
         [demo_key] = re.findall(r"fw_live_[0-9A-Za-z]{38}", banner)[:1]
         assert f'curl -H "Authorization: Bearer {demo_key}" http://localhost:{port}/v1/me' in banner
         assert demo_key not in (tmp_path / "out-1.log").read_text()  # never in the JSON log
@@ -155,7 +133,7 @@ async def test_newcomer_flow_on_the_shipped_config(tmp_path: Path) -> None:
         assert await _exit_code(proc) == 0
     proc = _start_shipped(tmp_path, port, admin_port, 2)
     try:
-        assert "Demo org 'demo' exists" in await _wait_for_text(tmp_path / "err-2.log", "exists")
+        assert "Demo org 'demo' exists" in await wait_for_text(tmp_path / "err-2.log", "exists")
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{url}/v1/me", headers=demo) as r:
                 assert r.status == 200
@@ -186,15 +164,11 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path) -> None:
 async def test_sigterm_drains_in_flight_requests_then_exits_0(
     spawn_gateway: Spawn, upstream_factory: UpstreamFactory
 ) -> None:
-    async def slow(request: web.BaseRequest) -> web.Response:
-        await asyncio.sleep(1.0)
-        return web.Response(text="finished")
-
-    up = await upstream_factory(slow)
+    up = await upstream_factory(slow_upstream(1.0, "finished"))
     gp = spawn_gateway(_config(up.url, server={"drain_timeout": "10s"}))
     async with aiohttp.ClientSession() as session:
         pending = asyncio.create_task(session.get(f"{gp.url}/slow"))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: up.seen)  # in flight
         gp.proc.send_signal(signal.SIGTERM)
         response = await pending
         assert response.status == 200
@@ -249,22 +223,30 @@ async def test_workers_share_one_port_and_one_metrics_endpoint(
     store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
     gp = spawn_gateway(_config(upstream.url, workers=2, store=store))
     async with aiohttp.ClientSession() as session:
-        for _ in range(40):  # workers come up one by one: wait for both
+
+        async def both_alive() -> Any:
             async with session.get(f"{gp.admin_url}/readyz") as r:
-                ready = await r.json()
-            if ready["data"]["workers"]["alive"] == 2:
-                break
-            await asyncio.sleep(0.25)
-        assert ready["data"]["status"] == "ready"
+                ready = (await r.json())["data"]
+            return ready if ready["workers"]["alive"] == 2 else None
+
+        ready = await eventually(both_alive, 10, interval=0.25)  # workers come up one by one
+        assert ready["status"] == "ready"
         results = []
         for _ in range(40):
             async with aiohttp.ClientSession() as fresh, fresh.get(f"{gp.url}/x") as r:
                 results.append(r.status)
         assert results == [200] * 40
-        await asyncio.sleep(0.2)
-        async with session.get(f"{gp.admin_url}/metrics") as r:
-            text = await r.text()
-    assert 'gateway_requests_total{method="GET",route="/{rest:.*}",status_class="2xx"} 40.0' in text
+
+        async def all_counted() -> bool:
+            # A request is counted as its handler ends, a moment after the client has it.
+            async with session.get(f"{gp.admin_url}/metrics") as r:
+                text = await r.text()
+            return (
+                'gateway_requests_total{method="GET",route="/{rest:.*}",status_class="2xx"} 40.0'
+                in text
+            )
+
+        await eventually(all_counted)
     started = {e["pid"] for e in _log_events(gp) if e["event"] == "gateway_started"}
     assert len(started) == 2
     gp.proc.send_signal(signal.SIGTERM)

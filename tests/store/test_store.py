@@ -10,7 +10,8 @@ import pytest
 
 from gateway.config import StoreConfig
 from gateway.store import ApiKey, Conflict, Invalidation, Org, Store, new_id, open_store
-from tests.conftest import RedisServer, StoreFactory, unique_prefix
+from tests.conftest import FakeClock, RedisServer, StoreFactory, unique_prefix
+from tests.helpers import eventually
 
 
 def make_org(slug: str = "acme") -> Org:
@@ -66,7 +67,7 @@ async def test_update_org_is_saved_and_announced(store: Store) -> None:
     assert await store.update_org(org.id, lambda current: changed) == changed
     assert await store.update_org("org_missing", lambda current: changed) is None
     assert await store.get_org("acme") == changed
-    await _eventually(lambda: Invalidation("org", org.id) in seen)
+    await eventually(lambda: Invalidation("org", org.id) in seen)
 
 
 async def test_key_round_trip(store: Store) -> None:
@@ -84,6 +85,20 @@ async def test_key_round_trip(store: Store) -> None:
     assert await store.list_keys("org_other") == []
 
 
+async def test_keys_are_listed_a_page_at_a_time_in_creation_order(store: Store) -> None:
+    """The expiry scan reads an org's keys in pages: every key once, in the order they were made."""
+    org = make_org()
+    await store.create_org(org)
+    now = time.time()
+    # Made out of order on purpose: the listing follows created_at, not insertion.
+    keys = [make_key(org, name=f"k{i}", created_at=now + i) for i in range(5)]
+    for key in reversed(keys):
+        await store.create_key(key)
+    pages = [await store.list_keys(org.id, offset=start, limit=2) for start in (0, 2, 4, 6)]
+    assert pages == [keys[0:2], keys[2:4], keys[4:5], []]
+    assert await store.list_keys(org.id, offset=3) == keys[3:]
+
+
 async def test_key_updates_are_saved_and_announced(store: Store) -> None:
     seen: list[Invalidation] = []
     store.subscribe(seen.append)
@@ -95,7 +110,7 @@ async def test_key_updates_are_saved_and_announced(store: Store) -> None:
     assert await store.update_key(key.id, lambda current: revoked) == revoked
     assert await store.update_key("key_missing", lambda current: revoked) is None
     assert await store.get_key(key.id) == revoked
-    await _eventually(lambda: seen.count(Invalidation("key", key.key_hash)) == 2)  # create, update
+    await eventually(lambda: seen.count(Invalidation("key", key.key_hash)) == 2)  # create, update
 
 
 async def test_concurrent_updates_never_undo_each_other(store_factory: StoreFactory) -> None:
@@ -186,18 +201,10 @@ async def test_other_redis_instances_hear_about_changes(redis_server: RedisServe
         key = make_key(org)
         await a.create_key(key)
         await a.update_key(key.id, lambda current: current.with_changes(revoked_at=time.time()))
-        await _eventually(lambda: heard.count(Invalidation("key", key.key_hash)) == 2)
+        await eventually(lambda: heard.count(Invalidation("key", key.key_hash)) == 2)
     finally:
         await a.shutdown()
         await b.shutdown()
-
-
-async def _eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_idempotency_lock_replay_and_mismatch(store: Store) -> None:
@@ -226,7 +233,8 @@ async def test_idempotency_lock_of_a_crashed_holder_runs_out(store: Store) -> No
     now = time.time()
     assert (await store.idempotency_begin("o:h", "fp", "crashed", now, 1.0)).outcome == "acquired"
     assert (await store.idempotency_begin("o:h", "fp", "t2", now + 0.5, 1.0)).outcome == "in_flight"
-    await asyncio.sleep(1.1)  # on Redis the record's own expiry is server time
+    # Real time: on Redis the record's own expiry is the server's clock, not the one passed.
+    await asyncio.sleep(1.1)
     later = now + 1.2
     assert (await store.idempotency_begin("o:h", "fp", "t2", later, 60)).outcome == "acquired"
     # The crashed holder, were it to come back, can no longer store anything.
@@ -250,15 +258,12 @@ async def test_stored_responses_survive_a_restart(store_factory: StoreFactory) -
 
 
 async def test_idempotency_lock_is_renewed_only_by_its_holder(store: Store) -> None:
-    assert (
-        await store.idempotency_begin("o:h", "fp", "t1", time.time(), 1.0)
-    ).outcome == "acquired"
-    await asyncio.sleep(0.6)
-    assert await store.idempotency_renew("o:h", "t1", time.time(), 1.0)
-    assert not await store.idempotency_renew("o:h", "intruder", time.time(), 1.0)
-    await asyncio.sleep(0.6)  # past the first deadline, within the renewed one
-    assert (
-        await store.idempotency_begin("o:h", "fp", "t2", time.time(), 1.0)
-    ).outcome == "in_flight"
-    assert await store.idempotency_finish("o:h", "t1", b"done", time.time(), 60)
-    assert not await store.idempotency_renew("o:h", "t1", time.time(), 1.0)  # nothing to hold
+    clock = FakeClock()
+    assert (await store.idempotency_begin("o:h", "fp", "t1", clock(), 1.0)).outcome == "acquired"
+    clock.now += 0.6
+    assert await store.idempotency_renew("o:h", "t1", clock(), 1.0)
+    assert not await store.idempotency_renew("o:h", "intruder", clock(), 1.0)
+    clock.now += 0.6  # past the first deadline, within the renewed one
+    assert (await store.idempotency_begin("o:h", "fp", "t2", clock(), 1.0)).outcome == "in_flight"
+    assert await store.idempotency_finish("o:h", "t1", b"done", clock(), 60)
+    assert not await store.idempotency_renew("o:h", "t1", clock(), 1.0)  # nothing to hold

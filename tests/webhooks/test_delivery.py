@@ -10,8 +10,9 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,16 @@ from aiohttp import web
 from gateway.webhooks.secret_box import SecretBox, SecretUnavailable
 from gateway.webhooks.sender import Sender
 from tests.conftest import (
+    ADMIN_TOKEN,
+    FakeClock,
     GatewayFactory,
-    GatewayProc,
     RedisServer,
     Spawn,
     UpstreamFactory,
     make_config,
     unique_prefix,
 )
-from tests.plugins.test_auth import ADMIN, Admin
-from tests.webhooks.test_signing import verify_standard_webhooks
+from tests.helpers import Admin, eventually, verify_standard_webhooks
 
 
 @dataclass
@@ -55,21 +56,23 @@ class Reply:
 
 
 class Receiver:
-    """A webhook receiver: records every request, answers from a script (then 200)."""
+    """A webhook receiver: records every request (when, by the gateway's clock), answers from a
+    script (then 200)."""
 
-    def __init__(self, *replies: Reply) -> None:
+    def __init__(self, *replies: Reply, clock: Callable[[], float] = time.time) -> None:
         self.replies = list(replies)
         self.received: list[Received] = []
         self.arrived = asyncio.Event()
         self.url = ""
+        self.clock = clock
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read()
-        self.received.append(Received(dict(request.headers), body, time.time()))
+        self.received.append(Received(dict(request.headers), body, self.clock()))
         self.arrived.set()
         reply = self.replies.pop(0) if self.replies else Reply()
         if reply.delay:
-            await asyncio.sleep(reply.delay)
+            await asyncio.sleep(reply.delay)  # a slow receiver, in real time
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
 
     async def start(self, factory: UpstreamFactory) -> Receiver:
@@ -78,11 +81,10 @@ class Receiver:
         return self
 
     async def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.received)} of {count} deliveries arrived")
-            await asyncio.sleep(0.02)
+        try:
+            await eventually(lambda: len(self.received) >= count, timeout)
+        except AssertionError:
+            raise AssertionError(f"{len(self.received)} of {count} deliveries arrived") from None
         return self.received
 
 
@@ -119,18 +121,26 @@ async def publish(admin: Admin, event_type: str, data: Any, org: str = "acme") -
     return body["data"]["id"]  # type: ignore[no-any-return]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("the condition did not come true in time")
-        await asyncio.sleep(0.05)
-
-
 async def deliveries_of(admin: Admin, endpoint_id: str) -> list[dict[str, Any]]:
     status, body = await admin.call("GET", f"/admin/webhooks/{endpoint_id}/deliveries")
     assert status == 200, body
     return body["data"]  # type: ignore[no-any-return]
+
+
+async def after_attempt(admin: Admin, endpoint_id: str, number: int) -> dict[str, Any]:
+    """The endpoint's one delivery, once the outcome of its attempt ``number`` is recorded."""
+
+    async def recorded() -> dict[str, Any] | None:
+        (delivery,) = await deliveries_of(admin, endpoint_id)
+        return delivery if delivery["attempts"] == number else None
+
+    delivery = await eventually(recorded)
+    assert delivery is not None
+    return delivery
+
+
+def timestamp(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 async def test_a_published_event_arrives_signed_the_standard_way(
@@ -155,8 +165,6 @@ async def test_a_published_event_arrives_signed_the_standard_way(
     event_id = await publish(admin, "invoice.created", {"id": "inv_1", "total": 120})
     assert event_id.startswith("evt_")
     (got,) = await receiver.wait_for(1)
-    await asyncio.sleep(0.3)
-    assert len(receiver.received) == 1
 
     headers = {k.lower(): v for k, v in got.headers.items()}
     assert headers["webhook-id"] == event_id
@@ -177,7 +185,9 @@ async def test_a_published_event_arrives_signed_the_standard_way(
         return bool(listed) and listed[0]["status"] == "succeeded"
 
     await eventually(recorded)
+    # The one delivery to the one endpoint at this receiver: the other events made none.
     (delivery,) = await deliveries_of(admin, endpoint["id"])
+    assert len(receiver.received) == 1
     assert delivery["eventId"] == event_id
     assert delivery["attempts"] == 1
     (attempt,) = delivery["history"]
@@ -193,25 +203,30 @@ async def test_a_published_event_arrives_signed_the_standard_way(
 async def test_a_failing_endpoint_is_retried_on_schedule_then_dead(
     gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
 ) -> None:
-    receiver = await Receiver(*(Reply(500, body=b"boom " * 500) for _ in range(3))).start(
-        upstream_factory
-    )
-    gw = await gateway_factory(hook_config(store_config))
+    clock = FakeClock()
+    replies = (Reply(500, body=b"boom " * 500) for _ in range(3))
+    receiver = await Receiver(*replies, clock=clock).start(upstream_factory)
+    gw = await gateway_factory(hook_config(store_config), clock=clock)
     admin = Admin(gw)
     await admin.org()
     endpoint = await subscribe(admin, receiver.url, ["*"])
     event_id = await publish(admin, "invoice.created", {"id": "inv_2"})
+    for number, wait in enumerate([0.2, 0.4], 1):  # the retry schedule, on the injected clock
+        await receiver.wait_for(number)
+        retrying = await after_attempt(admin, endpoint["id"], number)
+        assert timestamp(retrying["nextAttemptAt"]) == pytest.approx(clock.now + wait, abs=1e-3)
+        clock.now += wait
     attempts = await receiver.wait_for(3)
 
     async def dead() -> bool:
         return (await deliveries_of(admin, endpoint["id"]))[0]["status"] == "dead"
 
     await eventually(dead)
-    await asyncio.sleep(0.6)
+    clock.now += 60.0  # far past the schedule
+    await asyncio.sleep(0.3)  # quiet for three polls: absence takes real time to show
     assert len(receiver.received) == 3  # dead means no more attempts
     gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
-    assert gaps[0] >= 0.2, gaps
-    assert gaps[1] >= 0.4, gaps
+    assert gaps == pytest.approx([0.2, 0.4]), gaps
     for got in attempts:
         headers = {k.lower(): v for k, v in got.headers.items()}
         assert headers["webhook-id"] == event_id  # the same message, for deduplication
@@ -241,20 +256,31 @@ async def test_a_failing_endpoint_is_retried_on_schedule_then_dead(
 async def test_retry_after_is_honoured_and_redirects_are_failures(
     gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
 ) -> None:
+    clock = FakeClock()
     receiver = await Receiver(
-        Reply(503, {"Retry-After": "1"}), Reply(302, {"Location": "/elsewhere"}), Reply(204)
+        Reply(503, {"Retry-After": "1"}),
+        Reply(302, {"Location": "/elsewhere"}),
+        Reply(204),
+        clock=clock,
     ).start(upstream_factory)
-    gw = await gateway_factory(hook_config({}, retry_schedule=["100ms", "100ms", "100ms"]))
+    gw = await gateway_factory(
+        hook_config({}, retry_schedule=["100ms", "100ms", "100ms"]), clock=clock
+    )
     admin = Admin(gw)
     await admin.org()
     endpoint = await subscribe(admin, receiver.url, ["invoice.created"])
     await publish(admin, "invoice.created", {})
-    first, second, third = await receiver.wait_for(3, timeout=6)
-    assert second.at - first.at >= 1.0  # Retry-After: 1 beat the 100 ms schedule
+    # Retry-After: 1 beats the 100 ms schedule; then the schedule again.
+    for number, wait in enumerate([1.0, 0.1], 1):
+        await receiver.wait_for(number)
+        retrying = await after_attempt(admin, endpoint["id"], number)
+        assert timestamp(retrying["nextAttemptAt"]) == pytest.approx(clock.now + wait, abs=1e-3)
+        clock.now += wait
+    first, second, third = await receiver.wait_for(3)
+    assert second.at - first.at == pytest.approx(1.0)
     assert third.at - second.at < 1.0
-    await asyncio.sleep(0.2)
+    delivery = await after_attempt(admin, endpoint["id"], 3)
     assert len(receiver.received) == 3  # the redirect was not followed
-    (delivery,) = await deliveries_of(admin, endpoint["id"])
     assert delivery["status"] == "succeeded"
     assert [a["error"] for a in delivery["history"]] == [
         "answered 503",
@@ -285,7 +311,7 @@ async def test_gone_disables_the_endpoint(
     assert delivery["status"] == "dead"
     assert delivery["attempts"] == 1
     await publish(admin, "a.b", {})
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.4)  # quiet for four polls: absence takes real time to show
     assert len(receiver.received) == 1
     # Enabled again by an admin, it receives events again.
     status, body = await admin.call(
@@ -447,7 +473,7 @@ async def test_key_lifecycle_events(
     status, _ = await admin.call("POST", f"/admin/keys/{later['id']}/rotate", {"grace": "1h"})
     assert status == 201
     await receiver.wait_for(5)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # quiet for three polls: an event announced twice would show
     seen = sorted((r.event["type"], r.event["data"]["id"]) for r in receiver.received)
     assert seen == sorted(
         [
@@ -517,7 +543,7 @@ async def test_events_from_a_redis_stream(
             return bool(pending["pending"] == 0 and await client.xlen(stream) == 0)
 
         await eventually(drained)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # quiet for three polls: a refused entry delivered would show
         assert sorted(orjson.dumps(r.event["data"]) for r in receiver.received) == [
             b'{"id":"inv_9"}',
             b"{}",
@@ -533,20 +559,8 @@ async def test_events_from_a_redis_stream(
 def _process_config(store: dict[str, Any], **webhooks: Any) -> dict[str, Any]:
     config = hook_config(store, **webhooks)
     config.pop("admin")  # spawn_gateway picks the ports; the token stays
-    config["admin"] = {"token": "test-admin-token-0123456789"}
+    config["admin"] = {"token": ADMIN_TOKEN}
     return config
-
-
-class ProcAdmin(Admin):
-    def __init__(self, gp: GatewayProc, session: Any) -> None:
-        self.admin_url = gp.admin_url
-        self.session = session
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with self.session.request(
-            method, f"{self.admin_url}{path}", json=body, headers=ADMIN
-        ) as r:
-            return r.status, await r.json()
 
 
 async def test_a_delivery_in_flight_survives_kill_9(
@@ -560,7 +574,7 @@ async def test_a_delivery_in_flight_survives_kill_9(
     config = _process_config(store_config, timeout="1s")  # the lease is 2 x 1 s + 5 s
     first = spawn_gateway(config)
     async with aiohttp.ClientSession() as session:
-        admin = ProcAdmin(first, session)
+        admin = Admin(first, session)
         await admin.org()
         endpoint = await subscribe(admin, receiver.url, ["invoice.created"])
         event_id = await publish(admin, "invoice.created", {"id": "inv_k9"})
@@ -568,7 +582,7 @@ async def test_a_delivery_in_flight_survives_kill_9(
         os.kill(first.proc.pid, signal.SIGKILL)
         first.proc.wait()
         second = spawn_gateway(config)
-        admin = ProcAdmin(second, session)
+        admin = Admin(second, session)
         again = await receiver.wait_for(2, timeout=15)
         assert again[1].event["id"] == event_id
         assert {k.lower(): v for k, v in again[1].headers.items()}["webhook-id"] == event_id
@@ -594,7 +608,7 @@ async def test_instances_sharing_redis_deliver_each_event_once(
     config = _process_config(store)
     a, b = spawn_gateway(config), spawn_gateway(config)
     async with aiohttp.ClientSession() as session:
-        admin_a, admin_b = ProcAdmin(a, session), ProcAdmin(b, session)
+        admin_a, admin_b = Admin(a, session), Admin(b, session)
         await admin_a.org("acme", plan="big")
         await subscribe(admin_a, receiver.url, ["*"])
         ids = await asyncio.gather(
@@ -604,7 +618,7 @@ async def test_instances_sharing_redis_deliver_each_event_once(
             )
         )
         await receiver.wait_for(40, timeout=15)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # quiet: a second delivery by the other instance would show
     delivered = [
         {k.lower(): v for k, v in r.headers.items()}["webhook-id"] for r in receiver.received
     ]
@@ -740,12 +754,13 @@ async def test_with_workers_the_supervisor_takes_events_and_the_workers_deliver(
     store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
     gp = spawn_gateway({**_process_config(store), "workers": 2})
     async with aiohttp.ClientSession() as session:
-        admin = ProcAdmin(gp, session)
-        for _ in range(100):  # the workers come up one by one
+        admin = Admin(gp, session)
+
+        async def ready() -> int:
             async with session.get(f"{gp.admin_url}/readyz") as r:
-                if r.status == 200:
-                    break
-            await asyncio.sleep(0.1)
+                return r.status
+
+        await eventually(ready, 10, expect=200, interval=0.1)  # the workers come up one by one
         await admin.org("acme", plan="big")
         key = await admin.key("acme", scopes=["webhooks:write"])
         await subscribe(admin, receiver.url, ["invoice.created"])
@@ -757,11 +772,14 @@ async def test_with_workers_the_supervisor_takes_events_and_the_workers_deliver(
         ) as r:
             assert r.status == 200
             assert len((await r.json())["data"]) == 1
-        await asyncio.sleep(0.5)
-        async with session.get(f"{gp.admin_url}/metrics") as r:
-            metrics = await r.text()
+
+        async def all_counted() -> bool:
+            async with session.get(f"{gp.admin_url}/metrics") as r:
+                return 'gateway_webhook_deliveries_total{result="delivered"} 10.0' in await r.text()
+
+        # A delivery is counted once its outcome is recorded, after the receiver has it.
+        await eventually(all_counted)
     delivered = sorted(
         {k.lower(): v for k, v in got.headers.items()}["webhook-id"] for got in receiver.received
     )
     assert delivered == sorted(ids)
-    assert 'gateway_webhook_deliveries_total{result="delivered"} 10.0' in metrics
