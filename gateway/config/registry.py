@@ -36,7 +36,7 @@ class PluginSpec(Protocol):
     """What the registry and the config know of a plugin class; the data plane asks for more
     (``upstream_headers``, ``build``, and instances that are chain members)."""
 
-    # The registry key, the metric and log label; by convention the module's name as well.
+    # The registry key; by convention the module's name as well.
     name: ClassVar[str]
     priority: ClassVar[int]  # higher runs first (outermost)
     # The fields it owns, or None: a subclass of RouteConfig adding keys to each of routes[],

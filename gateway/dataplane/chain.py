@@ -92,8 +92,8 @@ Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 
 class Plugin(Protocol):
     """A request plugin, one per route that needs it: its class is registered by name (see
-    gateway.config.registry and gateway.dataplane.plugins), the name being its config key, its
-    metric and log label.
+    gateway.config.registry and gateway.dataplane.plugins); the config keys it owns are
+    declared by its class, usually named after it.
 
     Higher priority runs first (outermost). ``startup`` and ``shutdown`` bracket the snapshot
     that uses the plugin; ``__call__`` must call ``call_next`` to continue, or answer itself.

@@ -65,8 +65,8 @@ class KeyRing:
     key churn the cache holds the keys in use, not every key ever seen.
 
     When the store cannot be reached, a key that was good when last checked keeps working
-    (served stale) and the store is left alone for a second, then one lookup tries it again (a
-    circuit breaker); an unknown key gets a 503 meanwhile.
+    (served stale) and the store is left alone for a second from the failure, then lookups try
+    it again (gateway.breaker); an unknown key gets a 503 meanwhile.
 
     SECURITY: anyone can make well-formed keys (the checksum is public), so unknown hashes live
     in a small cache of their own that cannot push good keys out, and at most

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 
-# "read", "contacts:read", "contacts:*", "billing:invoices:write", or "*" for everything.
 class ScopePolicy:
     """Decides whether granted scopes cover a required one; built once per config."""
 
