@@ -2,10 +2,11 @@
 
 The gateway also runs with API keys (gateway+auth) and with rate limits that never refuse,
 on the local store (gateway+limits) and on a Redis the harness starts (gateway+limits+redis).
-
-Over 400 lines: one script on purpose, so every contender's set-up sits beside the others and a
-reader compares them side by side; shared pieces (load generators, upstream) are modules beside it.
 """
+
+# Over 400 lines: one script on purpose, so every contender's set-up sits beside the others and a
+# reader compares them side by side; shared pieces (load generators, upstream) are modules beside
+# it.
 
 from __future__ import annotations
 

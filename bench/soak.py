@@ -17,10 +17,10 @@ local store) in front of bench/upstream.py, everything on 127.0.0.1. For --durat
 At the end it judges flatness (RSS slope over the second half, fds, errors, deliveries, reloads,
 revocations), prints a markdown report, appends it to bench/RESULTS.md for full-length runs,
 and exits 1 if anything grew or failed.
-
-Over 400 lines: one script on purpose, so the load, the churn, the reloads and the verdict are
-read in one place; shared pieces (load generators, upstream) are modules beside it.
 """
+
+# Over 400 lines: one script on purpose, so the load, the churn, the reloads and the verdict are
+# read in one place; shared pieces (load generators, upstream) are modules beside it.
 
 from __future__ import annotations
 

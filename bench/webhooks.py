@@ -4,10 +4,10 @@ For each store backend (local SQLite, then a Redis the harness starts) one gatew
 one endpoint subscribed to every event type, a receiver in this process (its own thread and
 event loop, answering 204) notes when each `webhook-id` arrives, and the table gives the
 publish rate, the delivery throughput and the publish-to-arrival latency.
-
-Over 400 lines: one script on purpose, so both stores' runs and the receiver are read in one
-place; shared pieces are modules beside it.
 """
+
+# Over 400 lines: one script on purpose, so both stores' runs and the receiver are read in one
+# place; shared pieces are modules beside it.
 
 from __future__ import annotations
 
