@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 import time
 from collections.abc import Sequence
 
@@ -11,16 +9,23 @@ import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.config import HeaderRulesConfig
 from gateway.dataplane.chain import RequestContext
 from gateway.dataplane.request_body import BodyPump, BodyRefused
 from gateway.dataplane.response_relay import ResponseRelay, UpstreamFailure
-from gateway.dataplane.upstream import UpstreamPool
+from gateway.dataplane.upstream import Target, UpstreamPool
+from gateway.dataplane.upstream_http import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamReadTimeout,
+)
 from gateway.errors import (
     BadGateway,
     ExpectationFailed,
+    GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
     Unavailable,
@@ -37,9 +42,6 @@ from gateway.http.headers import (
 )
 
 log = structlog.get_logger("gateway.proxy")
-
-# Failures in which the request never left: the upstream cannot have acted on it.
-_NOT_SENT = frozenset({"connect", "connect_timeout"})
 
 # Methods that may be sent to a second target after a connect failure: they are safe to repeat.
 _RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -82,12 +84,8 @@ class Proxy:
         self.sandbox = sandbox
         self.max_body_size = max_body_size
         self.body_timeout = body_timeout
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=connect_timeout,
-            sock_connect=connect_timeout,
-            sock_read=read_timeout,
-        )
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         # SECURITY: identity headers are ours on every route, authenticated or not; the client's
         # credentials stay at the edge unless the route asks for them.
         # Plugins declare the headers they inject: every client-sent variant of them goes too.
@@ -115,9 +113,7 @@ class Proxy:
         if expect is not None and expect.strip().lower() != "100-continue":
             raise ExpectationFailed()
         has_body = request.body_exists
-        if ctx.body is not None:  # a plugin read it whole: send those bytes
-            declared = len(ctx.body)
-        headers = self._upstream_headers(ctx, declared if has_body else None)
+        headers = self._upstream_headers(ctx)
         pool = self.pool
         identity = ctx.identity
         if self.sandbox is not None and identity is not None and identity.key.environment == "test":
@@ -131,12 +127,17 @@ class Proxy:
         pool.inflight += 1
         pool.budget.deposit()
         try:
-            return await self._forward(ctx, pool, headers, has_body)
+            return await self._forward(ctx, pool, headers, has_body, declared)
         finally:
             pool.inflight -= 1
 
     async def _forward(
-        self, ctx: RequestContext, pool: UpstreamPool, headers: CIMultiDict[str], has_body: bool
+        self,
+        ctx: RequestContext,
+        pool: UpstreamPool,
+        headers: list[tuple[bytes, bytes]],
+        has_body: bool,
+        declared: int | None,
     ) -> web.StreamResponse:
         index = pool.pick()
         attempts = (
@@ -145,28 +146,19 @@ class Proxy:
         for attempt in range(attempts):
             target = pool.targets[index]
             ctx.upstream_target = target
-            url = f"{target}{ctx.path}?{ctx.query}" if ctx.query else f"{target}{ctx.path}"
-            pump = (
-                BodyPump(ctx, self.max_body_size, self.body_timeout)
-                if has_body and ctx.body is None
-                else None
-            )
+            pump = None
+            if has_body and ctx.body is None:
+                pump = BodyPump(ctx, self.max_body_size, self.body_timeout)
+                # The body is sent from this task, so its failure arrives here as an exception
+                # and the reason is in pump.failure: the pump has no other task to cancel.
+                pump.response_started = True
             try:
-                response = await self._exchange(pool, ctx, url, headers, pump)
-            except asyncio.CancelledError:
-                # The body pump cancels us when the client's body fails before any response
-                # started: answer with its reason. Any other cancellation goes on up.
-                if pump is None or pump.failure is None or not pump.cancelled_handler:
-                    raise
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                raise pump.failure from None
+                response = await self._exchange(
+                    pool, pool.upstreams[index], ctx, headers, pump, declared
+                )
             except UpstreamFailure as failure:
                 if pump is not None and pump.failure is not None:
                     raise pump.failure from None
-                if failure.kind in _NOT_SENT:
-                    ctx.upstream_reached = False  # it never left: the upstream did nothing
                 pool.metrics.error(failure.kind)
                 pool.failed(index)
                 log.warning(
@@ -186,15 +178,14 @@ class Proxy:
             return response
         raise BadGateway()  # unreachable: the loop returns or raises
 
-    def _upstream_headers(self, ctx: RequestContext, body_length: int | None) -> CIMultiDict[str]:
+    def _upstream_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+        """The request head for the upstream, without framing: the client sets that."""
         inbound = ctx.request.headers
         headers: CIMultiDict[str] = CIMultiDict()
         copy_end_to_end(inbound.items(), headers, self._stripped, inbound.getall("Connection", ()))
         fwd = ctx.forwarded
         if self.pool.preserve_host and fwd.host:
             headers["Host"] = fwd.host
-        if body_length is not None:
-            headers["Content-Length"] = str(body_length)
         headers[REQUEST_ID] = ctx.request_id
         headers[FORWARDED_FOR] = fwd.forwarded_for
         headers[FORWARDED_PROTO] = fwd.proto
@@ -203,50 +194,72 @@ class Proxy:
         headers.update(ctx.upstream_headers)
         if self._has_request_rules:
             apply_rules(headers, *self._request_rules)
-        return headers
+        # As the HTTP client encoded them before: text as UTF-8, a received raw byte as itself.
+        return [
+            (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+            for name, value in headers.items()
+        ]
 
     async def _exchange(
         self,
         pool: UpstreamPool,
+        target: Target,
         ctx: RequestContext,
-        url: str,
-        headers: CIMultiDict[str],
+        headers: list[tuple[bytes, bytes]],
         pump: BodyPump | None,
+        declared: int | None,
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        # From here the upstream may act on the request, whatever happens to us; only a failure
-        # to connect (see _NOT_SENT) proves that it did not.
+        # From here the upstream may act on the request, whatever happens to us; only an error
+        # that says nothing was sent proves that it did not.
         ctx.upstream_reached = True
+        path = f"{target.base}{ctx.path}?{ctx.query}" if ctx.query else f"{target.base}{ctx.path}"
+        if not any(len(name) == 4 and name.lower() == b"host" for name, _ in headers):
+            headers = [(b"Host", target.host), *headers]
         try:
-            upstream = await pool.session.request(
-                ctx.method,
-                URL(url, encoded=True),
-                headers=headers,
-                data=pump.chunks() if pump is not None else _bytes(ctx.body),
-                allow_redirects=False,
-                timeout=self.timeout,
+            upstream = await target.pool.request(
+                ctx.method.encode("ascii"),
+                path.encode("utf-8", "surrogateescape"),
+                headers,
+                pump.chunks() if pump is not None else ctx.body,
+                content_length=declared if pump is not None else None,
+                idempotent=ctx.method in _RETRYABLE_METHODS,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
             )
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamFailure("connect_timeout", GatewayTimeout(), True, exc) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamFailure("connect", BadGateway(), True, exc) from None
-        except aiohttp.ServerTimeoutError as exc:
-            raise UpstreamFailure("read_timeout", GatewayTimeout(), False, exc) from None
-        except aiohttp.ServerDisconnectedError as exc:
-            raise UpstreamFailure("disconnected", BadGateway(), False, exc) from None
-        except (aiohttp.ClientError, BodyRefused, TimeoutError, ConnectionError) as exc:
+        except UpstreamError as exc:
+            ctx.upstream_reached = exc.sent
+            raise _failure(exc) from None
+        except (
+            aiohttp.ClientError,
+            BodyRefused,
+            GatewayError,
+            TimeoutError,
+            ConnectionError,
+            ValueError,
+            web.HTTPException,
+        ) as exc:
+            # The client's body failed (the pump holds why) or the head could not be written.
             raise UpstreamFailure("protocol", BadGateway(), False, exc) from None
-        if pump is not None:
-            pump.response_started = True
-        ctx.upstream_reached = True
         try:
             ctx.upstream_seconds = time.perf_counter() - started
             pool.metrics.observe(ctx.upstream_seconds)
             return await self._relay(pool, ctx, upstream)
         finally:
-            upstream.release()
+            upstream.close()
 
 
-def _bytes(body: bytes | None) -> io.BytesIO | None:
-    # A file-like payload is sent in pieces, without blocking the loop on a large body.
-    return None if body is None else io.BytesIO(body)
+def _failure(exc: UpstreamError) -> UpstreamFailure:
+    """The kind, answer and retry rule of a failure before the answer's head arrived.
+
+    Only a failure to connect is retried on another target: the request never left.
+    """
+    if isinstance(exc, UpstreamConnectTimeout):
+        return UpstreamFailure("connect_timeout", GatewayTimeout(), True, exc)
+    if isinstance(exc, UpstreamConnectError):
+        return UpstreamFailure("connect", BadGateway(), True, exc)
+    if isinstance(exc, UpstreamReadTimeout):
+        return UpstreamFailure("read_timeout", GatewayTimeout(), False, exc)
+    if isinstance(exc, UpstreamDisconnected):
+        return UpstreamFailure("disconnected", BadGateway(), False, exc)
+    return UpstreamFailure("protocol", BadGateway(), False, exc)

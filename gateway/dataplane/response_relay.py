@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 
-import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.config import HeaderRulesConfig
 from gateway.dataplane.chain import RequestContext, ResponseCapture
 from gateway.dataplane.upstream import UpstreamPool
+from gateway.dataplane.upstream_http import UpstreamError, UpstreamReadTimeout, UpstreamResponse
 from gateway.errors import BadGateway, ClientDisconnected, GatewayError, GatewayTimeout
 from gateway.http.headers import (
     RATE_LIMIT_HEADERS,
@@ -59,30 +59,28 @@ class ResponseRelay:
         self._has_rules = any(self._rules)
 
     async def __call__(
-        self, pool: UpstreamPool, ctx: RequestContext, upstream: aiohttp.ClientResponse
+        self, pool: UpstreamPool, ctx: RequestContext, upstream: UpstreamResponse
     ) -> web.StreamResponse:
-        """Send upstream's answer to the client; the caller releases upstream."""
-        response = self._head(ctx, upstream)
+        """Send upstream's answer to the client; the caller closes upstream."""
+        length, response = self._head(ctx, upstream)
         capture = ctx.capture
         if capture is not None:
             capture.head(response.status, list(response.headers.items()))
-        length = upstream.content_length
         if length is not None and length <= _WHOLE_BODY_LIMIT and response.content_length:
             return await self._whole(ctx, upstream, response)
         try:
             await response.prepare(ctx.request)
         except ConnectionError:
             raise ClientDisconnected() from None
-        content = upstream.content
         held: list[bytes] = []
         while True:
             try:
-                chunk = await content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                chunk = await anext(upstream, b"")
+            except UpstreamError as exc:
                 # SECURITY/correctness: the status line is already sent. Close the client's
                 # connection without the final chunk so it can never take a truncated body
                 # for a complete one (a Content-Length body is short; a chunked one open).
-                kind = "read_timeout" if isinstance(exc, TimeoutError) else "body_truncated"
+                kind = "read_timeout" if isinstance(exc, UpstreamReadTimeout) else "body_truncated"
                 pool.metrics.error(kind)
                 log.warning(
                     "upstream_body_failed",
@@ -118,7 +116,7 @@ class ResponseRelay:
     async def _whole(
         self,
         ctx: RequestContext,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         response: web.StreamResponse,
     ) -> web.StreamResponse:
         """A small body of known length: read it all, then send head and body in one write.
@@ -127,8 +125,8 @@ class ResponseRelay:
         """
         try:
             body = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            timeout = isinstance(exc, TimeoutError)
+        except UpstreamError as exc:
+            timeout = isinstance(exc, UpstreamReadTimeout)
             answer = GatewayTimeout() if timeout else BadGateway()
             raise UpstreamFailure(
                 "read_timeout" if timeout else "body_truncated", answer, False, exc
@@ -145,20 +143,44 @@ class ResponseRelay:
         ctx.bytes_out = len(body)
         return response
 
-    def _head(self, ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        source = upstream.headers
+    def _head(
+        self, ctx: RequestContext, upstream: UpstreamResponse
+    ) -> tuple[int | None, web.StreamResponse]:
+        """The client's response head, and the upstream's Content-Length if it sent one."""
+        response = _Relayed(status=upstream.status, reason=upstream.reason.decode("latin-1"))
+        # As the HTTP client decoded them before: UTF-8, a byte that is not as a raw byte,
+        # which copy_end_to_end turns into the character it stands for in HTTP.
+        source = [
+            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+            for name, value in upstream.headers
+        ]
+        connection = [value for name, value in source if name.lower() == "connection"]
         dropped = _RESPONSE_STRIPPED if ctx.rate_limit is None else _RESPONSE_STRIPPED_LIMITED
-        copy_end_to_end(source.items(), response.headers, dropped, source.getall("Connection", ()))
-        if (
-            upstream.content_length is not None
-            and "chunked" not in upstream.headers.get("Transfer-Encoding", "").lower()
-        ):
-            response.content_length = upstream.content_length
+        copy_end_to_end(source, response.headers, dropped, connection)
+        length: int | None = None
+        for name, value in source:
+            if name.lower() == "content-length":
+                # The connection refused an answer with two lengths, or with both framings.
+                length = int(value.strip(" \t"))
+                response.content_length = length
         if self._has_rules:
             apply_rules(response.headers, *self._rules)
         stamp(response.headers, ctx.request_id, ctx.response_headers)
-        return response
+        return length, response
+
+
+class _Relayed(web.StreamResponse):
+    """A response that says what the upstream said: no Content-Type the upstream did not send.
+
+    aiohttp adds ``application/octet-stream`` to a body without one; a relay must not invent
+    a type the client would then trust.
+    """
+
+    async def _prepare_headers(self) -> None:
+        typed = hdrs.CONTENT_TYPE in self.headers
+        await super()._prepare_headers()
+        if not typed:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)
 
 
 async def _finish_capture(capture: ResponseCapture) -> None:

@@ -1,23 +1,55 @@
-"""An upstream: its healthy targets in round robin, one pooled session, its limits."""
+"""An upstream: its healthy targets in round robin, a connection pool per target, its limits."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 
 import aiohttp
 import structlog
+from yarl import URL
 
 from gateway.config import HealthConfig
 from gateway.dataplane.health import RetryBudget, TargetSelector
+from gateway.dataplane.upstream_http import TargetPool
 from gateway.observability.metrics import UpstreamMetrics
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.upstream")
 
 
+class Target:
+    """One target as the proxy sends to it: its pool, its base path, the Host it is named by."""
+
+    __slots__ = ("base", "host", "pool")
+
+    def __init__(self, target: str, max_connections: int) -> None:
+        url = URL(target)
+        host = url.raw_host or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        self.base = url.raw_path.rstrip("/")
+        name = f"[{host}]" if ":" in host else host
+        # As the HTTP client named it before: the port only when it is not the default one.
+        authority = name if url.is_default_port() else f"{name}:{port}"
+        self.host = authority.encode("ascii" if authority.isascii() else "idna")
+        self.pool = TargetPool(
+            host,
+            port,
+            max_connections=max_connections,
+            # The HTTP client's keep-alive time before: many upstreams close idle connections
+            # soon after, and the one we would pick is then the likeliest to be dead.
+            idle_timeout=15.0,
+            ssl=ssl.create_default_context() if url.scheme == "https" else None,
+        )
+
+
 class UpstreamPool:
-    """One upstream: its targets in round robin, one pooled client session, its timeouts."""
+    """One upstream: its targets in round robin, a connection pool per target, its limits.
+
+    The proxy path sends through the per-target pools; active health checks keep an HTTP
+    client session of their own.
+    """
 
     def __init__(
         self,
@@ -47,10 +79,12 @@ class UpstreamPool:
         self.inflight = 0
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self.upstreams: tuple[Target, ...] = ()
         self._checker: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         self.metrics.healthy.set(self.selector.healthy())
+        self.upstreams = tuple(Target(t, self._max_connections) for t in self.targets)
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=self._max_connections, ttl_dns_cache=10
         )
@@ -73,6 +107,9 @@ class UpstreamPool:
     async def shutdown(self) -> None:
         await cancel_and_wait(self._checker)
         self._checker = None
+        for target in self.upstreams:
+            await target.pool.close()
+        self.upstreams = ()
         if self._session is not None:
             await self._session.close()
             self._session = None

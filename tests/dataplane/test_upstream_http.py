@@ -355,6 +355,23 @@ async def test_an_upstream_silent_mid_body_is_a_read_timeout(serve: Serve) -> No
     assert pool.size == 0
 
 
+async def test_timeouts_given_with_a_request_override_the_pools(serve: Serve) -> None:
+    """Routes sharing a target may set their own timeouts: the request's are the ones kept."""
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345"  # held open: never finishes
+    server = await serve(answering(big))
+    pool = server.pool(max_connections=1, connect_timeout=30.0, read_timeout=30.0)
+    async with asyncio.timeout(5):
+        held = await pool.request(b"GET", b"/", [], read_timeout=0.05)
+        assert await held.__anext__() == b"12345"
+        with pytest.raises(UpstreamReadTimeout):
+            await held.__anext__()
+        held = await pool.request(b"GET", b"/", [])
+        with pytest.raises(UpstreamConnectTimeout) as caught:
+            await pool.request(b"GET", b"/", [], connect_timeout=0.05)
+    assert "within 0.05 s" in str(caught.value)
+    held.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # The pool
 

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from ssl import SSLContext
 
 from gateway.dataplane.upstream_http.connection import Body, Header, UpstreamConnection
 from gateway.dataplane.upstream_http.errors import (
@@ -37,6 +38,7 @@ class TargetPool:
         read_timeout: float = 30.0,
         max_head_size: int = 64 * 1024,
         high_water: int = 256 * 1024,
+        ssl: SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_connections < 1:
@@ -51,6 +53,7 @@ class TargetPool:
         self.read_timeout = read_timeout
         self._max_head = max_head_size
         self._high = high_water
+        self._ssl = ssl
         self._clock = clock
         self._idle: deque[UpstreamConnection] = deque()
         self._conns: set[UpstreamConnection] = set()
@@ -81,15 +84,20 @@ class TargetPool:
         *,
         content_length: int | None = None,
         idempotent: bool = False,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send a request on a pooled connection; see ``UpstreamConnection.request``.
 
-        A Host header naming the target is added unless ``headers`` has one.
+        A Host header naming the target is added unless ``headers`` has one. The timeouts
+        default to the pool's; a caller passes its own when they differ per request (routes
+        sharing one target may set their own).
         """
         if not any(len(name) == 4 and name.lower() == b"host" for name, _ in headers):
             headers = [(b"Host", self.authority), *headers]
-        timeout = self.read_timeout
-        conn = await self._acquire(fresh=False)
+        timeout = self.read_timeout if read_timeout is None else read_timeout
+        connect = self.connect_timeout if connect_timeout is None else connect_timeout
+        conn = await self._acquire(fresh=False, limit=connect)
         try:
             return await conn.request(
                 method, target, headers, body, content_length=content_length, read_timeout=timeout
@@ -102,7 +110,7 @@ class TargetPool:
             if not conn.reused or exc.received or (exc.sent and not (idempotent and replayable)):
                 raise
             first_sent = exc.sent
-        conn = await self._acquire(fresh=True)
+        conn = await self._acquire(fresh=True, limit=connect)
         try:
             return await conn.request(
                 method, target, headers, body, content_length=content_length, read_timeout=timeout
@@ -122,9 +130,9 @@ class TargetPool:
             if not wake_waiter.done():
                 wake_waiter.set_result(True)
 
-    async def _acquire(self, *, fresh: bool) -> UpstreamConnection:
+    async def _acquire(self, *, fresh: bool, limit: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
+        deadline = loop.time() + limit
         while True:
             if self._closed:
                 raise UpstreamConnectError("the upstream pool is closed", sent=False)
@@ -133,7 +141,7 @@ class TargetPool:
                 if conn is not None:
                     return conn
             if self.size < self.max_connections:
-                return await self._open(deadline - loop.time())
+                return await self._open(deadline - loop.time(), limit)
             if fresh and self._idle:
                 self._idle.popleft().close()  # make room: a new connection is what we need
                 continue
@@ -150,23 +158,28 @@ class TargetPool:
             if not woken:
                 _discard(self._waiters, waiter)
                 raise UpstreamConnectTimeout(
-                    f"no free connection to {self.host}:{self.port} within "
-                    f"{self.connect_timeout} s",
+                    f"no free connection to {self.host}:{self.port} within {limit} s",
                     sent=False,
                 )
 
-    async def _open(self, remaining: float) -> UpstreamConnection:
+    async def _open(self, remaining: float, limit: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         self._opening += 1
         conn: UpstreamConnection | None = None
         try:
             async with asyncio.timeout(max(0.0, remaining)):
-                _, conn = await loop.create_connection(self._new_connection, self.host, self.port)
+                _, conn = await loop.create_connection(
+                    self._new_connection,
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
             if not self._closed:
                 self._conns.add(conn)  # in the same step as _opening drops: the slot stays taken
         except TimeoutError:
             raise UpstreamConnectTimeout(
-                f"no connection to {self.host}:{self.port} within {self.connect_timeout} s",
+                f"no connection to {self.host}:{self.port} within {limit} s",
                 sent=False,
             ) from None
         except OSError as exc:
