@@ -149,9 +149,6 @@ class Proxy:
             pump = None
             if has_body and ctx.body is None:
                 pump = BodyPump(ctx, self.max_body_size, self.body_timeout)
-                # The body is sent from this task, so its failure arrives here as an exception
-                # and the reason is in pump.failure: the pump has no other task to cancel.
-                pump.response_started = True
             try:
                 response = await self._exchange(
                     pool, pool.upstreams[index], ctx, headers, pump, declared

@@ -71,36 +71,21 @@ class BodyRefused(Exception):
 class BodyPump:
     """Feeds the client's body to the upstream request, counted against the route's limit.
 
-    The HTTP client sends the body from a task of its own and, when the body fails, neither
-    aborts the exchange nor says why. So the pump records the reason (413, 408, a client that
-    went away) and cancels the handler that waits for the upstream's answer, unless that answer
-    has already begun.
+    The body is sent from the handler's own task, so a failure reaches the proxy as an
+    exception from the send; the pump records why (413, 408, a client that went away) in
+    ``failure``, which is the answer the client gets.
     """
 
-    __slots__ = (
-        "_ctx",
-        "_handler",
-        "_limit",
-        "_timeout",
-        "cancelled_handler",
-        "failure",
-        "response_started",
-    )
+    __slots__ = ("_ctx", "_limit", "_timeout", "failure")
 
     def __init__(self, ctx: RequestContext, limit: int, timeout: float) -> None:
         self._ctx = ctx
         self._limit = limit
         self._timeout = timeout
-        self._handler = asyncio.current_task()
         self.failure: GatewayError | None = None
-        self.response_started = False
-        self.cancelled_handler = False
 
     def _fail(self, failure: GatewayError) -> None:
         self.failure = failure
-        if not self.response_started and self._handler is not None:
-            self.cancelled_handler = True
-            self._handler.cancel()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         ctx = self._ctx
