@@ -6,14 +6,13 @@ import time
 
 import structlog
 from aiohttp import web
-from structlog.contextvars import bind_contextvars
 
 from gateway.dataplane.chain import RequestContext
 from gateway.dataplane.snapshot import Snapshot
 from gateway.errors import BadRequest, GatewayError, InternalError
 from gateway.http.headers import REQUEST_ID, field_text, is_preflight
 from gateway.http.paths import split_target
-from gateway.http.request_id import accept_request_id
+from gateway.http.request_id import accept_request_id, current_request_id
 from gateway.observability.log import AccessLog
 from gateway.observability.metrics import Metrics
 
@@ -51,7 +50,7 @@ class DataPlane:
         snapshot = self.snapshot  # one reference for the whole request, whatever reloads do
         started = time.perf_counter()
         request_id = accept_request_id(request.headers.getall(REQUEST_ID, []))
-        bind_contextvars(request_id=request_id)
+        current_request_id.set(request_id)
         ctx = RequestContext(
             request=request,
             request_id=request_id,

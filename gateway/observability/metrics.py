@@ -1,8 +1,20 @@
-"""Prometheus metrics: one registry per gateway, label children bound once per route."""
+"""Prometheus metrics: one registry per gateway, label children bound once per route.
+
+The per-request metrics are plain numbers on the hot path (see ``pending``): prometheus_client
+takes a lock for every increment, which a request pays several times over. They are added to
+the registry's metrics when it is collected, and every second by a worker whose scrape is
+served by the supervisor.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from gateway.observability.pending import Pending, PendingCounter, PendingGauge, PendingHistogram
+
+# Set in a worker: prometheus_client then keeps every value in a file in this directory, which
+# the supervisor reads to serve one /metrics for all workers.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # The *_created series double the output and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call] # untyped upstream
@@ -45,6 +57,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # Registered first, so a collection adds what is pending before any metric is read.
+        self.pending = Pending(r)
         self.requests = Counter(
             "gateway_requests_total",
             "Requests answered, by route, method and status class.",
@@ -84,12 +98,15 @@ class Metrics:
             registry=r,
             multiprocess_mode="min",
         )
-        self.inflight = Gauge(
-            "gateway_inflight_requests",
-            "Requests being handled now.",
-            registry=r,
-            multiprocess_mode="livesum",
+        self.inflight = PendingGauge(
+            Gauge(
+                "gateway_inflight_requests",
+                "Requests being handled now.",
+                registry=r,
+                multiprocess_mode="livesum",
+            )
         )
+        self.pending.add(self.inflight)
         self.config_info = Gauge(
             "gateway_config_info",
             "The config in force: 1 for its hash (first 12 hex digits of SHA-256 of the file).",
@@ -167,15 +184,15 @@ class Metrics:
             multiprocess_mode="max",
         )
         self._config_hash: str | None = None
-        self._decision_children: dict[tuple[str, bool], Counter] = {}
+        self._decision_children: dict[tuple[str, bool], PendingCounter] = {}
 
     def count_decision(self, policy: str, allowed: bool) -> None:
         child = self._decision_children.get((policy, allowed))
         if child is None:
             decision = "allowed" if allowed else "refused"
-            child = self.rate_limit_decisions.labels(policy, decision)
+            child = self.pending.counter(self.rate_limit_decisions, policy, decision)
             self._decision_children[(policy, allowed)] = child
-        child.inc()
+        child.n += 1
 
     def set_config(self, digest: str) -> None:
         if self._config_hash is not None and self._config_hash != digest:
@@ -192,24 +209,29 @@ class RouteMetrics:
     def __init__(self, metrics: Metrics, label: str) -> None:
         self._metrics = metrics
         self._label = label
-        self._requests: dict[tuple[str, int], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
+        self._requests: dict[tuple[str, int], PendingCounter] = {}
+        self._durations: dict[str, PendingHistogram] = {}
 
     def record(self, method: str, status: int, seconds: float) -> None:
-        method = method_label(method)
         status_class = min(max(status // 100, 1), 5)
         key = (method, status_class)
         counter = self._requests.get(key)
         if counter is None:
-            counter = self._metrics.requests.labels(
-                self._label, method, _STATUS_CLASSES[status_class - 1]
+            label = method_label(method)
+            counter = self._metrics.pending.counter(
+                self._metrics.requests, self._label, label, _STATUS_CLASSES[status_class - 1]
             )
-            self._requests[key] = counter
-        counter.inc()
+            if label == method:  # an invented method is not kept: clients choose those
+                self._requests[key] = counter
+        counter.n += 1
         histogram = self._durations.get(method)
         if histogram is None:
-            histogram = self._metrics.request_duration.labels(self._label, method)
-            self._durations[method] = histogram
+            label = method_label(method)
+            histogram = self._metrics.pending.histogram(
+                self._metrics.request_duration, self._label, label
+            )
+            if label == method:
+                self._durations[method] = histogram
         histogram.observe(seconds)
 
 
@@ -221,7 +243,7 @@ class UpstreamMetrics:
     def __init__(self, metrics: Metrics, name: str) -> None:
         self._metrics = metrics
         self._name = name
-        self._duration = metrics.upstream_duration.labels(name)
+        self._duration = metrics.pending.histogram(metrics.upstream_duration, name)
         self._errors: dict[str, Counter] = {}
         self.ejections = metrics.upstream_ejections.labels(name)
         self.healthy = metrics.upstream_healthy_targets.labels(name)

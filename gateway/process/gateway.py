@@ -26,7 +26,7 @@ from gateway.keys.keyring import KeyRing
 from gateway.keys.scopes import ScopePolicy
 from gateway.keys.secrets import KeyFormat
 from gateway.observability.log import access_log, flush_logs
-from gateway.observability.metrics import Metrics
+from gateway.observability.metrics import MULTIPROCESS_ENV, Metrics
 from gateway.process.bootstrap import ensure_demo
 from gateway.process.echo_backend import EchoServer
 from gateway.process.reload import ConfigWatcher, read_for_reload
@@ -96,6 +96,11 @@ class GatewayProcess:
         # What start() started, each with its release: stop() runs them in reverse order.
         self._teardown = contextlib.AsyncExitStack()
 
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.metrics.pending.flush()
+
     async def start(self) -> None:
         """Start every part in order. If a step fails, what started before it is released
         again, in reverse order, and the error is raised: a failed start leaves nothing open."""
@@ -107,6 +112,12 @@ class GatewayProcess:
         # Each part registers its release once it has started, so the stack holds exactly what
         # started; it runs them at stop(), or at once when a later step fails.
         config = self.loaded.config
+        if os.environ.get(MULTIPROCESS_ENV):
+            # A worker: the supervisor serves /metrics from the files the workers write, so
+            # what requests counted is written out every second, and once more after the drain.
+            stack.callback(self.metrics.pending.flush)
+            flusher = asyncio.create_task(self._flush_metrics(), name="gateway-metrics-flush")
+            stack.push_async_callback(cancel_and_wait, flusher)
         await self.store.startup()
         stack.push_async_callback(self.store.shutdown)
         await self.keyring.startup()

@@ -22,6 +22,7 @@ from gateway.control.plane import ControlPlane
 from gateway.http.listen import ListenError
 from gateway.keys.secrets import KeyFormat
 from gateway.observability.log import flush_logs
+from gateway.observability.metrics import MULTIPROCESS_ENV
 from gateway.process.gateway import store_state
 from gateway.process.reload import read_for_reload
 from gateway.process.run import CONFIG_DIGEST_ENV, READY_FD_ENV, WORKER_ENV
@@ -29,7 +30,6 @@ from gateway.store import Store, StoreError, open_store
 
 log = structlog.get_logger("gateway.supervisor")
 
-_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_DELAY = 1.0
 
 
@@ -45,7 +45,7 @@ class Supervisor:
         self.metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         self._env = {
             **os.environ,
-            _MULTIPROC_ENV: self.metrics_dir,
+            MULTIPROCESS_ENV: self.metrics_dir,
             WORKER_ENV: "1",
             CONFIG_DIGEST_ENV: loaded.digest,
         }
