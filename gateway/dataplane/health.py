@@ -43,8 +43,10 @@ class TargetSelector:
 
     def pick(self, exclude: int | None = None) -> int:
         """The next usable target in round robin (exclude: the one that just failed)."""
-        now = self.clock()
         count = len(self.health)
+        if count == 1:
+            return 0  # the only target, ejected or not: there is nothing else to send to
+        now = self.clock()
         for step in range(count):
             index = (self._next + step) % count
             if index != exclude and self._usable(index, now):
@@ -61,7 +63,7 @@ class TargetSelector:
     def succeeded(self, index: int) -> None:
         state = self.health[index]
         state.failures = 0
-        if state.ejected_until <= self.clock():
+        if state.ejections and state.ejected_until <= self.clock():
             state.ejections = 0
 
     def recovered(self, index: int) -> None:
