@@ -1,12 +1,16 @@
 """Benchmark the gateway against direct, a bare aiohttp proxy and nginx on one fast upstream.
 
 The gateway also runs with API keys (gateway+auth) and with rate limits that never refuse,
-on the local store (gateway+limits) and on a Redis the harness starts (gateway+limits+redis).
+on the local store (gateway+limits) and on a Redis the harness starts (gateway+limits+redis),
+and with the full pipeline (gateway+full: a key with the route's scope, a Redis rate limit,
+identity headers, the access log). Every contender is measured at each connection count in
+turn (50 and 256 by default: one table each), and issue 13's targets are judged under each
+table from that table's figures.
 """
 
 # Over 400 lines: one script on purpose, so every contender's set-up sits beside the others and a
-# reader compares them side by side; shared pieces (load generators, upstream) are modules beside
-# it.
+# reader compares them side by side; shared pieces (processes, nginx, Redis, load generator,
+# upstream, targets) are modules beside it.
 
 from __future__ import annotations
 
@@ -14,28 +18,46 @@ import argparse
 import contextlib
 import http.client
 import json
-import os
 import re
 import secrets
-import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO
 
 import yaml
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+# Run as a script (`python bench/run.py`), so bench/ is on sys.path and its siblings import.
+from harness import (
+    BENCH,
+    BENCH_PATH,
+    LOAD_GRACE,
+    BenchError,
+    Child,
+    Processes,
+    _get,
+    _pick,
+    _slug,
+    ensure_open_files,
+    free_port,
+    markdown_table,
+    nginx_version,
+    nproc,
+    probe,
+    proxy_server,
+    reproduce,
+    run_report,
+    start_nginx,
+    start_redis,
+    upstream_server,
+    wait_for_port,
+)
+from targets import Verdict, ratio_target, render_verdicts
+
 CONTENDERS = (
     "direct",
     "aiohttp-bare",
@@ -44,14 +66,13 @@ CONTENDERS = (
     "gateway+auth",
     "gateway+limits",
     "gateway+limits+redis",
+    "gateway+full",
     "nginx-proxy",
 )
-BENCH_PATH = "/bench/path"
-EXPECTED_BODY = b'{"ok":true}'
-# Bounds on everything that waits, so a wedged process fails the run instead of hanging it.
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 5.0
-LOAD_GRACE = 30.0
+# Issue 13's targets, each against aiohttp-bare in the same run; judged at every connection count.
+FULL_RPS_FACTOR = 1.5  # gateway+full's requests/s at least this times aiohttp-bare's
+FULL_P99_FACTOR = 1.0  # and its p99 at most this times aiohttp-bare's
+PLAIN_RPS_FACTOR = 2.5  # gateway (auth: none) at least this times aiohttp-bare's requests/s
 # wrk prints latencies with these units; the table is in milliseconds.
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 _WRK_LATENCY = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
@@ -61,10 +82,6 @@ _WRK_SOCKET = re.compile(
     r"^\s*Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.MULTILINE
 )
 _WRK_TOTAL = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.MULTILINE)
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says which step failed and why."""
 
 
 @dataclass(frozen=True)
@@ -90,207 +107,6 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes: every one started here is tracked, so all of them are stopped on any exit path.
-
-
-class Processes:
-    """Started child processes; each in its own session so a Ctrl-C reaches only the harness,
-    which then stops them in order (terminate, then kill after STOP_TIMEOUT)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self._running: list[subprocess.Popen[bytes]] = []
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self._running[:]):
-            self.stop(proc)
-
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        stdout: Path | None = None,
-        *,
-        stdout_to_stderr: bool = False,
-    ) -> Child:
-        """Start argv; stdout goes to the file given, to the stderr log, or nowhere."""
-        log = self.workdir / f"{_slug(name)}.stderr"
-        with contextlib.ExitStack() as files:
-            err = files.enter_context(log.open("wb"))
-            out: IO[bytes] | int = subprocess.DEVNULL
-            if stdout is not None:
-                out = files.enter_context(stdout.open("wb"))
-            elif stdout_to_stderr:
-                out = err
-            proc = subprocess.Popen(
-                list(argv),
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        self._running.append(proc)
-        return Child(name, proc, log)
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc in self._running:
-            self._running.remove(proc)
-        if proc.poll() is not None:
-            return
-        # The child leads its own process group: signal the group so any helper it forked
-        # (none today, but a supervisor or workers would) goes too.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-
-@dataclass(frozen=True)
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    stderr: Path
-
-    def describe_exit(self) -> str:
-        tail = self.stderr.read_text(errors="replace").strip().splitlines()[-15:]
-        detail = "\n    ".join(tail) or "(nothing on stderr)"
-        return f"{self.name} exited with status {self.proc.returncode}:\n    {detail}"
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def free_port() -> int:
-    # The kernel picks an unused port; the tiny window before the child binds it is acceptable
-    # on loopback, and a collision shows up as a start failure, not as wrong numbers.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(child: Child, port: int, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise BenchError(child.describe_exit())
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise BenchError(f"{child.name} did not accept connections on port {port} in {timeout:g}s")
-
-
-def _get(name: str, port: int, headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", BENCH_PATH, headers=headers)
-        response = conn.getresponse()
-        return response, response.read()
-    except OSError as exc:
-        raise BenchError(f"{name}: probe request failed: {exc}") from None
-    finally:
-        conn.close()
-
-
-def probe(name: str, port: int, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-    """One request before loading: a contender that answers 404 or 502 would post fine rps."""
-    response, body = _get(name, port, headers or {})
-    if response.status != 200 or body != EXPECTED_BODY:
-        raise BenchError(f"{name}: probe got {response.status} {body[:200]!r}, not 200 OK")
-    return response
-
-
-# ---------------------------------------------------------------------------------------------
-# nginx: the fast upstream, and the reference reverse proxy.
-
-
-def nginx_version() -> str:
-    out = subprocess.run(
-        ["nginx", "-v"], capture_output=True, text=True, timeout=10, check=False
-    ).stderr
-    m = re.search(r"nginx/([\d.]+)", out)
-    return m.group(1) if m else "unknown"
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".") if p.isdigit())
-
-
-def nginx_conf(prefix: Path, http_body: str) -> str:
-    # Every path nginx writes is inside the prefix: no root needed, nothing left behind.
-    return f"""\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    # Never retire a keep-alive connection mid-run: reconnects would be noise in every number.
-    keepalive_requests 10000000;
-    keepalive_timeout 75s;
-{http_body}
-}}
-"""
-
-
-def upstream_server(port: int) -> str:
-    return f"""\
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            default_type application/json;
-            return 200 '{EXPECTED_BODY.decode()}';
-        }}
-    }}"""
-
-
-def proxy_server(port: int, upstream_port: int) -> str:
-    return f"""\
-    upstream backend {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}"""
-
-
-def start_nginx(procs: Processes, name: str, port: int, http_body: str) -> Child:
-    prefix = procs.workdir / _slug(name)
-    prefix.mkdir()
-    conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(prefix, http_body))
-    argv = ["nginx", "-p", f"{prefix}/", "-c", str(conf)]
-    # -e (1.19.5+) keeps nginx from opening its compiled-in error log before reading the config.
-    if _version_tuple(nginx_version()) >= (1, 19, 5):
-        argv += ["-e", str(prefix / "error.log")]
-    child = procs.start(name, argv)
-    wait_for_port(child, port)
-    return child
-
-
-# ---------------------------------------------------------------------------------------------
 # Contenders.
 
 
@@ -312,6 +128,8 @@ class GatewayVariant:
     auth: bool = False  # the route takes `auth: key`; load carries a key made at start-up
     limits: bool = False  # the key's plan has a rate limit too high to ever refuse
     redis: bool = False  # the store is a Redis the harness starts, not SQLite
+    # The route requires a scope the bench key has; a second key, without it, must get 403.
+    scope: bool = False
 
 
 GATEWAYS = {
@@ -320,9 +138,13 @@ GATEWAYS = {
     "gateway+auth": GatewayVariant(auth=True),
     "gateway+limits": GatewayVariant(auth=True, limits=True),
     "gateway+limits+redis": GatewayVariant(auth=True, limits=True, redis=True),
+    # Issue 13's full pipeline. Request ids and metrics are always on; identity headers come
+    # with auth: every gateway contender pays for those.
+    "gateway+full": GatewayVariant(access_log=True, auth=True, limits=True, redis=True, scope=True),
 }
 BENCH_PLAN = "bench"
 BENCH_ORG = "bench"
+BENCH_SCOPE = "bench:read"
 # A sustained rate no run comes near: every request is counted, none is refused.
 NEVER_REFUSE = {"requests": 1_000_000_000, "per": "1m"}
 
@@ -337,6 +159,8 @@ def unsupported(variant: GatewayVariant) -> str | None:
         return "this gateway has no API keys"
     if variant.limits and "rate_limit" not in PlanConfig.model_fields:
         return "this gateway has no rate limits"
+    if variant.scope and "scopes" not in RouteConfig.model_fields:
+        return "this gateway has no scopes"
     if variant.redis and not shutil.which("redis-server"):
         return "redis-server not installed"
     return None
@@ -375,6 +199,8 @@ def gateway_config(
     elif "auth" in RouteConfig.model_fields:
         # The benchmark measures the proxy path; API-key checks would answer 401 to wrk.
         route["auth"] = "none"
+    if variant.scope:
+        route["scopes"] = [BENCH_SCOPE]
     store: dict[str, object]
     if variant.redis:
         store = {"backend": "redis", "url": setup.redis_url, "key_prefix": "bench"}
@@ -430,74 +256,76 @@ def admin_post(name: str, setup: GatewaySetup, path: str, body: Mapping[str, obj
         raise BenchError(f"{name}: POST {path}: no data in the answer") from None
 
 
-def create_bench_key(name: str, setup: GatewaySetup) -> str:
-    """An org on the bench plan and one key of it, made through the admin API; the secret."""
+def create_bench_org(name: str, setup: GatewaySetup) -> None:
     org = {"slug": BENCH_ORG, "name": "Bench", "plan": BENCH_PLAN}
     admin_post(name, setup, "/admin/orgs", org)
-    key = admin_post(name, setup, f"/admin/orgs/{BENCH_ORG}/keys", {"name": "bench"})
+
+
+def create_bench_key(name: str, setup: GatewaySetup, scopes: Sequence[str] = ()) -> str:
+    """A key of the bench org, made through the admin API; the secret."""
+    body = {"name": "bench", "scopes": list(scopes)} if scopes else {"name": "bench"}
+    key = admin_post(name, setup, f"/admin/orgs/{BENCH_ORG}/keys", body)
     secret = key.get("secret") if isinstance(key, dict) else None
     if not isinstance(secret, str) or not secret:
         raise BenchError(f"{name}: the key creation answer has no data.secret")
     return secret
 
 
+def _bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
 def check_gateway(
-    name: str, port: int, variant: GatewayVariant, key_headers: dict[str, str]
+    name: str,
+    port: int,
+    variant: GatewayVariant,
+    key_headers: dict[str, str],
+    unscoped_headers: dict[str, str] | None = None,
 ) -> None:
     """The start-up probe, plus proof that the variant's features are really on: a contender
     whose auth or limits were silently off would measure the plain proxy under another name."""
     response = probe(name, port, key_headers)
+    if not response.getheader("X-Request-Id"):
+        raise BenchError(f"{name}: the probe's answer has no X-Request-Id")
     if variant.auth:
         refused, _ = _get(name, port, {})
         if refused.status != 401:
             raise BenchError(f"{name}: a request without a key got {refused.status}, not 401")
+    if unscoped_headers is not None:
+        refused, _ = _get(name, port, unscoped_headers)
+        if refused.status != 403:
+            raise BenchError(
+                f"{name}: a key without {BENCH_SCOPE} got {refused.status}, not 403:"
+                " the route's scope is not checked"
+            )
     if variant.limits and response.getheader("RateLimit") is None:
         raise BenchError(f"{name}: the probe's answer has no RateLimit header: no limit applied")
 
 
-# ---------------------------------------------------------------------------------------------
-# Redis: the shared store of gateway+limits+redis, always one of our own.
+# Label values may hold braces (a route named /{rest:.*}): the labels end at the line's last one.
+_REQUESTS_SAMPLE = re.compile(r"^gateway_requests_total(?:\{.*\})?[ \t]+(\S+)$", re.MULTILINE)
 
 
-def _redis_info(port: int) -> str:
-    """INFO server, over a bare socket (RESP inline command; the reply is one bulk string)."""
-    with socket.create_connection(("127.0.0.1", port), 2) as sock:
-        sock.sendall(b"INFO server\r\n")
-        data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        head, _, rest = data.partition(b"\r\n")
-        if not head.startswith(b"$"):
-            return ""
-        size = int(head[1:])
-        while len(rest) < size:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-    return rest[:size].decode(errors="replace")
-
-
-def start_redis(procs: Processes) -> tuple[str, Child]:
-    """A redis-server of our own on a free port, in the temp dir, persisting nothing."""
-    port = free_port()
-    workdir = procs.workdir / "redis"
-    workdir.mkdir(exist_ok=True)
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    child = procs.start("redis", argv, stdout_to_stderr=True)
-    wait_for_port(child, port)
-    # Whoever answers on the port must be the process just started, never another Redis.
+def check_metrics(name: str, admin_port: int, measured: int) -> None:
+    """After the load, /metrics must answer and its request counter must have counted at least
+    the requests the load generator saw answered (the warm-ups' come on top)."""
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
     try:
-        info = _redis_info(port)
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"redis: INFO failed on port {port}: {exc}") from None
-    if f"process_id:{child.proc.pid}\r\n" not in info:
-        raise BenchError(f"redis: the server on port {port} is not the one the harness started")
-    return f"redis://127.0.0.1:{port}/0", child
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+    except OSError as exc:
+        raise BenchError(f"{name}: GET /metrics failed: {exc}") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise BenchError(f"{name}: GET /metrics got {response.status}, not 200")
+    counted = sum(float(m.group(1)) for m in _REQUESTS_SAMPLE.finditer(text))
+    if counted < measured:
+        raise BenchError(
+            f"{name}: /metrics counted {counted:,.0f} requests in gateway_requests_total,"
+            f" fewer than the {measured:,} measured"
+        )
 
 
 @dataclass(frozen=True)
@@ -509,6 +337,7 @@ class Started:
     stdout: Path | None = None  # captured stdout, if any, to report the gateway's warnings
     headers: dict[str, str] = field(default_factory=dict)  # sent with every request
     helpers: tuple[Child, ...] = ()  # processes it needs (Redis), stopped after it
+    admin_port: int | None = None  # a gateway's, whose /metrics is checked after the load
 
 
 def start_contender(procs: Processes, name: str, upstream_port: int) -> Started:
@@ -552,12 +381,17 @@ def start_gateway(
     child = procs.start(name, argv, stdout=stdout)
     # A failure here ends the run, and Processes stops the gateway and its Redis.
     wait_for_port(child, port)
+    wait_for_port(child, setup.admin_port)
     headers: dict[str, str] = {}
+    unscoped = None
     if variant.auth:
-        wait_for_port(child, setup.admin_port)
-        headers["Authorization"] = f"Bearer {create_bench_key(name, setup)}"
-    check_gateway(name, port, variant, headers)
-    return Started(port, child, stdout, headers, tuple(helpers))
+        create_bench_org(name, setup)
+        scopes = [BENCH_SCOPE] if variant.scope else []
+        headers = _bearer(create_bench_key(name, setup, scopes))
+        if variant.scope:
+            unscoped = _bearer(create_bench_key(name, setup))
+    check_gateway(name, port, variant, headers, unscoped)
+    return Started(port, child, stdout, headers, tuple(helpers), setup.admin_port)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,12 +486,9 @@ def py_spy() -> str:
     return found
 
 
-def start_profiler(
-    procs: Processes, out_dir: Path, name: str, target: Child, seconds: int
-) -> Child:
-    """py-spy on the contender for the measured run only; raw collapsed stacks, which
+def start_profiler(procs: Processes, out: Path, name: str, target: Child, seconds: int) -> Child:
+    """py-spy on the contender for the measured run only, into out: raw collapsed stacks, which
     flamegraph.pl and speedscope both read, one line per stack with its sample count."""
-    out = out_dir / f"{_slug(name)}.txt"
     argv = [py_spy(), "record", "--pid", str(target.proc.pid), "--duration", str(seconds)]
     argv += ["--format", "raw", "--subprocesses", "--output", str(out)]
     return procs.start(f"{name} py-spy", argv)
@@ -703,7 +534,7 @@ def _ratio(value: float, base: Row | None) -> str:
     return f"{value / base.result.rps:.2f}x"
 
 
-def render(rows: Sequence[Row], header: str) -> str:
+def render_table(rows: Sequence[Row]) -> list[str]:
     by_name = {row.name: row for row in rows}
     columns = ["contender", "requests/s", "p50 ms", "p99 ms", "vs direct", "vs aiohttp-bare"]
     show_non_2xx = any(row.result.non_2xx for row in rows)
@@ -726,53 +557,115 @@ def render(rows: Sequence[Row], header: str) -> str:
         if show_non_2xx:
             cells.append(f"{r.non_2xx:,}")
         if show_errors:
-            detail = ", ".join(f"{k} {v:,}" for k, v in r.socket_errors.items())
-            cells.append(detail or "0")
+            cells.append(_socket_errors(r) or "0")
         table.append(cells)
-    out = [header, "", *markdown_table(columns, table)]
+    out = markdown_table(columns, table)
     notes = [f"- {row.name}: {note}" for row in rows for note in row.notes]
     if notes:
         out += ["", *notes]
+    return out
+
+
+def _socket_errors(result: Measurement) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in result.socket_errors.items())
+
+
+def _faults(result: Measurement | None) -> str | None:
+    """Why a contender's figures cannot meet a target: answers that were errors are cheap, and
+    wrk leaves requests that timed out out of its latencies."""
+    if result is None:
+        return None
+    faults = []
+    if result.non_2xx:
+        faults.append(f"{result.non_2xx:,} responses not 2xx/3xx")
+    if result.errors:
+        faults.append(f"socket errors: {_socket_errors(result)}")
+    return "; ".join(faults) or None
+
+
+def proxy_targets(rows: Sequence[Row]) -> list[Verdict]:
+    """Issue 13's targets for the proxy path, judged on one table's figures; only those whose
+    contenders are both in it (a run with --only may leave them out)."""
+    results = {row.name: row.result for row in rows}
+    bare = results.get("aiohttp-bare")
+    full = results.get("gateway+full")
+    plain = results.get("gateway")
+    verdicts: list[Verdict] = []
+    if bare is None:
+        return verdicts
+    if full is not None:
+        verdicts += [
+            ratio_target(
+                f"gateway+full (full pipeline) >= {FULL_RPS_FACTOR:g}x aiohttp-bare's requests/s",
+                full.rps,
+                bare.rps,
+                FULL_RPS_FACTOR,
+                unit="requests/s",
+                fault=_faults(full),
+            ),
+            ratio_target(
+                "gateway+full p99 <= aiohttp-bare's p99",
+                full.p99_ms,
+                bare.p99_ms,
+                FULL_P99_FACTOR,
+                unit="ms",
+                at_most=True,
+                fault=_faults(full),
+            ),
+        ]
+    if plain is not None:
+        verdicts.append(
+            ratio_target(
+                f"gateway (auth: none) >= {PLAIN_RPS_FACTOR:g}x aiohttp-bare's requests/s",
+                plain.rps,
+                bare.rps,
+                PLAIN_RPS_FACTOR,
+                unit="requests/s",
+                fault=_faults(plain),
+            )
+        )
+    return verdicts
+
+
+def render(tables: Mapping[int, Sequence[Row]], header: str) -> str:
+    out = [header]
+    for connections, rows in tables.items():
+        out += ["", f"**{connections} connections**", "", *render_table(rows)]
+        verdicts = proxy_targets(rows)
+        if verdicts:
+            out += ["", *render_verdicts("Targets (issue 13), from this table:", verdicts)]
     return "\n".join(out) + "\n"
-
-
-def markdown_table(columns: Sequence[str], table: Sequence[Sequence[str]]) -> list[str]:
-    """A padded markdown table: the first column left-aligned, the numbers after it right."""
-    widths = [max([len(c), *(len(t[i]) for t in table)]) for i, c in enumerate(columns)]
-
-    def line(cells: Sequence[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        padded = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs]
-        return "| " + " | ".join(padded) + " |"
-
-    # Numbers (every column but the first) are right-aligned (`---:`) so they line up as text too.
-    dashes = ["-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)]
-    return [line(columns), "|" + "|".join(dashes) + "|", *(line(t) for t in table)]
-
-
-def nproc() -> int:
-    # Like nproc(1): the CPUs this process may run on, not every CPU in the machine.
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def reproduce(argv: Sequence[str], script: str = "bench/run.py") -> str:
-    # `make bench` takes no flags (the target passes none), so flags mean the direct command.
-    if not argv:
-        return "make bench"
-    return shlex.join([".venv/bin/python", script, *argv])
 
 
 # ---------------------------------------------------------------------------------------------
 # Main.
 
 
+def connection_counts(value: str) -> tuple[int, ...]:
+    """`50,256`: each count gets a table of its own, in the order given."""
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 50,256, got {value!r}") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct counts >= 1, got {value!r}")
+    return counts
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per contender")
-    parser.add_argument("--connections", type=int, default=50, help="concurrent connections")
-    parser.add_argument("--warmup", type=int, default=2, help="unreported seconds before each")
+    parser.add_argument(
+        "--duration", type=int, default=10, help="seconds per contender and connection count"
+    )
+    parser.add_argument(
+        "--connections",
+        type=connection_counts,
+        default=(50, 256),
+        help="concurrent connections: one count or several, comma-separated (default 50,256)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="unreported seconds before each measured run"
+    )
     parser.add_argument(
         "--only", help=f"comma-separated contenders to run (of: {', '.join(CONTENDERS)})"
     )
@@ -780,8 +673,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         metavar="DIR",
-        help="record each gateway contender with py-spy during its run, into DIR/<name>.txt"
-        " (sampling slows it: its figures are not comparable with unprofiled runs)",
+        help="record each gateway contender with py-spy during its measured runs, into"
+        " DIR/<name>-c<connections>.txt (sampling slows it: its figures are not comparable"
+        " with unprofiled runs)",
     )
     parser.add_argument(
         "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if found"
@@ -790,8 +684,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--upstream", choices=("auto", "nginx", "builtin"), default="auto", help="auto: nginx"
     )
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
-        parser.error("--duration and --connections must be >= 1, --warmup >= 0")
+    if args.duration < 1 or args.warmup < 0:
+        parser.error("--duration must be >= 1, --warmup >= 0")
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in CONTENDERS]
@@ -803,17 +697,66 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def _pick(choice: str, program: str, fallback: str) -> str:
-    if choice == "auto":
-        return program if shutil.which(program) else fallback
-    if choice == program and not shutil.which(program):
-        raise BenchError(f"{program} was asked for but is not on PATH")
-    return choice
+# url, connections, seconds, headers: what run_wrk and run_python_load take.
+Load = Callable[[str, int, int, dict[str, str] | None], Measurement]
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turn SIGTERM into an exception so the finally blocks stop every child process.
-    raise SystemExit(128 + signum)
+def measure(
+    procs: Processes,
+    name: str,
+    upstream_port: int,
+    args: argparse.Namespace,
+    load: Load,
+    profile_dir: Path | None,
+) -> dict[int, Row]:
+    """Start one contender and measure it at each connection count (a warm-up before each);
+    its row for each count."""
+    started = start_contender(procs, name, upstream_port)
+    child = started.child
+    url = f"http://127.0.0.1:{started.port}{BENCH_PATH}"
+    results: dict[int, Measurement] = {}
+    profiles: dict[int, Path] = {}
+    try:
+        for connections in args.connections:
+            if args.warmup:
+                load(url, connections, args.warmup, started.headers)
+            recorder = None
+            if profile_dir is not None and child is not None and name in GATEWAYS:
+                out = profile_dir / f"{_slug(name)}-c{connections}.txt"
+                recorder = start_profiler(procs, out, name, child, args.duration)
+                profiles[connections] = out
+            results[connections] = load(url, connections, args.duration, started.headers)
+            if recorder is not None:
+                finish_profiler(procs, recorder, args.duration)
+            for proc in (child, *started.helpers):
+                if proc is not None and proc.proc.poll() is not None:
+                    raise BenchError(proc.describe_exit())
+        if started.admin_port is not None:
+            measured = sum(r.requests for r in results.values())
+            check_metrics(name, started.admin_port, measured)
+    finally:
+        for proc in (child, *reversed(started.helpers)):
+            if proc is not None:
+                procs.stop(proc.proc)
+    problems = gateway_problems(started.stdout)
+    rows: dict[int, Row] = {}
+    for connections, result in results.items():
+        notes = problems
+        if connections in profiles:
+            notes = (f"profiled by py-spy into {profiles[connections]}", *notes)
+        if result.non_2xx:
+            # Refusals and errors are cheap to send: the rate would not be of the real work.
+            what = f"{result.non_2xx:,} of {result.requests:,} responses were not 2xx/3xx"
+            print(f"bench: {name} at {connections}: {what}", file=sys.stderr, flush=True)
+            notes = (f"{what} (counted in requests/s)", *notes)
+        rows[connections] = Row(name, result, notes)
+        print(
+            f"bench: {name} at {connections} connections: {result.rps:,.0f} requests/s,"
+            f" p99 {result.p99_ms:,.2f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
 
 
 def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
@@ -835,7 +778,9 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
             file=sys.stderr,
             flush=True,
         )
-    load = run_wrk if loadgen == "wrk" else run_python_load
+    # Each proxied connection holds two sockets in the proxy and one in the load generator.
+    ensure_open_files(3 * max(args.connections))
+    load: Load = run_wrk if loadgen == "wrk" else run_python_load
     loadgen_label = f"wrk {wrk_version()} (-t1)" if loadgen == "wrk" else "bench/loadgen.py"
     upstream_label = f"nginx {nginx_version()}" if upstream_kind == "nginx" else "builtin"
     python = ".".join(str(v) for v in sys.version_info[:3])
@@ -843,7 +788,7 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
     profile_dir = Path(args.profile).resolve() if args.profile else None
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[Row] = []
+    tables: dict[int, list[Row]] = {connections: [] for connections in args.connections}
     skipped: dict[str, list[str]] = {}  # reason: contenders
     with (
         tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
@@ -859,73 +804,23 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> str:
                 skipped.setdefault(reason, []).append(name)
                 continue
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
-            started = start_contender(procs, name, upstream_port)
-            child = started.child
-            try:
-                url = f"http://127.0.0.1:{started.port}{BENCH_PATH}"
-                if args.warmup:
-                    load(url, args.connections, args.warmup, started.headers)
-                recorder = None
-                if profile_dir is not None and child is not None and name in GATEWAYS:
-                    recorder = start_profiler(procs, profile_dir, name, child, args.duration)
-                result = load(url, args.connections, args.duration, started.headers)
-                if recorder is not None:
-                    finish_profiler(procs, recorder, args.duration)
-                for proc in (child, *started.helpers):
-                    if proc is not None and proc.proc.poll() is not None:
-                        raise BenchError(proc.describe_exit())
-            finally:
-                for proc in (child, *reversed(started.helpers)):
-                    if proc is not None:
-                        procs.stop(proc.proc)
-            notes = gateway_problems(started.stdout)
-            if recorder is not None:
-                notes = (f"profiled by py-spy into {profile_dir}/{_slug(name)}.txt", *notes)
-            if result.non_2xx:
-                # Refusals and errors are cheap to send: the rate would not be of the real work.
-                what = f"{result.non_2xx:,} of {result.requests:,} responses were not 2xx/3xx"
-                print(f"bench: {name}: {what}", file=sys.stderr, flush=True)
-                notes = (f"{what} (counted in requests/s)", *notes)
-            rows.append(Row(name, result, notes))
-            print(f"bench: {name}: {result.rps:,.0f} requests/s", file=sys.stderr, flush=True)
+            for connections, row in measure(
+                procs, name, upstream_port, args, load, profile_dir
+            ).items():
+                tables[connections].append(row)
 
+    counts = " and ".join(str(c) for c in args.connections)
+    counts += " connections (a table each)" if len(args.connections) > 1 else " connections"
     header = (
-        f"**load generator:** {loadgen_label}, {args.connections} connections,"
-        f" {args.duration} s per contender after a {args.warmup} s warm-up"
+        f"**load generator:** {loadgen_label}, {counts},"
+        f" {args.duration} s per contender and count after a {args.warmup} s warm-up"
         f" · **upstream:** {upstream_label} · **nproc:** {nproc()} · **Python:** {python}"
         f" · **reproduce:** `{reproduce(argv)}`"
     )
-    report = render(rows, header)
+    report = render(tables, header)
     for reason, names in skipped.items():
         report += f"\nskipped ({reason}): {', '.join(names)}\n"
     return report
-
-
-def run_report(
-    parse: Callable[[list[str]], argparse.Namespace],
-    bench: Callable[[argparse.Namespace, list[str]], str],
-    argv: Sequence[str] | None = None,
-) -> int:
-    """Parse, run, print the report (and append it to --markdown-out); the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        report = bench(args, argv)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; all started processes were stopped", file=sys.stderr)
-        return 130
-    except SystemExit:
-        print("bench: terminated; all started processes were stopped", file=sys.stderr)
-        raise
-    print(report, end="")
-    if args.markdown_out:
-        with open(args.markdown_out, "a", encoding="utf-8") as out:
-            out.write(report + "\n")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

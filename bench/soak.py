@@ -49,21 +49,20 @@ import yaml
 from aiohttp import web
 
 # Run as a script (`python bench/soak.py`), so bench/ is on sys.path and its siblings import.
-from loadgen import percentile
-from run import (
+from harness import (
     BENCH,
     BenchError,
     Child,
     Processes,
     _raise_on_sigterm,
     free_port,
-    gateway_problems,
     markdown_table,
     nproc,
     start_redis,
-    start_upstream,
     wait_for_port,
 )
+from loadgen import percentile
+from run import gateway_problems, start_upstream
 from webhooks import Receiver
 
 ORG = "soak"

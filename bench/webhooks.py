@@ -35,18 +35,15 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-# Run as a script (`python bench/webhooks.py`), so bench/ is on sys.path and run.py imports.
-from run import (
+# Run as a script (`python bench/webhooks.py`), so bench/ is on sys.path and its siblings import.
+from harness import (
     START_TIMEOUT,
     STOP_TIMEOUT,
     BenchError,
     Child,
-    GatewaySetup,
     Processes,
     _slug,
-    admin_post,
     free_port,
-    gateway_problems,
     markdown_table,
     nproc,
     reproduce,
@@ -54,6 +51,7 @@ from run import (
     start_redis,
     wait_for_port,
 )
+from run import GatewaySetup, admin_post, gateway_problems
 
 BACKENDS = ("local", "redis")
 BENCH_PLAN = "bench"
