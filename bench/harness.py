@@ -147,6 +147,46 @@ def free_port() -> int:
         return port
 
 
+# /proc/net/tcp states that are neither LISTEN (0A) nor TIME_WAIT (06): a connection the server
+# has not finished closing.
+_LISTEN_OR_TIME_WAIT = ("0A", "06")
+
+
+def _open_connections(port: int) -> int | None:
+    """Connections on the server side of ``port`` not yet closed, or None off Linux."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            return None
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if int(local.rpartition(":")[2], 16) == port and state not in _LISTEN_OR_TIME_WAIT:
+                count += 1
+    return count
+
+
+def wait_until_closed(port: int, timeout: float = 10.0) -> None:
+    """Wait until the server on ``port`` has closed the last load's connections.
+
+    A load generator that starts at once reuses the previous run's client ports (the kernel
+    may, on loopback), and a SYN that meets the old connection while the server is still
+    closing it is retried a second later: a busy server then shows 1 s and 3 s latencies that
+    are the kernel's, not its own (nginx, closing at once, never does).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = _open_connections(port)
+        if left is None:
+            time.sleep(1.0)  # no way to look: a second is what it took on Linux
+            return
+        if left == 0:
+            return
+        time.sleep(0.05)
+
+
 def wait_for_port(child: Child, port: int, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -55,6 +55,7 @@ from harness import (
     start_redis,
     upstream_server,
     wait_for_port,
+    wait_until_closed,
 )
 from targets import Verdict, ratio_target, render_verdicts
 
@@ -718,8 +719,10 @@ def measure(
     profiles: dict[int, Path] = {}
     try:
         for connections in args.connections:
+            wait_until_closed(started.port)
             if args.warmup:
                 load(url, connections, args.warmup, started.headers)
+                wait_until_closed(started.port)
             recorder = None
             if profile_dir is not None and child is not None and name in GATEWAYS:
                 out = profile_dir / f"{_slug(name)}-c{connections}.txt"
