@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -247,6 +248,43 @@ async def upstream(upstream_factory: UpstreamFactory) -> Upstream:
     return await upstream_factory()
 
 
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ServeRaw = Callable[[RawHandler], Awaitable[int]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[ServeRaw]:
+    """Start servers on 127.0.0.1 whose connections a handler serves byte by byte (the port comes
+    back): a test decides exactly when an upstream answers and how much it reads. At teardown
+    every connection is cut and every handler has returned."""
+    servers: list[asyncio.Server] = []
+    writers: list[asyncio.StreamWriter] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(handler: RawHandler) -> int:
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.append(task)
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await handler(reader, writer)
+
+        server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.close()
+    for writer in writers:
+        writer.transport.abort()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for server in servers:
+        await server.wait_closed()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -350,6 +388,16 @@ async def gateway(gateway_factory: GatewayFactory, upstream: Upstream) -> Runnin
 
 # ---------------------------------------------------------------------------------------------
 # Raw HTTP: exact bytes on the wire, for what an HTTP client library would tidy up.
+
+
+async def until_closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes the connection (TimeoutError if it does not)."""
+    chunks = []
+    async with asyncio.timeout(timeout):
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def raw_request(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:

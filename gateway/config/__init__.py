@@ -28,7 +28,12 @@ from gateway.config.server import (
     ServerConfig,
     StoreConfig,
 )
-from gateway.config.upstreams import HealthConfig, TimeoutsConfig, UpstreamConfig
+from gateway.config.upstreams import (
+    HealthConfig,
+    TimeoutsConfig,
+    UpstreamConfig,
+    UpstreamTlsConfig,
+)
 from gateway.config.webhooks import WebhooksConfig
 
 __all__ = [
@@ -62,6 +67,7 @@ __all__ = [
     "StoreConfig",
     "TimeoutsConfig",
     "UpstreamConfig",
+    "UpstreamTlsConfig",
     "WebhooksConfig",
     "config_model",
     "load_config",

@@ -13,22 +13,16 @@ from multidict import CIMultiDict
 from gateway.config import HeaderRulesConfig
 from gateway.dataplane.chain import RequestContext
 from gateway.dataplane.request_body import BodyPump, BodyRefused
-from gateway.dataplane.response_relay import ResponseRelay, UpstreamFailure
+from gateway.dataplane.response_relay import ResponseRelay, UpstreamFailure, classify_failure
 from gateway.dataplane.upstream import Target, UpstreamPool
 from gateway.dataplane.upstream_http import (
-    UpstreamConnectError,
-    UpstreamConnectTimeout,
-    UpstreamDisconnected,
     UpstreamError,
-    UpstreamReadTimeout,
 )
 from gateway.errors import (
     BadGateway,
     ExpectationFailed,
     GatewayError,
-    GatewayTimeout,
     PayloadTooLarge,
-    Unavailable,
 )
 from gateway.http.headers import (
     FORWARDED_FOR,
@@ -113,19 +107,9 @@ class Proxy:
         if expect is not None and expect.strip().lower() != "100-continue":
             raise ExpectationFailed()
         has_body = request.body_exists
-        headers = self._upstream_headers(ctx)
-        pool = self.pool
-        identity = ctx.identity
-        if self.sandbox is not None and identity is not None and identity.key.environment == "test":
-            pool = self.sandbox  # test keys never reach live targets when a sandbox exists
-        if pool.max_concurrency is not None and pool.inflight >= pool.max_concurrency:
-            # Full: say so at once rather than queue behind a backend that is already slow.
-            pool.metrics.error("saturated")
-            raise Unavailable(
-                "The service is at capacity; try again shortly.", headers=[("Retry-After", "1")]
-            )
-        pool.inflight += 1
-        pool.budget.deposit()
+        headers = self.upstream_headers(ctx)
+        pool = self.pool_for(ctx)
+        pool.admit()
         try:
             return await self._forward(ctx, pool, headers, has_body, declared)
         finally:
@@ -175,7 +159,13 @@ class Proxy:
             return response
         raise BadGateway()  # unreachable: the loop returns or raises
 
-    def _upstream_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    def pool_for(self, ctx: RequestContext) -> UpstreamPool:
+        identity = ctx.identity
+        if self.sandbox is not None and identity is not None and identity.key.environment == "test":
+            return self.sandbox  # test keys never reach live targets when a sandbox exists
+        return self.pool
+
+    def upstream_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
         """The request head for the upstream, without framing: the client sets that."""
         inbound = ctx.request.headers
         headers: CIMultiDict[str] = CIMultiDict()
@@ -223,10 +213,11 @@ class Proxy:
                 idempotent=ctx.method in _RETRYABLE_METHODS,
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
+                expect_continue=pump is not None and pump.expect_continue,
             )
         except UpstreamError as exc:
             ctx.upstream_reached = exc.sent
-            raise _failure(exc) from None
+            raise classify_failure(exc) from None
         except (
             aiohttp.ClientError,
             BodyRefused,
@@ -244,19 +235,3 @@ class Proxy:
             return await self._relay(pool, ctx, upstream)
         finally:
             upstream.close()
-
-
-def _failure(exc: UpstreamError) -> UpstreamFailure:
-    """The kind, answer and retry rule of a failure before the answer's head arrived.
-
-    Only a failure to connect is retried on another target: the request never left.
-    """
-    if isinstance(exc, UpstreamConnectTimeout):
-        return UpstreamFailure("connect_timeout", GatewayTimeout(), True, exc)
-    if isinstance(exc, UpstreamConnectError):
-        return UpstreamFailure("connect", BadGateway(), True, exc)
-    if isinstance(exc, UpstreamReadTimeout):
-        return UpstreamFailure("read_timeout", GatewayTimeout(), False, exc)
-    if isinstance(exc, UpstreamDisconnected):
-        return UpstreamFailure("disconnected", BadGateway(), False, exc)
-    return UpstreamFailure("protocol", BadGateway(), False, exc)

@@ -12,17 +12,23 @@ from gateway.dataplane.chain import RequestContext
 from gateway.errors import ClientDisconnected, GatewayError, PayloadTooLarge, RequestTimeout
 
 
+def expects_continue(request: web.BaseRequest) -> bool:
+    """The client sent ``Expect: 100-continue`` and waits (a while) before sending its body."""
+    return (
+        request.version >= (1, 1)
+        and request.headers.get("Expect", "").strip().lower() == "100-continue"
+    )
+
+
 async def send_continue(ctx: RequestContext) -> None:
     """Answer ``Expect: 100-continue``: the client sends its body only after this.
 
     Called when the gateway is about to read the body, so a request refused before (401, 413,
-    429) never gets it and its body is never sent.
+    429), or by the upstream before it asked for the body, never gets it and its body is
+    never sent; its answer then closes the connection (``http/server.py``).
     """
     request = ctx.request
-    if (
-        request.version < (1, 1)
-        or request.headers.get("Expect", "").strip().lower() != "100-continue"
-    ):
+    if not expects_continue(request):
         return
     writer = request.writer
     if writer.output_size:  # already sent for this request
@@ -76,13 +82,16 @@ class BodyPump:
     ``failure``, which is the answer the client gets.
     """
 
-    __slots__ = ("_ctx", "_limit", "_timeout", "failure")
+    __slots__ = ("_ctx", "_limit", "_timeout", "expect_continue", "failure")
 
     def __init__(self, ctx: RequestContext, limit: int, timeout: float) -> None:
         self._ctx = ctx
         self._limit = limit
         self._timeout = timeout
         self.failure: GatewayError | None = None
+        # The client waits for a 100 Continue: so does the body towards the upstream, which
+        # may answer without it (the client then never uploads it).
+        self.expect_continue = expects_continue(ctx.request)
 
     def _fail(self, failure: GatewayError) -> None:
         self.failure = failure

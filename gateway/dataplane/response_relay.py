@@ -14,7 +14,14 @@ from aiohttp import hdrs, web
 from gateway.config import HeaderRulesConfig
 from gateway.dataplane.chain import RequestContext, ResponseCapture
 from gateway.dataplane.upstream import UpstreamPool
-from gateway.dataplane.upstream_http import UpstreamError, UpstreamReadTimeout, UpstreamResponse
+from gateway.dataplane.upstream_http import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamReadTimeout,
+    UpstreamResponse,
+)
 from gateway.errors import BadGateway, ClientDisconnected, GatewayError, GatewayTimeout
 from gateway.http.headers import (
     RATE_LIMIT_HEADERS,
@@ -178,6 +185,12 @@ class _Relayed(web.StreamResponse):
 
     async def _prepare_headers(self) -> None:
         typed = hdrs.CONTENT_TYPE in self.headers
+        request = self._req
+        if request is not None and not request.content.is_eof():
+            # The upstream answered before the client's body was all read (so the rest was
+            # not sent): the connection closes after this answer, as http/server.py does
+            # for the gateway's own answers.
+            self.force_close()
         await super()._prepare_headers()
         if not typed:
             self.headers.popall(hdrs.CONTENT_TYPE, None)
@@ -229,3 +242,19 @@ class UpstreamFailure(Exception):
         self.retryable = retryable
         self.detail = describe_failure(cause)
         super().__init__(kind)
+
+
+def classify_failure(exc: UpstreamError) -> UpstreamFailure:
+    """The kind, answer and retry rule of a failure before the answer's head arrived.
+
+    Only a failure to connect is retried on another target: the request never left.
+    """
+    if isinstance(exc, UpstreamConnectTimeout):
+        return UpstreamFailure("connect_timeout", GatewayTimeout(), True, exc)
+    if isinstance(exc, UpstreamConnectError):
+        return UpstreamFailure("connect", BadGateway(), True, exc)
+    if isinstance(exc, UpstreamReadTimeout):
+        return UpstreamFailure("read_timeout", GatewayTimeout(), False, exc)
+    if isinstance(exc, UpstreamDisconnected):
+        return UpstreamFailure("disconnected", BadGateway(), False, exc)
+    return UpstreamFailure("protocol", BadGateway(), False, exc)

@@ -167,6 +167,7 @@ def _pool(
         health=config.health,
         max_concurrency=config.max_concurrency,
         retry_budget=config.retry_budget,
+        tls=config.tls,
     )
 
 

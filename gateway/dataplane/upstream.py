@@ -10,9 +10,10 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from gateway.config import HealthConfig
+from gateway.config import HealthConfig, UpstreamTlsConfig
 from gateway.dataplane.health import RetryBudget, TargetSelector
 from gateway.dataplane.upstream_http import TargetPool
+from gateway.errors import Unavailable
 from gateway.observability.metrics import UpstreamMetrics
 from gateway.tasks import cancel_and_wait
 
@@ -24,7 +25,13 @@ class Target:
 
     __slots__ = ("base", "host", "pool")
 
-    def __init__(self, target: str, max_connections: int) -> None:
+    def __init__(
+        self,
+        target: str,
+        max_connections: int,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> None:
         url = URL(target)
         host = url.raw_host or ""
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -40,7 +47,8 @@ class Target:
             # The HTTP client's keep-alive time before: many upstreams close idle connections
             # soon after, and the one we would pick is then the likeliest to be dead.
             idle_timeout=15.0,
-            ssl=ssl.create_default_context() if url.scheme == "https" else None,
+            ssl=tls if url.scheme == "https" else None,
+            server_name=server_name,
         )
 
 
@@ -62,6 +70,7 @@ class UpstreamPool:
         health: HealthConfig | None = None,
         max_concurrency: int | None = None,
         retry_budget: float = 0.2,
+        tls: UpstreamTlsConfig | None = None,
     ) -> None:
         self.name = name
         self.targets = tuple(t.rstrip("/") for t in targets)
@@ -78,15 +87,28 @@ class UpstreamPool:
         self.max_concurrency = max_concurrency
         self.inflight = 0
         self._max_connections = max_connections
+        self._tls = tls
+        self._server_name = tls.server_name if tls is not None else None
         self._session: aiohttp.ClientSession | None = None
         self.upstreams: tuple[Target, ...] = ()
         self._checker: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         self.metrics.healthy.set(self.selector.healthy())
-        self.upstreams = tuple(Target(t, self._max_connections) for t in self.targets)
+        # One context for the upstream's https targets, made once per snapshot: building one
+        # loads a CA store, far too slow for a request or a connection.
+        context: ssl.SSLContext | None = None
+        if any(URL(t).scheme == "https" for t in self.targets):
+            pem = self._tls.ca_pem if self._tls is not None else None
+            context = ssl.create_default_context(cadata=pem)  # pem: instead of the system's
+        self.upstreams = tuple(
+            Target(t, self._max_connections, context, self._server_name) for t in self.targets
+        )
         connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=self._max_connections, ttl_dns_cache=10
+            limit=0,
+            limit_per_host=self._max_connections,
+            ttl_dns_cache=10,
+            ssl=context if context is not None else True,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -120,6 +142,17 @@ class UpstreamPool:
             raise RuntimeError(f"upstream {self.name} is not started")
         return self._session
 
+    def admit(self) -> None:
+        """Take a concurrency slot (the caller gives it back: ``inflight -= 1``), or refuse at
+        once when full rather than queue behind a backend that is already slow."""
+        if self.max_concurrency is not None and self.inflight >= self.max_concurrency:
+            self.metrics.error("saturated")
+            raise Unavailable(
+                "The service is at capacity; try again shortly.", headers=[("Retry-After", "1")]
+            )
+        self.inflight += 1
+        self.budget.deposit()  # every request earns a fraction of a retry
+
     def pick(self, exclude: int | None = None) -> int:
         return self.selector.pick(exclude)
 
@@ -143,7 +176,9 @@ class UpstreamPool:
             await asyncio.sleep(self.health.interval)
             for index, target in enumerate(self.targets):
                 try:
-                    async with self.session.get(f"{target}{path}", timeout=timeout) as response:
+                    async with self.session.get(
+                        f"{target}{path}", timeout=timeout, server_hostname=self._server_name
+                    ) as response:
                         ok = 200 <= response.status < 300
                 except (aiohttp.ClientError, TimeoutError):
                     ok = False

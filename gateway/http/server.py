@@ -14,6 +14,7 @@ head's first byte (later ones), and answers 408 when it passes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -70,6 +71,7 @@ class _EnvelopeRequestHandler(RequestHandler):
         "_head_handle",
         "_head_payload",
         "_header_timeout",
+        "_taken_over",
     )
 
     def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
@@ -82,6 +84,8 @@ class _EnvelopeRequestHandler(RequestHandler):
         self._head_bytes = False
         # The body of the last request: bytes arriving before it ends are body, not a head.
         self._head_payload: StreamReader = EMPTY_PAYLOAD
+        # Set while the connection carries another protocol (see take_over): how to end it.
+        self._taken_over: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -162,6 +166,19 @@ class _EnvelopeRequestHandler(RequestHandler):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if not resp.prepared and not request.content.is_eof():
+            # An answer before the request's body has all arrived: above all a refusal of an
+            # `Expect: 100-continue` request, whose client was never asked for the body and
+            # may send it now or never. Nothing after this answer can safely be read as a
+            # request, so it closes the connection; aiohttp still reads and drops what
+            # arrives for a while before closing, so a client still sending does not lose
+            # the answer to a reset.
+            resp.force_close()
+        return await super().finish_response(request, resp, start_time)
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -190,6 +207,19 @@ class _EnvelopeRequestHandler(RequestHandler):
         return response
 
 
+def take_over(request: web.BaseRequest, on_shutdown: Callable[[], None]) -> None:
+    """The request's connection now carries another protocol (a relayed WebSocket) until its
+    handler returns; ``on_shutdown`` ends that when the server begins to drain.
+
+    Once draining starts, aiohttp drops what a connection receives (it expects no more HTTP
+    requests), so a relay cannot go on past that point: it is ended at once, not left to wait
+    out the drain timeout.
+    """
+    protocol = request.protocol
+    if isinstance(protocol, _EnvelopeRequestHandler):
+        protocol._taken_over = on_shutdown
+
+
 class EnvelopeServer(web.Server):
     """web.Server whose connections answer protocol errors with the JSON error envelope and
     give each request head header_timeout seconds to arrive complete."""
@@ -197,6 +227,13 @@ class EnvelopeServer(web.Server):
     def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
+
+    def pre_shutdown(self) -> None:
+        for conn in self.connections:
+            if isinstance(conn, _EnvelopeRequestHandler) and conn._taken_over is not None:
+                end, conn._taken_over = conn._taken_over, None
+                end()
+        super().pre_shutdown()
 
     def __call__(self) -> RequestHandler:
         kwargs: dict[str, Any] = self._kwargs

@@ -25,6 +25,7 @@ from tests.conftest import (
     make_config,
     parse_response,
     read_one_response,
+    until_closed,
 )
 
 PARTIAL_HEAD = b"GET /v1/x HTTP/1.1\r\nHost: gw\r\nX-Slow: "
@@ -39,16 +40,6 @@ async def _start(factory: GatewayFactory, upstream: Upstream, **server: Any) -> 
             server=server,
         )
     )
-
-
-async def _until_closed(reader: asyncio.StreamReader, timeout: float) -> bytes:
-    """Everything the server sends until it closes the connection (TimeoutError if it does not)."""
-    chunks = []
-    async with asyncio.timeout(timeout):
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := await reader.read(65536):
-                chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _assert_head_timeout_answer(data: bytes) -> None:
@@ -85,7 +76,7 @@ async def test_hundred_partial_heads_are_all_answered_408_and_closed_at_header_t
         writer.write(PARTIAL_HEAD)  # and then nothing more
         try:
             # The idle timeout is 75s: only the head deadline can close these in time.
-            data = await _until_closed(reader, timeout=5)
+            data = await until_closed(reader, timeout=5)
         finally:
             writer.close()
         return loop.time() - started, data
@@ -108,7 +99,7 @@ async def test_trickled_head_is_cut_at_the_deadline_though_bytes_keep_coming(
     started = loop.time()
     writer.write(PARTIAL_HEAD)
     trickler = asyncio.create_task(_trickle(writer, every=0.2))
-    data = await _until_closed(reader, timeout=5)
+    data = await until_closed(reader, timeout=5)
     elapsed = loop.time() - started
     writer.close()
     sent = await trickler
@@ -131,7 +122,7 @@ async def test_a_later_heads_deadline_runs_from_its_first_byte_not_the_last_resp
     started = loop.time()
     writer.write(PARTIAL_HEAD)
     trickler = asyncio.create_task(_trickle(writer, every=0.2))
-    data = await _until_closed(reader, timeout=5)
+    data = await until_closed(reader, timeout=5)
     elapsed = loop.time() - started
     writer.close()
     await trickler
@@ -152,7 +143,7 @@ async def test_keep_alive_connection_idle_between_requests_is_governed_by_idle_t
     assert parse_response(await read_one_response(reader))[0] == 200
     answered = loop.time()
     # Then quiet: closed by idle_timeout, silently (no 408 to a client that asked nothing).
-    assert await _until_closed(reader, timeout=5) == b""
+    assert await until_closed(reader, timeout=5) == b""
     assert 2.2 <= loop.time() - answered < 4
     writer.close()
 
@@ -164,7 +155,7 @@ async def test_connection_that_sends_nothing_is_closed_silently_at_header_timeou
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     started = loop.time()
-    assert await _until_closed(reader, timeout=5) == b""
+    assert await until_closed(reader, timeout=5) == b""
     assert 0.9 <= loop.time() - started < 2.5
     writer.close()
 
@@ -198,7 +189,7 @@ async def test_admin_listener_cuts_partial_heads_too(
     reader, writer = await asyncio.open_connection("127.0.0.1", admin_port)
     started = loop.time()
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-Slow: ")
-    data = await _until_closed(reader, timeout=5)
+    data = await until_closed(reader, timeout=5)
     assert 0.9 <= loop.time() - started < 2.5
     _assert_head_timeout_answer(data)
     writer.close()
@@ -234,7 +225,7 @@ async def test_real_clients_keep_their_latency_during_a_slow_header_attack(
             writer.write(PARTIAL_HEAD)
             trickler = asyncio.create_task(_trickle(writer, every=0.2))
             try:
-                data = await _until_closed(reader, timeout=5)
+                data = await until_closed(reader, timeout=5)
             finally:
                 writer.close()
                 await trickler

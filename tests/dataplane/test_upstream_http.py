@@ -653,6 +653,7 @@ _ANSWERS = st.one_of(
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", True)
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n", False)
 @example(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", False)
+@example(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", False)  # interim, then silence
 async def test_malformed_answers_end_in_an_answer_or_an_upstream_error_never_a_hang(
     serve: Serve, payload: bytes, close: bool
 ) -> None:

@@ -1,22 +1,22 @@
-"""One upstream HTTP/1.1 connection: a Protocol that writes a request and parses its answer.
+"""One upstream HTTP/1.1 connection: a Protocol that writes a request and hands over its answer.
 
-The answer is parsed by llhttp (httptools); this module adds what a forwarding proxy needs on
-top: framing a second party could read differently is refused, a body cut short is an error
-and never a short body, the head has a size limit, and reading pauses while the consumer lags.
+``answer`` reads the answer (llhttp) and refuses what must not be forwarded; this module writes
+the request, its body streamed with back-pressure, and decides whether the connection may
+carry another exchange. An answer that arrives before the body was sent whole ends the upload:
+the rest is not sent, and the connection, whose framing is then unsettled, is not reused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import cast
 
-import httptools
-
+from gateway.dataplane.upstream_http.answer import AnswerParser
 from gateway.dataplane.upstream_http.errors import (
     UpstreamDisconnected,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamReadTimeout,
 )
 from gateway.dataplane.upstream_http.request_head import build_head, head_for_stream
@@ -25,9 +25,9 @@ from gateway.dataplane.upstream_http.response import UpstreamResponse, wake, wit
 Header = tuple[bytes, bytes]
 Body = bytes | AsyncIterable[bytes] | None
 
-
-class _Stop(Exception):
-    """Raised inside a parser callback to stop llhttp; the reason is kept on the connection."""
+# How long a body waits for the upstream's 100 Continue before it is sent anyway, as curl does
+# for upstreams that ignore Expect.
+EXPECT_WAIT = 1.0
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -46,32 +46,30 @@ class UpstreamConnection(asyncio.Protocol):
         on_close: Callable[[UpstreamConnection], None],
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._max_head = max_head_size
-        self._high = high_water
         self._on_idle = on_idle
         self._on_close: Callable[[UpstreamConnection], None] | None = on_close
         self._transport: asyncio.Transport | None = None
+        self._readable: select.poll | None = None
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
         self.reading_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[bool] | None = None
-        self._head_waiter: asyncio.Future[bool] | None = None
-        self._parser: httptools.HttpResponseParser | None = None
+        # request() waits here for news: the head, a 100 Continue, a failure, the body sent.
+        self._waiter: asyncio.Future[bool] | None = None
+        # The answer in progress, if any (_answers, reset for each exchange).
+        self._parser: AnswerParser | None = None
+        self._answers = AnswerParser(self, max_head_size, high_water)
         # _answer is what request() returns; _response is where body bytes go until the end.
         self._answer: UpstreamResponse | None = None
         self._response: UpstreamResponse | None = None
         self._failure: UpstreamError | None = None
-        self._refusal: UpstreamProtocolError | None = None
         self._read_timeout = 0.0
-        self._sent = self._received = False
-        self._is_head = self._interim = self._head_done = self._complete = False
-        self._keep_alive = self._has_length = self._chunked = self._until_close = False
-        self._head_seen = self._quiet = 0
-        self._body_seen = self._idle_pending = False
-        self._reason = b""
-        self._headers: list[Header] = []
+        self._sent = self._received = self._continued = False
+        # Every request byte was handed over before the answer began; else the answer was early.
+        self._request_done = self._early = False
+        self._idle_pending = False
 
     async def request(
         self,
@@ -82,12 +80,15 @@ class UpstreamConnection(asyncio.Protocol):
         *,
         content_length: int | None = None,
         read_timeout: float,
+        expect_continue: bool = False,
     ) -> UpstreamResponse:
         """Send one request and return its answer once the head arrived.
 
         ``headers`` must not carry Content-Length or Transfer-Encoding: the framing is chosen
         here from ``body`` (bytes: a length; a stream: ``content_length`` or chunked; None: no
-        body). Any failure closes the connection, whose state is then unknown.
+        body). With ``expect_continue`` a streamed body waits for the upstream's 100 Continue
+        (at most EXPECT_WAIT), and is not sent at all if a final answer comes first. Any
+        failure closes the connection, whose state is then unknown.
         """
         transport = self._transport
         if self.closed or transport is None or transport.is_closing():
@@ -98,14 +99,20 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             if body is None:
                 self._write(build_head(method, target, headers, b""))
+                self._request_done = True
             elif isinstance(body, bytes):
                 framing = b"Content-Length: %d\r\n" % len(body)
                 self._write(build_head(method, target, headers, framing) + body)
+                self._request_done = True
+                await self._drain()
             else:
-                await self._send_stream(
-                    head_for_stream(method, target, headers, content_length), body, content_length
-                )
-            await self._drain()
+                if expect_continue:
+                    headers = [*headers, (b"Expect", b"100-continue")]
+                self._write(head_for_stream(method, target, headers, content_length))
+                if expect_continue:
+                    await self._wait_for_continue()
+                if self._answer is None and self._failure is None:
+                    await self._send_body(body, content_length)
             response = await self._wait_head()
         except BaseException:
             self.abort()
@@ -146,7 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
             response._fail(error)
         else:
             self._failure = error
-            wake(self._head_waiter)
+            wake(self._waiter)
         self.abort()
 
     def pause_reading(self) -> None:
@@ -159,21 +166,33 @@ class UpstreamConnection(asyncio.Protocol):
             self.reading_paused = False
             self._transport.resume_reading()
 
+    # Called by the answer's parser.
+
+    def head_arrived(self, response: UpstreamResponse) -> None:
+        self._answer = self._response = response
+        transport = self._transport
+        # Early: the upstream answered before it had the whole request (a refusal, an answer
+        # to Expect, one that does not wait for the body). The rest is never sent, so the
+        # upstream may still wait for it: the connection cannot carry another exchange.
+        if not self._request_done or (transport is not None and transport.get_write_buffer_size()):
+            self._early = True
+        wake(self._waiter)
+        wake(self._drain_waiter)
+
+    def continued(self) -> None:
+        self._continued = True
+        wake(self._waiter)
+
     # The exchange.
 
     def _begin(self, method: bytes, read_timeout: float) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        parser = self._parser = self._answers
+        parser.begin(method == b"HEAD", read_timeout)
         self._read_timeout = read_timeout
         self._answer = self._response = None
-        self._failure = self._refusal = None
-        self._sent = self._received = False
-        self._is_head = method == b"HEAD"
-        self._interim = self._head_done = self._complete = False
-        self._keep_alive = self._has_length = self._chunked = self._until_close = False
-        self._head_seen = self._quiet = 0
-        self._body_seen = self._idle_pending = False
-        self._reason = b""
-        self._headers = []
+        self._failure = None
+        self._sent = self._received = self._continued = False
+        self._request_done = self._early = self._idle_pending = False
 
     def _write(self, data: bytes) -> None:
         if self.closed or self._transport is None:
@@ -185,14 +204,47 @@ class UpstreamConnection(asyncio.Protocol):
         self._sent = True
         self._transport.write(data)
 
-    async def _send_stream(
-        self, head: bytes, body: AsyncIterable[bytes], content_length: int | None
-    ) -> None:
-        self._write(head)
+    async def _wait(self, seconds: float | None) -> bool:
+        """Wait for news (see _waiter), at most ``seconds``; False when the time ran out."""
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            return await (waiter if seconds is None else within(waiter, seconds))
+        finally:
+            self._waiter = None
+
+    async def _wait_for_continue(self) -> None:
+        if not (self._continued or self._answer is not None or self._failure is not None):
+            await self._wait(min(EXPECT_WAIT, self._read_timeout))
+
+    async def _send_body(self, body: AsyncIterable[bytes], content_length: int | None) -> None:
+        """Send the body from a task of its own, so that an answer arriving meanwhile is
+        handed over at once, whatever the body's source is waiting for."""
+        sender = self._loop.create_task(self._send_stream(body, content_length))
+        sender.add_done_callback(self._body_sent)
+        try:
+            while not sender.done() and self._answer is None and self._failure is None:
+                await self._wait(None)  # the sender's own timeouts bound this
+        finally:
+            if not sender.done():
+                sender.cancel()  # an answer (or a failure) came first: the rest is not sent
+        if self._answer is None and sender.done() and not sender.cancelled():
+            error = sender.exception()
+            if error is not None:
+                raise error
+
+    def _body_sent(self, sender: asyncio.Task[None]) -> None:
+        if not sender.cancelled():
+            sender.exception()  # retrieved: request() raises it unless an answer came first
+        wake(self._waiter)
+
+    async def _send_stream(self, body: AsyncIterable[bytes], content_length: int | None) -> None:
         written = 0
         async for chunk in body:
             if not chunk:
                 continue  # an empty chunk would end a chunked body early
+            await self._read_first()
+            if self._answer is not None:
+                return
             written += len(chunk)
             if content_length is None:
                 self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
@@ -201,21 +253,45 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._write(chunk)
             await self._drain()
+        if self._answer is not None:
+            return
         if content_length is None:
             self._write(b"0\r\n\r\n")
         elif written != content_length:
             raise ValueError("the request body is shorter than its Content-Length")
+        self._request_done = True
+        await self._drain()
+
+    async def _read_first(self) -> None:
+        """Let the loop read what the upstream sent before more of the body is written.
+
+        An upstream that answers early often closes with the body unread, which resets the
+        connection; a write after that fails, and the transport then closes without reading
+        the answer that came before the reset. So while bytes wait to be read, the loop reads
+        them first (a few turns at most: a paused reader keeps them waiting).
+        """
+        readable = self._readable
+        turns = 0
+        while (
+            readable is not None
+            and turns < 3
+            and not self.closed
+            and self._answer is None
+            and readable.poll(0)
+        ):
+            turns += 1
+            await asyncio.sleep(0)
 
     async def _drain(self) -> None:
         """Wait while the transport's buffer is over its high-water mark: the reverse
         back-pressure, a slow upstream slows the sender of the body."""
-        if self._write_paused and not self.closed:
+        if self._write_paused and not self.closed and self._answer is None:
             waiter = self._drain_waiter = self._loop.create_future()
             try:
                 drained = await within(waiter, self._read_timeout)
             finally:
                 self._drain_waiter = None
-            if not drained:
+            if not drained and self._answer is None:
                 raise UpstreamReadTimeout(
                     f"the upstream took no request bytes for {self._read_timeout} s", sent=True
                 )
@@ -227,12 +303,10 @@ class UpstreamConnection(asyncio.Protocol):
             )
 
     async def _wait_head(self) -> UpstreamResponse:
-        if self._answer is None and self._failure is None:
-            waiter = self._head_waiter = self._loop.create_future()
-            try:
-                arrived = await within(waiter, self._read_timeout)
-            finally:
-                self._head_waiter = None
+        # Other news wakes this wait too (a 100 Continue the request did not ask for): like
+        # any bytes from the upstream it restarts the read timeout.
+        while self._answer is None and self._failure is None:
+            arrived = await self._wait(self._read_timeout)
             if not arrived and self._answer is None and self._failure is None:
                 raise UpstreamReadTimeout(
                     f"no answer within {self._read_timeout} s",
@@ -241,16 +315,14 @@ class UpstreamConnection(asyncio.Protocol):
                 )
         if self._answer is not None:
             return self._answer  # a failure after the head reaches the body's reader
-        if self._failure is not None:
-            raise self._failure
-        raise RuntimeError("woken without an answer or a failure")
+        raise cast(UpstreamError, self._failure)
 
-    def _finish_exchange(self) -> None:
+    def _finish_exchange(self, keep_alive: bool) -> None:
         response, self._response = self._response, None
         self._parser = None
         if response is not None:
             response._finish()
-        if self._keep_alive and not self.closed:
+        if keep_alive and not self._early and not self.closed:
             self.resume_reading()
             if self._answer is None:
                 self._on_idle(self)
@@ -266,6 +338,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's do not subclass asyncio.Transport, so no isinstance).
         self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(select, "poll"):
+            self._readable = select.poll()
+            self._readable.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -275,38 +351,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._received = True
         try:
-            if self._head_done:
-                self._body_seen = False
-                parser.feed_data(data)
-                # SECURITY: trailer fields and chunk extensions carry no body bytes, and
-                # httptools joins a field's pieces in memory: bound what arrives without body
-                # like a head (within one read of the limit).
-                self._quiet = 0 if self._body_seen else self._quiet + len(data)
-                if self._quiet > self._max_head:
-                    self._refuse(f"more than {self._max_head} bytes of trailers or chunk metadata")
-            else:
-                room = self._max_head - self._head_seen
-                if len(data) <= room:
-                    self._head_seen += len(data)
-                    parser.feed_data(data)
-                else:
-                    view = memoryview(data)
-                    self._head_seen += room
-                    parser.feed_data(view[:room])
-                    if not self._head_done:
-                        self._refuse(f"the response head is larger than {self._max_head} bytes")
-                    parser.feed_data(view[room:])
-        except (_Stop, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if self._complete:
-                self._keep_alive = False  # bytes after the answer: never reused
-            else:
-                self.fail(
-                    self._refusal
-                    or UpstreamProtocolError(f"malformed answer: {exc}", sent=True, received=True)
-                )
-                return
-        if self._complete:
-            self._finish_exchange()
+            parser.feed(data)
+        except UpstreamError as exc:
+            self.fail(exc)
+            return
+        if parser.complete:
+            self._finish_exchange(parser.keep_alive)
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost settles the exchange
@@ -314,11 +364,11 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         wake(self._drain_waiter)
-        if self._parser is not None and not self._complete:
-            if self._head_done and self._until_close:
+        parser = self._parser
+        if parser is not None and not parser.complete:
+            if parser.head_done and parser.until_close:
                 # No length and no chunks: the answer ends where the connection does.
-                self._complete, self._keep_alive = True, False
-                self._finish_exchange()
+                self._finish_exchange(False)
             else:
                 self.fail(
                     UpstreamDisconnected(
@@ -340,81 +390,3 @@ class UpstreamConnection(asyncio.Protocol):
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close(self)
-
-    # httptools callbacks
-
-    def _refuse(self, reason: str) -> None:
-        self._refusal = UpstreamProtocolError(reason, sent=True, received=True)
-        raise _Stop(reason)
-
-    def on_message_begin(self) -> None:
-        if self._complete:
-            raise _Stop("a second answer to one request")
-
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head_done:
-            return  # a chunked body's trailer fields: not part of the head, not forwarded
-        self._headers.append((name, value))
-        size = len(name)
-        # SECURITY: refuse any framing two parties could read differently (response smuggling).
-        if size == 14 and name.lower() == b"content-length":
-            if self._has_length:
-                self._refuse("more than one Content-Length")
-            if not value.strip(b" \t").isdigit():
-                self._refuse("an invalid Content-Length")
-            self._has_length = True
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            if self._chunked or value.strip(b" \t").lower() != b"chunked":
-                self._refuse("a transfer coding other than a single chunked")
-            self._chunked = True
-
-    def on_headers_complete(self) -> None:
-        parser = self._parser
-        if parser is None:
-            raise _Stop("no exchange")
-        status = parser.get_status_code()
-        if status < 200:
-            if status == 101:
-                self._refuse("101 Switching Protocols to a request that asked for no upgrade")
-            # An interim answer (100 Continue, 103 Early Hints): the final one follows.
-            self._interim = True
-            self._reason, self._headers = b"", []
-            self._has_length = self._chunked = False
-            return
-        if self._has_length and self._chunked:
-            self._refuse("both Content-Length and Transfer-Encoding")
-        self._head_done = True
-        bodiless = self._is_head or status in (204, 304)
-        self._until_close = not (bodiless or self._has_length or self._chunked)
-        self._answer = self._response = UpstreamResponse(
-            self,
-            status,
-            self._reason,
-            self._headers,
-            parser.get_http_version(),
-            high_water=self._high,
-            read_timeout=self._read_timeout,
-        )
-        wake(self._head_waiter)
-        if self._is_head:
-            # llhttp cannot be told the request was HEAD and would wait for the body the
-            # Content-Length announces: stop at the head, and do not reuse the connection
-            # since what follows in the stream cannot be told apart.
-            self._complete, self._keep_alive = True, False
-            raise _Stop("HEAD")
-
-    def on_body(self, body: bytes) -> None:
-        self._body_seen = True
-        if self._response is not None:
-            self._response._feed(body)
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            return
-        self._complete = True
-        parser = self._parser
-        self._keep_alive = parser is not None and parser.should_keep_alive()

@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from ssl import SSLContext
+from typing import TypeVar
 
 from gateway.dataplane.upstream_http.connection import Body, Header, UpstreamConnection
 from gateway.dataplane.upstream_http.errors import (
@@ -16,6 +17,8 @@ from gateway.dataplane.upstream_http.errors import (
     UpstreamDisconnected,
 )
 from gateway.dataplane.upstream_http.response import UpstreamResponse, within
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
 class TargetPool:
@@ -39,6 +42,7 @@ class TargetPool:
         max_head_size: int = 64 * 1024,
         high_water: int = 256 * 1024,
         ssl: SSLContext | None = None,
+        server_name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_connections < 1:
@@ -54,6 +58,8 @@ class TargetPool:
         self._max_head = max_head_size
         self._high = high_water
         self._ssl = ssl
+        # The name sent in SNI and checked against the certificate: the host unless told.
+        self._server_name = (server_name or host) if ssl is not None else None
         self._clock = clock
         self._idle: deque[UpstreamConnection] = deque()
         self._conns: set[UpstreamConnection] = set()
@@ -86,6 +92,7 @@ class TargetPool:
         idempotent: bool = False,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        expect_continue: bool = False,
     ) -> UpstreamResponse:
         """Send a request on a pooled connection; see ``UpstreamConnection.request``.
 
@@ -97,27 +104,34 @@ class TargetPool:
             headers = [(b"Host", self.authority), *headers]
         timeout = self.read_timeout if read_timeout is None else read_timeout
         connect = self.connect_timeout if connect_timeout is None else connect_timeout
-        conn = await self._acquire(fresh=False, limit=connect)
-        try:
-            return await conn.request(
-                method, target, headers, body, content_length=content_length, read_timeout=timeout
-            )
-        except UpstreamDisconnected as exc:
-            # The keep-alive race: the upstream closed a connection we were reusing, before any
-            # answer. Once more on a fresh connection, only if that cannot make it act twice:
-            # nothing was sent, or the method is idempotent and the body can be sent again.
-            replayable = body is None or isinstance(body, bytes)
-            if not conn.reused or exc.received or (exc.sent and not (idempotent and replayable)):
-                raise
-            first_sent = exc.sent
-        conn = await self._acquire(fresh=True, limit=connect)
-        try:
-            return await conn.request(
-                method, target, headers, body, content_length=content_length, read_timeout=timeout
-            )
-        except UpstreamDisconnected as exc:
-            exc.sent = exc.sent or first_sent  # the first attempt may have reached it
-            raise
+        fresh, first_sent = False, False
+        while True:
+            conn = await self._acquire(fresh=fresh, limit=connect)
+            try:
+                return await conn.request(
+                    method,
+                    target,
+                    headers,
+                    body,
+                    content_length=content_length,
+                    read_timeout=timeout,
+                    expect_continue=expect_continue,
+                )
+            except UpstreamDisconnected as exc:
+                exc.sent = exc.sent or first_sent  # a first attempt may have reached it
+                # The keep-alive race: the upstream closed a connection we were reusing, before
+                # any answer. Once more on a fresh connection, only if that cannot make it act
+                # twice: nothing was sent, or the method is idempotent and the body can be sent
+                # again.
+                replayable = body is None or isinstance(body, bytes)
+                if (
+                    fresh
+                    or not conn.reused
+                    or exc.received
+                    or (exc.sent and not (idempotent and replayable))
+                ):
+                    raise
+                fresh, first_sent = True, exc.sent
 
     async def close(self) -> None:
         """Close every connection and refuse further requests; waiters fail at once."""
@@ -162,21 +176,22 @@ class TargetPool:
                     sent=False,
                 )
 
-    async def _open(self, remaining: float, limit: float) -> UpstreamConnection:
+    async def connect(self, factory: Callable[[], _P], limit: float) -> _P:
+        """A connection with this pool's TLS settings that the pool will not keep: one that
+        will carry another protocol (a WebSocket) is never pooled."""
+        return await self._connect(factory, limit, limit)
+
+    async def _connect(self, factory: Callable[[], _P], remaining: float, limit: float) -> _P:
         loop = asyncio.get_running_loop()
-        self._opening += 1
-        conn: UpstreamConnection | None = None
         try:
             async with asyncio.timeout(max(0.0, remaining)):
-                _, conn = await loop.create_connection(
-                    self._new_connection,
+                _, protocol = await loop.create_connection(
+                    factory,
                     self.host,
                     self.port,
                     ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None,
+                    server_hostname=self._server_name,
                 )
-            if not self._closed:
-                self._conns.add(conn)  # in the same step as _opening drops: the slot stays taken
         except TimeoutError:
             raise UpstreamConnectTimeout(
                 f"no connection to {self.host}:{self.port} within {limit} s",
@@ -186,6 +201,15 @@ class TargetPool:
             raise UpstreamConnectError(
                 f"cannot connect to {self.host}:{self.port}: {exc}", sent=False
             ) from None
+        return protocol
+
+    async def _open(self, remaining: float, limit: float) -> UpstreamConnection:
+        self._opening += 1
+        conn: UpstreamConnection | None = None
+        try:
+            conn = await self._connect(self._new_connection, remaining, limit)
+            if not self._closed:
+                self._conns.add(conn)  # in the same step as _opening drops: the slot stays taken
         finally:
             self._opening -= 1
             if conn is None:
