@@ -311,6 +311,12 @@ class RunningGateway:
     def port(self) -> int:
         return self.process.data_address[1]
 
+    async def metrics(self) -> str:
+        """The admin listener's /metrics, as Prometheus would scrape it."""
+        async with self.session.get(f"{self.admin_url}/metrics") as r:
+            assert r.status == 200
+            return await r.text()
+
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 ADMIN_TOKEN = "test-admin-token-0123456789"

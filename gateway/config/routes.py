@@ -4,12 +4,20 @@ plugins add their own fields (see gateway.config.registry)."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.config.section import Section
-from gateway.config.types import ByteSize, Timeout, check_scope
+from gateway.config.types import (
+    DAY,
+    MINUTE,
+    WEEK,
+    ByteSize,
+    DurationRange,
+    Timeout,
+    check_scope,
+)
 from gateway.http.paths import compile_template
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$")
@@ -84,6 +92,16 @@ class RouteTimeoutsConfig(Section):
     read: Timeout | None = Field(
         None, description="Overrides the upstream's read timeout; over 0, at most 1d."
     )
+    websocket_idle: Annotated[float, DurationRange(least=0.1, most=DAY)] = Field(
+        5 * MINUTE,
+        description="A relayed WebSocket with no bytes either way for this long is closed"
+        " (websocket: true only); from 100ms, at most 1d.",
+    )
+    websocket_total: Annotated[float, DurationRange(least=0.1, most=WEEK)] = Field(
+        DAY,
+        description="A relayed WebSocket is closed after this long whatever its traffic"
+        " (websocket: true only); from 100ms, at most 7d.",
+    )
 
 
 class RouteConfig(Section):
@@ -113,6 +131,11 @@ class RouteConfig(Section):
         default_factory=HeaderRulesConfig,
         description="Add, set or remove headers, after the gateway's own sanitising.",
     )
+    websocket: bool = Field(
+        False,
+        description="Let an Upgrade: websocket handshake through the route's chain to the"
+        " upstream, then relay the connection's bytes both ways.",
+    )
 
     @field_validator("scopes")
     @classmethod
@@ -123,6 +146,19 @@ class RouteConfig(Section):
     def _scopes_need_auth(self) -> RouteConfig:
         if self.scopes and self.auth == "none":
             raise ValueError("scopes: a route with auth: none cannot require scopes")
+        return self
+
+    @model_validator(mode="after")
+    def _websocket_fields(self) -> RouteConfig:
+        if not self.websocket:
+            # A WebSocket timeout on a plain route would silently do nothing: a mistake.
+            for name in ("websocket_idle", "websocket_total"):
+                if name in self.timeouts.model_fields_set:
+                    raise ValueError(
+                        f"timeouts: {name} applies only to a route with websocket: true"
+                    )
+        elif self.methods is not None and "GET" not in self.methods:
+            raise ValueError("methods: a route with websocket: true must allow GET (the handshake)")
         return self
 
     @field_validator("path")

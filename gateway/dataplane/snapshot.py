@@ -16,6 +16,7 @@ from gateway.dataplane.plugins import PluginServices, plugins_for
 from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.router import Router
 from gateway.dataplane.upstream import UpstreamPool
+from gateway.dataplane.websocket import WebSocketMetrics, WebSocketProxy
 from gateway.http.forwarded import ForwardedResolver
 from gateway.observability.metrics import Metrics, RouteMetrics, UpstreamMetrics
 
@@ -105,10 +106,19 @@ class Snapshot:
                 injected_headers=[name for p in route_plugins for name in p.upstream_headers],
                 rules=route.headers,
             )
+            end: Handler = proxy
+            if route.websocket:
+                end = WebSocketProxy(
+                    proxy,
+                    idle_timeout=route.timeouts.websocket_idle,
+                    total_timeout=route.timeouts.websocket_total,
+                    rules=route.headers,
+                    metrics=WebSocketMetrics(metrics, route.label),
+                )
             compiled = CompiledRoute(
                 config=route,
                 label=route.label,
-                handler=build_chain(route_plugins, proxy),
+                handler=build_chain(route_plugins, end),
                 metrics=RouteMetrics(metrics, route.label),
             )
             entries.append((route.path, route.methods, route.host, compiled))

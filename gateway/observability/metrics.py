@@ -144,6 +144,21 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.websocket_sessions = Counter(
+            "gateway_websocket_sessions_total",
+            "WebSocket handshakes that passed the chain, by route and outcome: upstream_refused"
+            " (no 101), upstream_failed (502/504), or how a relayed session ended"
+            " (client_closed, upstream_closed, idle_timeout, total_timeout, shutdown).",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.websocket_open = Gauge(
+            "gateway_websocket_open_sessions",
+            "Relayed WebSocket sessions open now, by route.",
+            ["route"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.config_reloads = Counter(
             "gateway_config_reloads_total",
             "Config reloads (SIGHUP, POST /admin/reload, file watch), by result (ok, error).",
@@ -224,6 +239,10 @@ class RouteMetrics:
             if label == method:  # an invented method is not kept: clients choose those
                 self._requests[key] = counter
         counter.n += 1
+        if status == 101:
+            # A WebSocket session: its length is the session's, not a request's latency (the
+            # access log and gateway_websocket_* say how long and how it ended).
+            return
         histogram = self._durations.get(method)
         if histogram is None:
             label = method_label(method)

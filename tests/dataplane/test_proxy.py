@@ -548,8 +548,7 @@ async def test_client_hanging_up_mid_response_is_a_499_not_a_server_error(
     assert line["status"] == 499
     assert logs.events("unhandled_error") == []
     assert logs.events("upstream_body_failed") == []
-    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-        text = await r.text()
+    text = await gw.metrics()
     assert 'gateway_requests_total{method="GET",route="/x",status_class="4xx"} 1.0' in text
     assert "gateway_upstream_errors_total{" not in text
 

@@ -9,18 +9,12 @@ from aiohttp import web
 from gateway.dataplane.health import RetryBudget, TargetSelector
 from tests.conftest import (
     GatewayFactory,
-    RunningGateway,
     Upstream,
     UpstreamFactory,
     closed_port_url,
     make_config,
 )
 from tests.helpers import eventually, slow_upstream
-
-
-async def metrics(gw: RunningGateway) -> str:
-    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-        return await r.text()
 
 
 async def test_one_dead_target_of_two_costs_no_failed_request(
@@ -40,7 +34,7 @@ async def test_one_dead_target_of_two_costs_no_failed_request(
         async with gw.session.post(f"{gw.url}/x", data=b"{}") as r:
             statuses.append(r.status)
     assert statuses == [200] * 30
-    text = await metrics(gw)
+    text = await gw.metrics()
     assert 'gateway_upstream_ejections_total{upstream="app"} 1.0' in text
     assert 'gateway_upstream_healthy_targets{upstream="app"} 1.0' in text
     assert 'gateway_upstream_errors_total{kind="connect",upstream="app"} 3.0' in text
@@ -53,7 +47,7 @@ async def test_the_last_target_is_never_ejected(gateway_factory: GatewayFactory)
     for _ in range(6):
         async with gw.session.get(f"{gw.url}/x") as r:
             assert r.status == 502
-    text = await metrics(gw)
+    text = await gw.metrics()
     assert 'gateway_upstream_errors_total{kind="connect",upstream="app"} 6.0' in text  # still tried
     assert 'gateway_upstream_ejections_total{upstream="app"} 0.0' in text
 
@@ -108,7 +102,7 @@ async def test_active_checks_eject_a_target_without_client_traffic(
     )
 
     async def one_healthy() -> bool:
-        return 'gateway_upstream_healthy_targets{upstream="app"} 1.0' in await metrics(gw)
+        return 'gateway_upstream_healthy_targets{upstream="app"} 1.0' in await gw.metrics()
 
     await eventually(one_healthy)  # the checks run on their own interval
     for _ in range(6):

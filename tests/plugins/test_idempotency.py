@@ -232,8 +232,7 @@ async def test_outcomes_are_counted_and_logged(
     await api.post(secret)
     await api.post(secret)
     await api.post(secret, body=b"{}")
-    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-        text = await r.text()
+    text = await gw.metrics()
     for outcome in ("stored", "replayed", "mismatch"):
         assert f'gateway_idempotency_total{{outcome="{outcome}"}} 1.0' in text
     assert [line.get("idempotency") for line in logs.events("request")] == [

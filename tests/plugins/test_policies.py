@@ -57,8 +57,7 @@ async def test_deprecated_route_carries_the_standard_headers_then_answers_410(
         assert "https://api.example.com/v2/contacts" in body["error"]["message"]
         assert r.headers["Sunset"] == "Wed, 01 Jul 2026 00:00:00 GMT"
     assert len(upstream.seen) == 2
-    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-        text = await r.text()
+    text = await gw.metrics()
     assert 'gateway_deprecated_requests_total{route="/v1/legacy/{rest:.*}"} 2.0' in text
     lines = logs.events("request")
     assert [line.get("deprecated") for line in lines] == [True, None, True]

@@ -334,8 +334,7 @@ async def test_decisions_are_counted_and_logged(
     secret = (await client.key())["secret"]
     await client.get(secret)
     await client.get(secret)
-    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-        text = await r.text()
+    text = await gw.metrics()
     assert 'gateway_rate_limit_decisions_total{decision="allowed",policy="key"} 1.0' in text
     assert 'gateway_rate_limit_decisions_total{decision="refused",policy="key"} 1.0' in text
     assert [line.get("rate_limited") for line in logs.events("request")] == [False, True]
@@ -393,8 +392,7 @@ async def test_store_outage_does_what_the_config_says(
     async with gw.session.get(f"{gw.admin_url}/readyz") as r:
         ready = (await r.json())["data"]
     assert ready["rate_limits"] == {"on_store_error": mode, "degraded": True}
-    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-        text = await r.text()
+    text = await gw.metrics()
     assert "gateway_rate_limit_degraded 1.0" in text
     # Tried once; for the next second the store is left alone instead of failing slowly.
     assert "gateway_rate_limit_store_errors_total 1.0" in text

@@ -57,8 +57,7 @@ async def test_a_reload_serves_new_routes_and_a_broken_file_is_harmless(
         reloaded = (await r.json())["data"]
     assert reloaded["hash"] == gw.process.loaded.digest != first_hash
     assert (await status(gw, "/a"), await status(gw, "/b")) == (404, 200)
-    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-        text = await r.text()
+    text = await gw.metrics()
     assert 'gateway_config_reloads_total{result="ok"} 2.0' in text
     assert 'gateway_config_reloads_total{result="error"} 2.0' in text
     assert f'gateway_config_info{{hash="{gw.process.loaded.digest}"}} 1.0' in text

@@ -194,8 +194,7 @@ async def test_a_published_event_arrives_signed_the_standard_way(
     assert attempt["status"] == 200
     assert attempt["success"]
     assert attempt["response"] == "ok"
-    async with gw.session.get(f"{gw.admin_url}/metrics") as r:
-        metrics = await r.text()
+    metrics = await gw.metrics()
     assert 'gateway_webhook_deliveries_total{result="delivered"} 1.0' in metrics
     assert "gateway_webhook_delivery_latency_seconds_count 1.0" in metrics
 
