@@ -92,6 +92,7 @@ class RedisLimits:
         self._sha = hashlib.sha1(self._script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._queue: list[Entry] = []
         self._sender: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.round_trips = 0  # pipelines sent: fewer than decisions when requests overlap
 
     async def decide(self, limits: Sequence[Limit], cost: int, now_us: int) -> Decision:
@@ -102,7 +103,12 @@ class RedisLimits:
                 args += ["g", limit.capacity, limit.interval_us, _ttl_ms(limit, now_us)]
             else:
                 args += ["w", limit.capacity, limit.window_end_us, _ttl_ms(limit, now_us)]
-        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            # Once: on Python 3.11 each asyncio.get_running_loop() is a getpid() system call.
+            # The Redis client is bound to this loop already, so this object is too.
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[bytes]] = loop.create_future()
         self._queue.append((keys, args, future))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_all(), name="gateway-rate-limits")

@@ -145,6 +145,10 @@ class TargetPool:
                 wake_waiter.set_result(True)
 
     async def _acquire(self, *, fresh: bool, limit: float) -> UpstreamConnection:
+        if not (fresh or self._closed):
+            conn = self._pop_idle()
+            if conn is not None:
+                return conn  # the common case: no clock, no loop lookup (a getpid() on 3.11)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         while True:

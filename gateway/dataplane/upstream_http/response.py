@@ -161,7 +161,9 @@ async def within(waiter: asyncio.Future[bool], seconds: float) -> bool:
 
     One timer handle, no task and no exception machinery: this is on every exchange.
     """
-    handle = asyncio.get_running_loop().call_later(seconds, _expire, waiter)
+    # The future's own loop: on Python 3.11 asyncio.get_running_loop() costs a getpid()
+    # system call, twice a request on the proxy path before this.
+    handle = waiter.get_loop().call_later(seconds, _expire, waiter)
     try:
         return await waiter
     finally:
