@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -249,7 +250,12 @@ async def upstream(upstream_factory: UpstreamFactory) -> Upstream:
 
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-ServeRaw = Callable[[RawHandler], Awaitable[int]]
+
+
+class ServeRaw(Protocol):
+    def __call__(self, handler: RawHandler, *, tls: ssl.SSLContext | None = None) -> Awaitable[int]:
+        """Start a server whose connections ``handler`` serves (over TLS with ``tls``)."""
+        ...
 
 
 @pytest.fixture
@@ -261,16 +267,17 @@ async def raw_server() -> AsyncIterator[ServeRaw]:
     writers: list[asyncio.StreamWriter] = []
     tasks: list[asyncio.Task[None]] = []
 
-    async def start(handler: RawHandler) -> int:
+    async def start(handler: RawHandler, *, tls: ssl.SSLContext | None = None) -> int:
         async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writers.append(writer)
             task = asyncio.current_task()
             assert task is not None
             tasks.append(task)
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            # A client that goes away (or, over TLS, refuses the certificate) ends the handler.
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
                 await handler(reader, writer)
 
-        server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+        server = await asyncio.start_server(tracked, "127.0.0.1", 0, ssl=tls)
         servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 

@@ -200,13 +200,11 @@ class Proxy:
         # From here the upstream may act on the request, whatever happens to us; only an error
         # that says nothing was sent proves that it did not.
         ctx.upstream_reached = True
-        path = f"{target.base}{ctx.path}?{ctx.query}" if ctx.query else f"{target.base}{ctx.path}"
-        if not any(len(name) == 4 and name.lower() == b"host" for name, _ in headers):
-            headers = [(b"Host", target.host), *headers]
         try:
+            path, headers = target.address(ctx.path, ctx.query, headers)
             upstream = await target.pool.request(
                 ctx.method.encode("ascii"),
-                path.encode("utf-8", "surrogateescape"),
+                path,
                 headers,
                 pump.chunks() if pump is not None else ctx.body,
                 content_length=declared if pump is not None else None,

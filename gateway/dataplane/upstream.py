@@ -51,6 +51,16 @@ class Target:
             server_name=server_name,
         )
 
+    def address(
+        self, path: str, query: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The request target on this upstream, and ``headers`` with a Host naming it unless
+        they carry one already (a route's header rules may set it)."""
+        target = f"{self.base}{path}?{query}" if query else f"{self.base}{path}"
+        if not any(len(name) == 4 and name.lower() == b"host" for name, _ in headers):
+            headers = [(b"Host", self.host), *headers]
+        return target.encode("utf-8", "surrogateescape"), headers
+
 
 class UpstreamPool:
     """One upstream: its targets in round robin, a connection pool per target, its limits.

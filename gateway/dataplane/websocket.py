@@ -115,14 +115,9 @@ class WebSocketProxy:
         for attempt in (1, 2):
             target = pool.upstreams[index]
             ctx.upstream_target = pool.targets[index]
-            path = (
-                f"{target.base}{ctx.path}?{ctx.query}" if ctx.query else f"{target.base}{ctx.path}"
-            )
-            sent = headers
-            if not any(len(name) == 4 and name.lower() == b"host" for name, _ in headers):
-                sent = [(b"Host", target.host), *headers]
             try:
-                head = build_head(b"GET", path.encode("utf-8", "surrogateescape"), sent, b"")
+                path, sent = target.address(ctx.path, ctx.query, headers)
+                head = build_head(b"GET", path, sent, b"")
             except ValueError as exc:
                 log.warning("websocket_handshake_unsendable", error=str(exc))
                 raise BadGateway() from None

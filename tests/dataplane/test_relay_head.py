@@ -3,42 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.conftest import GatewayFactory, make_config, parse_response, raw_request
+from tests.conftest import GatewayFactory, ServeRaw, make_config, parse_response, raw_request
 
 StartUpstream = Callable[[bytes], Awaitable[str]]
 
 
 @pytest.fixture
-async def raw_upstream() -> AsyncIterator[StartUpstream]:
+def raw_upstream(raw_server: ServeRaw) -> StartUpstream:
     """An upstream that answers every request with the given bytes, exactly."""
-    servers: list[asyncio.Server] = []
-    writers: list[asyncio.StreamWriter] = []
 
     async def start(answer: bytes) -> str:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writers.append(writer)
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    await reader.readuntil(b"\r\n\r\n")
-                    writer.write(answer)
-                    await writer.drain()
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(answer)
+                await writer.drain()
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        return f"http://127.0.0.1:{await raw_server(handle)}"
 
-    yield start
-    for server in servers:
-        server.close()
-    for writer in writers:
-        writer.transport.abort()
-    for server in servers:
-        await server.wait_closed()
+    return start
 
 
 @pytest.mark.parametrize(

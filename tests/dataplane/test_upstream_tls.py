@@ -4,9 +4,8 @@ by the system's CAs or an upstream's own (tls.ca_file), through the gateway and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,33 +15,25 @@ from cryptography import x509
 from gateway.config import ConfigError, parse_config
 from gateway.dataplane.upstream_http import TargetPool, UpstreamConnectError
 from tests.certificates import LOCALHOST_IP, issue, make_ca, self_signed
-from tests.conftest import GatewayFactory, LogLines, make_config
+from tests.conftest import GatewayFactory, LogLines, ServeRaw, make_config
 from tests.helpers import eventually
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+
+
 @pytest.fixture
-async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+async def tls_upstream(tmp_path: Path, raw_server: ServeRaw) -> tuple[int, Path]:
     cert_file, key_file = self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
-    writers: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(OK)
-                await writer.drain()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-    yield server.sockets[0].getsockname()[1], cert_file
-    server.close()
-    for writer in writers:
-        writer.transport.abort()
-    await server.wait_closed()
+    return await raw_server(_answer_ok, tls=context), cert_file
 
 
 async def test_a_tls_upstream_with_a_trusted_certificate_answers(
@@ -87,10 +78,7 @@ class TlsBackend:
 
 
 @pytest.fixture
-async def tls_backend() -> AsyncIterator[Callable[[ssl.SSLContext], Awaitable[TlsBackend]]]:
-    servers: list[asyncio.Server] = []
-    writers: list[asyncio.StreamWriter] = []
-
+def tls_backend(raw_server: ServeRaw) -> Callable[[ssl.SSLContext], Awaitable[TlsBackend]]:
     async def start(context: ssl.SSLContext) -> TlsBackend:
         backend = TlsBackend()
 
@@ -100,26 +88,16 @@ async def tls_backend() -> AsyncIterator[Callable[[ssl.SSLContext], Awaitable[Tl
         context.sni_callback = sni
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writers.append(writer)
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-                while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    backend.paths.append(head.split(b" ", 2)[1])
-                    writer.write(OK)
-                    await writer.drain()
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                backend.paths.append(head.split(b" ", 2)[1])
+                writer.write(OK)
+                await writer.drain()
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-        servers.append(server)
-        backend.port = server.sockets[0].getsockname()[1]
+        backend.port = await raw_server(handle, tls=context)
         return backend
 
-    yield start
-    for server in servers:
-        server.close()
-    for writer in writers:
-        writer.transport.abort()
-    for server in servers:
-        await server.wait_closed()
+    return start
 
 
 TlsBackends = Callable[[ssl.SSLContext], Awaitable[TlsBackend]]
