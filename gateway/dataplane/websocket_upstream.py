@@ -16,6 +16,7 @@ from gateway.dataplane.upstream_http import (
     UpstreamReadTimeout,
     UpstreamResponse,
 )
+from gateway.dataplane.upstream_http.answer import Framing
 
 if TYPE_CHECKING:
     from gateway.dataplane.websocket_relay import Relay
@@ -64,7 +65,7 @@ class UpstreamSide(asyncio.Protocol):
         self._received = 0
         self._refusal: str | None = None
         self._interim = self._head_done = self._until_close = False
-        self._has_length = self._chunked = False
+        self._framing = Framing()
 
     async def handshake(self, head: bytes, read_timeout: float) -> None:
         if self.transport is None or self.closed:
@@ -182,16 +183,9 @@ class UpstreamSide(asyncio.Protocol):
         if self._head_done:
             return  # a chunked refusal's trailer fields: not relayed
         self.headers.append((name, value))
-        lower = name.lower()
-        # SECURITY: framing two parties could read differently is refused, as for any answer.
-        if lower == b"content-length":
-            if self._has_length or not value.strip(b" \t").isdigit():
-                self._refuse("an invalid or repeated Content-Length")
-            self._has_length = True
-        elif lower == b"transfer-encoding":
-            if self._chunked or value.strip(b" \t").lower() != b"chunked":
-                self._refuse("a transfer coding other than a single chunked")
-            self._chunked = True
+        refusal = self._framing.refusal(name, value)  # as for any answer
+        if refusal is not None:
+            self._refuse(refusal)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -199,7 +193,7 @@ class UpstreamSide(asyncio.Protocol):
             # An interim answer (100 Continue, 103 Early Hints): the final one follows.
             self._interim = True
             self.reason, self.headers = b"", []
-            self._has_length = self._chunked = False
+            self._framing.reset()
             return
         self.status = status
         if status == 101:
@@ -209,10 +203,11 @@ class UpstreamSide(asyncio.Protocol):
             ):
                 self._refuse("101 Switching Protocols to something other than websocket")
             return
-        if self._has_length and self._chunked:
-            self._refuse("both Content-Length and Transfer-Encoding")
+        conflict = self._framing.conflict()
+        if conflict is not None:
+            self._refuse(conflict)
         self._head_done = True
-        self._until_close = not (self._has_length or self._chunked or status in (204, 304))
+        self._until_close = not (self._framing.delimited or status in (204, 304))
 
     def on_body(self, body: bytes) -> None:
         if len(self.body) + len(body) > _MAX_REFUSAL_BODY:

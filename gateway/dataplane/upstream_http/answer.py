@@ -24,6 +24,50 @@ class _Stop(Exception):
     """Raised inside a parser callback to stop llhttp; the reason is kept in ``_refusal``."""
 
 
+class Framing:
+    """How an answer says where its body ends, judged header by header.
+
+    SECURITY: framing two parties could read differently (response smuggling) is refused: two
+    Content-Lengths or an invalid one, a transfer coding other than one ``chunked``, or both
+    framings at once. Every reader of an upstream's answer judges it here.
+    """
+
+    __slots__ = ("chunked", "has_length")
+
+    def __init__(self) -> None:
+        self.has_length = self.chunked = False
+
+    def reset(self) -> None:
+        """For the next head (after an interim answer, or on a connection's next exchange)."""
+        self.has_length = self.chunked = False
+
+    def refusal(self, name: bytes, value: bytes) -> str | None:
+        """Why this header makes the framing ambiguous; None for any other header."""
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
+            if self.has_length:
+                return "more than one Content-Length"
+            if not value.strip(b" \t").isdigit():
+                return "an invalid Content-Length"
+            self.has_length = True
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            if self.chunked or value.strip(b" \t").lower() != b"chunked":
+                return "a transfer coding other than a single chunked"
+            self.chunked = True
+        return None
+
+    def conflict(self) -> str | None:
+        """Once the head is complete: why its framing is ambiguous, or None."""
+        if self.has_length and self.chunked:
+            return "both Content-Length and Transfer-Encoding"
+        return None
+
+    @property
+    def delimited(self) -> bool:
+        """The body's end is announced (else, bodies allowing, it ends with the connection)."""
+        return self.has_length or self.chunked
+
+
 class AnswerParser:
     """The answers on one connection, one at a time: ``begin`` starts the next one. Fed the
     bytes that arrive, it tells the connection of the final head (``head_arrived``) and of a
@@ -35,9 +79,8 @@ class AnswerParser:
 
     __slots__ = (
         "_body_seen",
-        "_chunked",
         "_conn",
-        "_has_length",
+        "_framing",
         "_head_seen",
         "_headers",
         "_high",
@@ -60,6 +103,7 @@ class AnswerParser:
         self._conn = conn
         self._max_head = max_head_size
         self._high = high_water
+        self._framing = Framing()
         self.begin(False, 0.0)
 
     def begin(self, is_head: bool, read_timeout: float) -> None:
@@ -71,7 +115,8 @@ class AnswerParser:
         self._response: UpstreamResponse | None = None
         self._refusal: UpstreamProtocolError | None = None
         self.head_done = self.complete = self.keep_alive = self.until_close = False
-        self._interim = self._has_length = self._chunked = self._body_seen = False
+        self._interim = self._body_seen = False
+        self._framing.reset()
         # Interim heads count too: a flood of 100s is bounded like one large head.
         self._head_seen = self._quiet = 0
         self._reason = b""
@@ -127,18 +172,9 @@ class AnswerParser:
         if self.head_done:
             return  # a chunked body's trailer fields: not part of the head, not forwarded
         self._headers.append((name, value))
-        size = len(name)
-        # SECURITY: refuse any framing two parties could read differently (response smuggling).
-        if size == 14 and name.lower() == b"content-length":
-            if self._has_length:
-                self._refuse("more than one Content-Length")
-            if not value.strip(b" \t").isdigit():
-                self._refuse("an invalid Content-Length")
-            self._has_length = True
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            if self._chunked or value.strip(b" \t").lower() != b"chunked":
-                self._refuse("a transfer coding other than a single chunked")
-            self._chunked = True
+        refusal = self._framing.refusal(name, value)
+        if refusal is not None:
+            self._refuse(refusal)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -150,15 +186,16 @@ class AnswerParser:
             # not: the final one follows, and only that one is the answer.
             self._interim = True
             self._reason, self._headers = b"", []
-            self._has_length = self._chunked = False
+            self._framing.reset()
             if status == 100:
                 self._conn.continued()
             return
-        if self._has_length and self._chunked:
-            self._refuse("both Content-Length and Transfer-Encoding")
+        conflict = self._framing.conflict()
+        if conflict is not None:
+            self._refuse(conflict)
         self.head_done = True
         bodiless = self._is_head or status in (204, 304)
-        self.until_close = not (bodiless or self._has_length or self._chunked)
+        self.until_close = not (bodiless or self._framing.delimited)
         self._response = UpstreamResponse(
             self._conn,
             status,
