@@ -54,6 +54,20 @@ class BadRequest(GatewayError):
     status, code, message = 400, "bad_request", "The request is malformed."
 
 
+class MalformedRequest(BadRequest):
+    """What the HTTP parser refused; nothing of the request is echoed back."""
+
+    message = "The request could not be parsed as HTTP/1.1."
+
+
+class HeadersTooLarge(GatewayError):
+    status, code, message = 431, "bad_request", "The request header fields are too large."
+
+
+# The 408 of a request head that did not arrive by server.header_timeout.
+HEAD_TIMEOUT_MESSAGE = "The request head did not arrive in time."
+
+
 class Unauthorized(GatewayError):
     """One answer for a missing, malformed, unknown, revoked or expired key: nothing to probe."""
 

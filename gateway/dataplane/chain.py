@@ -11,6 +11,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.dataplane.snapshot import CompiledRoute
     from gateway.http.forwarded import Forwarded
+    from gateway.http.request import Request
     from gateway.keys.keyring import Identity
     from gateway.ratelimit.policy import Decision
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 class RequestContext:
     """What one request carries through the chain; plugins read and add to it."""
 
-    request: web.BaseRequest
+    request: Request
     request_id: str
     method: str
     path: str  # raw, exactly as matched and as forwarded

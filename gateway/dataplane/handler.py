@@ -12,6 +12,7 @@ from gateway.dataplane.snapshot import Snapshot
 from gateway.errors import BadRequest, GatewayError, InternalError
 from gateway.http.headers import REQUEST_ID, field_text, is_preflight
 from gateway.http.paths import split_target
+from gateway.http.request import Request
 from gateway.http.request_id import accept_request_id, current_request_id
 from gateway.observability.log import AccessLog
 from gateway.observability.metrics import Metrics
@@ -46,7 +47,7 @@ class DataPlane:
         self._fast_log = fast_log
         self._inflight = metrics.inflight
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> web.StreamResponse:
         snapshot = self.snapshot  # one reference for the whole request, whatever reloads do
         started = time.perf_counter()
         request_id = accept_request_id(request.headers.getall(REQUEST_ID, []))

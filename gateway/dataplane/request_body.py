@@ -10,9 +10,10 @@ from aiohttp import web
 
 from gateway.dataplane.chain import RequestContext
 from gateway.errors import ClientDisconnected, GatewayError, PayloadTooLarge, RequestTimeout
+from gateway.http.request import Request
 
 
-def expects_continue(request: web.BaseRequest) -> bool:
+def expects_continue(request: Request) -> bool:
     """The client sent ``Expect: 100-continue`` and waits (a while) before sending its body."""
     return (
         request.version >= (1, 1)
@@ -20,7 +21,7 @@ def expects_continue(request: web.BaseRequest) -> bool:
     )
 
 
-async def send_continue(ctx: RequestContext) -> None:
+def send_continue(ctx: RequestContext) -> None:
     """Answer ``Expect: 100-continue``: the client sends its body only after this.
 
     Called when the gateway is about to read the body, so a request refused before (401, 413,
@@ -28,16 +29,13 @@ async def send_continue(ctx: RequestContext) -> None:
     never sent; its answer then closes the connection (``http/server.py``).
     """
     request = ctx.request
-    if not expects_continue(request):
-        return
-    writer = request.writer
-    if writer.output_size:  # already sent for this request
+    if request.continued or request.started or not expects_continue(request):
         return
     try:
-        await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.connection.send_interim(request, b"HTTP/1.1 100 Continue\r\n\r\n")
     except ConnectionError:
         raise ClientDisconnected() from None
-    writer.output_size = 0  # the interim answer is not part of the response
+    request.continued = True
 
 
 async def read_body(ctx: RequestContext, limit: int, idle_seconds: float) -> bytes:
@@ -49,7 +47,7 @@ async def read_body(ctx: RequestContext, limit: int, idle_seconds: float) -> byt
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(limit)
-    await send_continue(ctx)
+    send_continue(ctx)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -100,7 +98,7 @@ class BodyPump:
         ctx = self._ctx
         content = ctx.request.content
         try:
-            await send_continue(ctx)
+            send_continue(ctx)
         except ClientDisconnected as exc:
             self._fail(exc)
             raise

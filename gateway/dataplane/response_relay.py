@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from gateway.config import HeaderRulesConfig
 from gateway.dataplane.chain import RequestContext, ResponseCapture
@@ -31,6 +31,7 @@ from gateway.http.headers import (
     stamp,
     strip_set,
 )
+from gateway.http.protocol import HttpConnection
 
 log = structlog.get_logger("gateway.proxy")
 
@@ -73,10 +74,11 @@ class ResponseRelay:
         capture = ctx.capture
         if capture is not None:
             capture.head(response.status, list(response.headers.items()))
-        if length is not None and length <= _WHOLE_BODY_LIMIT and response.content_length:
-            return await self._whole(ctx, upstream, response)
+        if length is not None and length <= _WHOLE_BODY_LIMIT:
+            return await self._whole(ctx, upstream, response, length)
+        connection = ctx.request.connection
         try:
-            await response.prepare(ctx.request)
+            connection.send_head(ctx.request, response, length)
         except ConnectionError:
             raise ClientDisconnected() from None
         held: list[bytes] = []
@@ -98,7 +100,7 @@ class ResponseRelay:
                     bytes_sent=ctx.bytes_out,
                 )
                 ctx.log_fields["truncated"] = True
-                _abort(ctx.request)
+                connection.abort()
                 return response
             if not chunk:
                 break
@@ -110,12 +112,12 @@ class ResponseRelay:
                 chunks, held = [*held, chunk], []
             else:
                 chunks = [chunk]
-            await _send(response, chunks, ctx)
+            await _send(connection, chunks, ctx)
         if capture is not None:
             await _finish_capture(capture)
-            await _send(response, held, ctx)
+            await _send(connection, held, ctx)
         try:
-            await response.write_eof()
+            await connection.end_body()
         except ConnectionError:
             raise ClientDisconnected() from None
         return response
@@ -125,6 +127,7 @@ class ResponseRelay:
         ctx: RequestContext,
         upstream: UpstreamResponse,
         response: _Relayed,
+        length: int,
     ) -> web.StreamResponse:
         """A small body of known length: read it all, then send head and body in one write.
 
@@ -142,10 +145,9 @@ class ResponseRelay:
         if capture is not None:
             capture.add(body)
             await _finish_capture(capture)
-        response.hold_head()
         try:
-            await response.prepare(ctx.request)
-            await response.write_eof(body)
+            # The upstream's length, not the body's: a HEAD's answer has none.
+            ctx.request.connection.send_head(ctx.request, response, length, body)
         except ConnectionError:
             raise ClientDisconnected() from None
         ctx.bytes_out = len(body)
@@ -168,7 +170,6 @@ class ResponseRelay:
             if name.lower() == "content-length":
                 # The connection refused an answer with two lengths, or with both framings.
                 length = int(value.strip(" \t"))
-                response.content_length = length
         if self._has_rules:
             apply_rules(response.headers, *self._rules)
         stamp(response.headers, ctx.request_id, ctx.response_headers)
@@ -176,30 +177,8 @@ class ResponseRelay:
 
 
 class _Relayed(web.StreamResponse):
-    """A response that says what the upstream said: no Content-Type the upstream did not send.
-
-    aiohttp adds ``application/octet-stream`` to a body without one; a relay must not invent
-    a type the client would then trust.
-    """
-
-    def hold_head(self) -> None:
-        """Send the head with the body, in one write: what aiohttp's own ``web.Response``
-        does. A StreamResponse sends its head at once, for bodies still to come; a whole
-        body is known, and two writes cost a second system call (and TCP segment) per
-        request."""
-        self._send_headers_immediately = False
-
-    async def _prepare_headers(self) -> None:
-        typed = hdrs.CONTENT_TYPE in self.headers
-        request = self._req
-        if request is not None and not request.content.is_eof():
-            # The upstream answered before the client's body was all read (so the rest was
-            # not sent): the connection closes after this answer, as http/server.py does
-            # for the gateway's own answers.
-            self.force_close()
-        await super()._prepare_headers()
-        if not typed:
-            self.headers.popall(hdrs.CONTENT_TYPE, None)
+    """The head of an upstream's answer, as the client gets it; the connection writes it
+    (``HttpConnection.send_head``) with no header the upstream did not send but our own."""
 
 
 async def _finish_capture(capture: ResponseCapture) -> None:
@@ -211,19 +190,13 @@ async def _finish_capture(capture: ResponseCapture) -> None:
         log.exception("capture_hook_failed")
 
 
-async def _send(response: web.StreamResponse, chunks: list[bytes], ctx: RequestContext) -> None:
+async def _send(connection: HttpConnection, chunks: list[bytes], ctx: RequestContext) -> None:
     for chunk in chunks:
         try:
-            await response.write(chunk)
+            await connection.send_body(chunk)
         except ConnectionError:
             raise ClientDisconnected() from None
         ctx.bytes_out += len(chunk)
-
-
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.close()
 
 
 def describe_failure(exc: BaseException) -> str:

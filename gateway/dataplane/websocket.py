@@ -8,7 +8,6 @@ import time
 
 import structlog
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 
 from gateway.config import HeaderRulesConfig
 from gateway.dataplane.chain import RequestContext
@@ -28,6 +27,7 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.http.headers import connection_tokens
+from gateway.http.request import Request
 from gateway.observability.metrics import Metrics
 
 log = structlog.get_logger("gateway.websocket")
@@ -46,10 +46,10 @@ OUTCOMES = (
 _SWITCH = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
 
 
-def is_handshake(request: web.BaseRequest) -> bool:
+def is_handshake(request: Request) -> bool:
     """An HTTP/1.1 GET asking to switch to WebSocket (RFC 6455 section 4.1), judged as
     aiohttp's parser judges it: only then does it keep the connection's next bytes for us."""
-    if request.method != "GET" or request.version != HttpVersion11:
+    if request.method != "GET" or request.version != (1, 1):
         return False
     upgrade = request.headers.getall("Upgrade", ())
     if len(upgrade) != 1 or upgrade[0].lower() != "websocket":
@@ -172,7 +172,7 @@ class WebSocketProxy:
             relay = Relay(ctx.request, upstream)
         except (GatewayError, ConnectionError) as exc:
             upstream.abort()
-            if not ctx.request.writer.output_size:  # nothing sent: an error envelope follows
+            if not ctx.request.started:  # nothing sent: an error envelope follows
                 del ctx.response_headers[-len(_SWITCH) :]
             self._ended(ctx, "client_closed")
             if isinstance(exc, GatewayError):

@@ -4,12 +4,9 @@ idle and a total deadline, an end when the server drains. ``websocket`` starts i
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
-
-from aiohttp import web
 
 from gateway.dataplane.websocket_upstream import UpstreamSide
-from gateway.http.server import take_over
+from gateway.http.request import Request
 
 # A side that ends the session gets this long to take the bytes still queued for it; a peer
 # that never reads cannot keep a socket open past it.
@@ -17,16 +14,15 @@ _LINGER = 5.0
 
 
 class Relay:
-    """Bytes both ways between the client's connection, taken over from aiohttp after the 101,
+    """Bytes both ways between the client's connection, taken over after the 101,
     and the upstream's, until either closes, a deadline passes or the server drains."""
 
-    def __init__(self, request: web.BaseRequest, upstream: UpstreamSide) -> None:
+    def __init__(self, request: Request, upstream: UpstreamSide) -> None:
         transport = request.transport
         if transport is None or upstream.transport is None:
             raise ConnectionResetError("a side of the WebSocket closed before the relay")
         self._loop = asyncio.get_running_loop()
-        self._request = request
-        self._client = request.protocol
+        self._client = request.connection
         self._client_transport = transport
         self._upstream = upstream
         self._upstream_transport = upstream.transport
@@ -69,21 +65,16 @@ class Relay:
             self.finish("upstream_closed")
         elif not self._upstream_paused:
             self._upstream_transport.resume_reading()
-        protocol = self._client
-        # aiohttp's hook for an upgraded connection, as its WebSocketResponse uses it: every
-        # byte the client sends from here on goes to feed_data, its end to feed_eof.
-        protocol.set_parser(cast(Any, self))
-        protocol.keep_alive(False)
-        take_over(self._request, self.shut_down)
+        # Every byte the client sends from here on goes to feed_data, its end to feed_eof.
+        self._client.take_over(self, self.shut_down)
 
-    # The client's side, called by aiohttp.
+    # The client's side, called by its connection.
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+    def feed_data(self, data: bytes) -> None:
         if data and self.outcome is None and not self._upstream_transport.is_closing():
             self.bytes_in += len(data)
             self._last = self._loop.time()
             self._upstream_transport.write(data)
-        return False, b""
 
     def feed_eof(self) -> None:
         self.finish("client_closed")
@@ -139,7 +130,7 @@ class Relay:
         """Wait for the client to take what it was sent, then read the upstream again."""
         try:
             async with asyncio.timeout_at(deadline):
-                await self._request.writer.drain()
+                await self._client.drain()
         except TimeoutError:
             return  # the deadline decides, in run()
         except ConnectionError:

@@ -16,7 +16,7 @@ from gateway.dataplane.upstream_http import (
     UpstreamReadTimeout,
     UpstreamResponse,
 )
-from gateway.dataplane.upstream_http.answer import Framing
+from gateway.http.framing import Framing
 
 if TYPE_CHECKING:
     from gateway.dataplane.websocket_relay import Relay

@@ -6,9 +6,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from gateway.http.headers import FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, field_text
+from gateway.http.request import Request
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,8 +40,8 @@ class ForwardedResolver:
     def _is_trusted(self, address: str) -> bool:
         return address_in(address, self._trusted)
 
-    def resolve(self, request: web.BaseRequest) -> Forwarded:
-        peer = request.remote or ""
+    def resolve(self, request: Request) -> Forwarded:
+        peer = request.remote
         host = field_text(request.headers.get("Host", ""))
         proto = "https" if request.secure else "http"
         # SECURITY: an untrusted peer's X-Forwarded-* are ignored entirely (and stripped later).

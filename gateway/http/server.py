@@ -1,4 +1,5 @@
-"""aiohttp's low-level server, with a request-head deadline and its own answers in our envelope.
+"""The admin listener's server: aiohttp's, with a request-head deadline and its own answers in
+our envelope. (The data plane's is ``protocol``.)
 
 aiohttp answers malformed requests (bad request line, oversized headers) and handler crashes
 itself, as plain text. A client of the gateway must get the one JSON error envelope for those
@@ -14,7 +15,6 @@ head's first byte (later ones), and answers 408 when it passes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -23,20 +23,18 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from gateway.errors import BadRequest, GatewayError, GatewayTimeout, InternalError, RequestTimeout
+from gateway.errors import (
+    HEAD_TIMEOUT_MESSAGE,
+    GatewayError,
+    GatewayTimeout,
+    HeadersTooLarge,
+    InternalError,
+    MalformedRequest,
+    RequestTimeout,
+)
 from gateway.http.request_id import new_request_id
 
 log = structlog.get_logger("gateway.http")
-
-_HEAD_TIMEOUT_MESSAGE = "The request head did not arrive in time."
-
-
-class _HeadersTooLarge(GatewayError):
-    status, code, message = 431, "bad_request", "The request header fields are too large."
-
-
-class _ParseError(BadRequest):
-    message = "The request could not be parsed as HTTP/1.1."
 
 
 class RequestHeadTimeout(Exception):
@@ -45,13 +43,13 @@ class RequestHeadTimeout(Exception):
 
 def _error_for(status: int) -> GatewayError:
     if status == 431:
-        return _HeadersTooLarge()
+        return HeadersTooLarge()
     if status == 408:
-        return RequestTimeout(_HEAD_TIMEOUT_MESSAGE)
+        return RequestTimeout(HEAD_TIMEOUT_MESSAGE)
     if status == 504:
         return GatewayTimeout()
     if 400 <= status < 500:
-        error = _ParseError()
+        error = MalformedRequest()
         error.status = status
         return error
     return InternalError()
@@ -71,7 +69,6 @@ class _EnvelopeRequestHandler(RequestHandler):
         "_head_handle",
         "_head_payload",
         "_header_timeout",
-        "_taken_over",
     )
 
     def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
@@ -84,8 +81,6 @@ class _EnvelopeRequestHandler(RequestHandler):
         self._head_bytes = False
         # The body of the last request: bytes arriving before it ends are body, not a head.
         self._head_payload: StreamReader = EMPTY_PAYLOAD
-        # Set while the connection carries another protocol (see take_over): how to end it.
-        self._taken_over: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -158,7 +153,7 @@ class _EnvelopeRequestHandler(RequestHandler):
         # still in progress, then the connection is closed.
         self._messages.append(
             (
-                _ErrInfo(status=408, exc=RequestHeadTimeout(), message=_HEAD_TIMEOUT_MESSAGE),
+                _ErrInfo(status=408, exc=RequestHeadTimeout(), message=HEAD_TIMEOUT_MESSAGE),
                 EMPTY_PAYLOAD,
             )
         )
@@ -207,19 +202,6 @@ class _EnvelopeRequestHandler(RequestHandler):
         return response
 
 
-def take_over(request: web.BaseRequest, on_shutdown: Callable[[], None]) -> None:
-    """The request's connection now carries another protocol (a relayed WebSocket) until its
-    handler returns; ``on_shutdown`` ends that when the server begins to drain.
-
-    Once draining starts, aiohttp drops what a connection receives (it expects no more HTTP
-    requests), so a relay cannot go on past that point: it is ended at once, not left to wait
-    out the drain timeout.
-    """
-    protocol = request.protocol
-    if isinstance(protocol, _EnvelopeRequestHandler):
-        protocol._taken_over = on_shutdown
-
-
 class EnvelopeServer(web.Server):
     """web.Server whose connections answer protocol errors with the JSON error envelope and
     give each request head header_timeout seconds to arrive complete."""
@@ -227,13 +209,6 @@ class EnvelopeServer(web.Server):
     def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
-
-    def pre_shutdown(self) -> None:
-        for conn in self.connections:
-            if isinstance(conn, _EnvelopeRequestHandler) and conn._taken_over is not None:
-                end, conn._taken_over = conn._taken_over, None
-                end()
-        super().pre_shutdown()
 
     def __call__(self) -> RequestHandler:
         kwargs: dict[str, Any] = self._kwargs

@@ -20,8 +20,8 @@ from gateway.dataplane.handler import DataPlane
 from gateway.dataplane.plugins import PluginServices
 from gateway.dataplane.snapshot import Snapshot
 from gateway.dataplane.webhooks_endpoint import WebhookEndpointsApi
-from gateway.http.listen import listen
-from gateway.http.server import EnvelopeServer
+from gateway.http.listen import naming_failures
+from gateway.http.protocol import HttpServer
 from gateway.keys.keyring import KeyRing
 from gateway.keys.scopes import ScopePolicy
 from gateway.keys.secrets import KeyFormat
@@ -63,7 +63,6 @@ class GatewayProcess:
         self._admin_enabled = admin
         self._reuse_port = reuse_port
         self._echo: dict[str, EchoServer] = {}
-        self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         config = loaded.config
         self.store: Store = open_store(config.store)
@@ -174,23 +173,18 @@ class GatewayProcess:
             fast_log=access_log(config.log),
         )
         server = config.server
-        data_server = EnvelopeServer(
+        data_server = HttpServer(
             self.plane.handle,
-            keepalive_timeout=server.idle_timeout,
             header_timeout=server.header_timeout,
-            max_line_size=server.max_header_size,
+            idle_timeout=server.idle_timeout,
             max_field_size=server.max_header_size,
             max_headers=server.max_headers,
-            handler_cancellation=False,
-            access_log=None,  # ours is written by the data plane, with more fields
         )
-        self._data_runner = web.ServerRunner(data_server, shutdown_timeout=server.drain_timeout)
-        await self._data_runner.setup()
-        # Its cleanup stops accepting, then lets requests in flight finish, up to drain_timeout.
-        stack.push_async_callback(self._data_runner.cleanup)
-        self.data_address = await listen(
-            self._data_runner, config.listen.host, config.listen.port, "listen", self._reuse_port
-        )
+        # Its shutdown stops accepting, then lets requests in flight finish, up to drain_timeout.
+        stack.push_async_callback(data_server.shutdown, server.drain_timeout)
+        host, port = config.listen.host, config.listen.port
+        with naming_failures("listen", host, port):
+            self.data_address = await data_server.listen(host, port, reuse_port=self._reuse_port)
         if self._admin_enabled:
             self._admin_runner, self.admin_address = await start_admin_listener(
                 config.admin,

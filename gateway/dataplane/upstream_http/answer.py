@@ -13,6 +13,7 @@ import httptools
 
 from gateway.dataplane.upstream_http.errors import UpstreamProtocolError
 from gateway.dataplane.upstream_http.response import UpstreamResponse
+from gateway.http.framing import Framing
 
 if TYPE_CHECKING:
     from gateway.dataplane.upstream_http.connection import UpstreamConnection
@@ -22,50 +23,6 @@ Header = tuple[bytes, bytes]
 
 class _Stop(Exception):
     """Raised inside a parser callback to stop llhttp; the reason is kept in ``_refusal``."""
-
-
-class Framing:
-    """How an answer says where its body ends, judged header by header.
-
-    SECURITY: framing two parties could read differently (response smuggling) is refused: two
-    Content-Lengths or an invalid one, a transfer coding other than one ``chunked``, or both
-    framings at once. Every reader of an upstream's answer judges it here.
-    """
-
-    __slots__ = ("chunked", "has_length")
-
-    def __init__(self) -> None:
-        self.has_length = self.chunked = False
-
-    def reset(self) -> None:
-        """For the next head (after an interim answer, or on a connection's next exchange)."""
-        self.has_length = self.chunked = False
-
-    def refusal(self, name: bytes, value: bytes) -> str | None:
-        """Why this header makes the framing ambiguous; None for any other header."""
-        size = len(name)
-        if size == 14 and name.lower() == b"content-length":
-            if self.has_length:
-                return "more than one Content-Length"
-            if not value.strip(b" \t").isdigit():
-                return "an invalid Content-Length"
-            self.has_length = True
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            if self.chunked or value.strip(b" \t").lower() != b"chunked":
-                return "a transfer coding other than a single chunked"
-            self.chunked = True
-        return None
-
-    def conflict(self) -> str | None:
-        """Once the head is complete: why its framing is ambiguous, or None."""
-        if self.has_length and self.chunked:
-            return "both Content-Length and Transfer-Encoding"
-        return None
-
-    @property
-    def delimited(self) -> bool:
-        """The body's end is announced (else, bodies allowing, it ends with the connection)."""
-        return self.has_length or self.chunked
 
 
 class AnswerParser:
