@@ -116,6 +116,22 @@ class Child:
         return f"{self.name} exited with status {self.proc.returncode}:\n    {detail}"
 
 
+def cpu_seconds(child: Child | None) -> float | None:
+    """User plus system CPU time a child process has used so far (Linux: /proc), or None.
+
+    Only the process itself: nginx's workers are its children, so nginx has no figure.
+    """
+    if child is None or child.name.startswith("nginx"):
+        return None
+    try:
+        stat = Path(f"/proc/{child.proc.pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import json
 import re
@@ -42,6 +43,7 @@ from harness import (
     _get,
     _pick,
     _slug,
+    cpu_seconds,
     ensure_open_files,
     free_port,
     markdown_table,
@@ -94,6 +96,9 @@ class Measurement:
     non_2xx: int = 0
     # connect/read/write/timeout, as wrk reports them; the Python generator has one bucket.
     socket_errors: dict[str, int] = field(default_factory=dict)
+    # The contender's own CPU time (user + system) per request answered, in microseconds:
+    # what each request costs the proxy, whatever else the shared machine was doing.
+    cpu_us: float | None = None
 
     @property
     def errors(self) -> int:
@@ -538,6 +543,7 @@ def _ratio(value: float, base: Row | None) -> str:
 def render_table(rows: Sequence[Row]) -> list[str]:
     by_name = {row.name: row for row in rows}
     columns = ["contender", "requests/s", "p50 ms", "p99 ms", "vs direct", "vs aiohttp-bare"]
+    columns.append("CPU µs/request")
     show_non_2xx = any(row.result.non_2xx for row in rows)
     show_errors = any(row.result.errors for row in rows)
     if show_non_2xx:
@@ -554,6 +560,7 @@ def render_table(rows: Sequence[Row]) -> list[str]:
             f"{r.p99_ms:.2f}",
             _ratio(r.rps, by_name.get("direct")),
             _ratio(r.rps, by_name.get("aiohttp-bare")),
+            "n/a" if r.cpu_us is None else f"{r.cpu_us:,.0f}",
         ]
         if show_non_2xx:
             cells.append(f"{r.non_2xx:,}")
@@ -728,7 +735,13 @@ def measure(
                 out = profile_dir / f"{_slug(name)}-c{connections}.txt"
                 recorder = start_profiler(procs, out, name, child, args.duration)
                 profiles[connections] = out
-            results[connections] = load(url, connections, args.duration, started.headers)
+            cpu_before = cpu_seconds(child)
+            result = load(url, connections, args.duration, started.headers)
+            cpu_after = cpu_seconds(child)
+            if cpu_before is not None and cpu_after is not None and result.requests:
+                spent = (cpu_after - cpu_before) * 1e6 / result.requests
+                result = dataclasses.replace(result, cpu_us=spent)
+            results[connections] = result
             if recorder is not None:
                 finish_profiler(procs, recorder, args.duration)
             for proc in (child, *started.helpers):

@@ -20,6 +20,8 @@ log = structlog.get_logger("gateway.ratelimit")
 # State outlives its meaning by this much, so instances whose clocks differ a little never see
 # a refused client's bucket vanish early.
 _TTL_MARGIN_MS = 60_000
+# How long one batch of decisions may take in Redis before its requests see a store error.
+BATCH_TIMEOUT = 1.0
 
 Entry = tuple[list[str], list[Any], "asyncio.Future[list[bytes]]"]
 
@@ -168,7 +170,8 @@ class RedisLimits:
                         future.set_result(result)
                 if not retry:
                     return
-                await self._client.script_load(self._script)
+                async with asyncio.timeout(BATCH_TIMEOUT):
+                    await self._client.script_load(self._script)
                 pending = retry
             for _, _, future in pending:
                 if not future.done():
@@ -176,13 +179,15 @@ class RedisLimits:
         except BaseException as exc:
             for _, _, future in batch:
                 if not future.done():
-                    future.set_exception(LimiterError(str(exc)))
+                    future.set_exception(LimiterError(str(exc) or type(exc).__name__))
             if not isinstance(exc, (RedisError, OSError)):
                 raise
 
     async def _pipeline(self, batch: list[Entry]) -> list[Any]:
         self.round_trips += 1
-        async with self._client.pipeline(transaction=False) as pipe:
+        # One deadline for the whole batch: the client has no per-command timeout (see the
+        # store), and a Redis that stops answering must fail the batch, not hold it.
+        async with asyncio.timeout(BATCH_TIMEOUT), self._client.pipeline(transaction=False) as pipe:
             for keys, args, _ in batch:
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
             return await pipe.execute(raise_on_error=False)

@@ -46,6 +46,7 @@ class RedisStore(Store):
         self._p = f"{key_prefix}:{{meta}}"
         self._channel = f"{key_prefix}:invalidate"
         self._client: aioredis.Redis | None = None
+        self._limits_client: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
         # False while the invalidation channel is down: caches must then not be trusted long.
         self._invalidation_live = False
@@ -66,6 +67,16 @@ class RedisStore(Store):
             socket_timeout=1.0,
             health_check_interval=15,
             decode_responses=False,
+        )
+        # The rate limiter's own connections: every request waits on them, so they carry no
+        # per-command timeout (redis-py arms one timer per command read, and runs each send
+        # in a task of its own under one); the limiter gives each batch one deadline instead,
+        # which also finds a dead connection.
+        self._limits_client = aioredis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=0.5,
+            socket_timeout=None,  # not redis-py's default (5 s on 8.x): none at all
+            decode_responses=False,  # and no health checks: a clock read per command
         )
         self._create_org = self._client.register_script(_script("create_org.lua"))
         self._touch = self._client.register_script(_script("touch_keys.lua"))
@@ -88,13 +99,18 @@ class RedisStore(Store):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._limits_client is not None:
+            await self._limits_client.aclose()
+            self._limits_client = None
 
     @property
     def invalidation_live(self) -> bool:
         return self._invalidation_live
 
     def shared_limits(self) -> aioredis.Redis:
-        return self.client
+        if self._limits_client is None:
+            raise StoreError("the redis store is not open")
+        return self._limits_client
 
     def event_stream(self) -> aioredis.Redis:
         return self.client

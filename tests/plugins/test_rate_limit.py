@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import redis.asyncio as aioredis
 from multidict import CIMultiDictProxy
 
 from gateway.config import RateLimitConfig
-from gateway.ratelimit.backends import LocalLimits, RedisLimits
+from gateway.ratelimit.backends import BATCH_TIMEOUT, LocalLimits, RedisLimits
 from gateway.ratelimit.policy import US, Limit
 from plugins.rate_limit import _bucket
 from tests.conftest import (
@@ -396,6 +399,36 @@ async def test_store_outage_does_what_the_config_says(
     assert "gateway_rate_limit_degraded 1.0" in text
     # Tried once; for the next second the store is left alone instead of failing slowly.
     assert "gateway_rate_limit_store_errors_total 1.0" in text
+
+
+async def test_a_redis_that_stops_answering_holds_a_request_only_for_the_batch_deadline(
+    gateway_factory: GatewayFactory, upstream: Upstream, private_redis: RedisServer
+) -> None:
+    """A Redis that is frozen (not gone: its connections stay open, nothing answers) fails the
+    limits' batch at its deadline; the request then follows on_store_error, here local."""
+    store = {"backend": "redis", "url": private_redis.url, "key_prefix": unique_prefix()}
+    gw = await gateway_factory(
+        limited_config(
+            upstream,
+            store,
+            {"rate_limit": {"requests": 5, "per": "1m"}},
+            rate_limits={"on_store_error": "local"},
+        )
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    assert (await client.get(secret))[0] == 200  # the key is warm in the cache
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(BATCH_TIMEOUT + 4):
+            status, headers, _ = await client.get(secret)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    assert status == 200
+    assert headers["RateLimit-Policy"] == '"key";q=5;w=60'
+    assert waited >= BATCH_TIMEOUT * 0.9  # it did wait for Redis first
 
 
 async def test_local_counts_survive_a_restart(
