@@ -83,9 +83,9 @@ class _DateLine:
 class HttpConnection(BaseProtocol):
     """One client connection: parses its requests, runs them in order, writes the answers.
 
-    One timer handle per connection serves every deadline (the head in progress, or keep-alive
-    idleness): moving a deadline only writes it, and the handle reschedules itself when it
-    fires early, so a busy keep-alive connection costs no timer work per request.
+    Two deadlines, each with one timer handle per connection: the head in progress, and
+    keep-alive idleness. Moving a deadline only writes it, and its handle reschedules itself
+    when it fires early, so a busy keep-alive connection costs no timer work per request.
     """
 
     __slots__ = (
@@ -319,6 +319,15 @@ class HttpConnection(BaseProtocol):
                     self._answer_refusal()  # a malformed request after this one, if any
                     self._close()
                     return
+                if self._paused:
+                    # The client is not reading its answers: answer nothing more until it
+                    # does, or pipelined requests would queue answers here without bound.
+                    try:
+                        await self._drain_helper()
+                    except ConnectionError:
+                        return
+                    if not self.connected:  # it closed while we waited
+                        return
                 if self._buffer_paused and not self._upgrading and len(queue) <= _QUEUE_LIMIT // 2:
                     self._buffer_paused = False
                     if not self._reading_paused:

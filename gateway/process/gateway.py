@@ -89,6 +89,7 @@ class GatewayProcess:
         self.event_stream: EventStream | None = None
         self.snapshot: Snapshot | None = None
         self.plane: DataPlane | None = None
+        self.data_server: HttpServer | None = None
         self.draining = False
         self.data_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
@@ -173,7 +174,7 @@ class GatewayProcess:
             fast_log=access_log(config.log),
         )
         server = config.server
-        data_server = HttpServer(
+        data_server = self.data_server = HttpServer(
             self.plane.handle,
             header_timeout=server.header_timeout,
             idle_timeout=server.idle_timeout,

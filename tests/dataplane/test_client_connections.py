@@ -5,6 +5,7 @@ at large: test_fuzz.)"""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 from aiohttp import web
@@ -165,3 +166,41 @@ async def test_a_client_that_leaves_before_its_answer_costs_no_error(
     assert errors == []
     async with gw.session.get(f"{gw.url}/v1/after") as r:
         assert r.status == 200
+
+
+async def test_a_client_that_pipelines_without_reading_gets_no_more_answers_queued(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
+) -> None:
+    """Answers wait for the client to read the ones before: a client that sends and never
+    reads costs a bounded buffer, not one answer per request it sent."""
+    answer = b"x" * 60_000
+
+    async def large(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=answer)
+
+    gw = await _gateway(gateway_factory, await upstream_factory(large))
+    server = gw.process.data_server
+    assert server is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)  # little room in the kernel
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        count = 200  # 12 MB of answers
+        writer.write(b"GET /v1/big HTTP/1.1\r\nHost: gw\r\n\r\n" * count)
+        await writer.drain()
+        await asyncio.sleep(1.0)
+        buffered = [
+            conn.transport.get_write_buffer_size()
+            for conn in server.connections
+            if conn.transport is not None
+        ]
+        assert max(buffered) < 1024 * 1024
+        async with asyncio.timeout(20):
+            for _ in range(count):
+                status, _, body = parse_response(await read_one_response(reader))
+                assert status == 200
+                assert body == answer
+    finally:
+        writer.close()
