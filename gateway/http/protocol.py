@@ -93,10 +93,12 @@ class HttpConnection(BaseProtocol):
         "_chunked",
         "_closing",
         "_complete",
+        "_draining",
         "_framing",
         "_head_bytes",
         "_head_deadline",
         "_head_handle",
+        "_head_received",
         "_head_size",
         "_headers",
         "_http",
@@ -106,6 +108,7 @@ class HttpConnection(BaseProtocol):
         "_queue",
         "_refusal",
         "_server",
+        "_stopped",
         "_tail",
         "_taken_over",
         "_task",
@@ -133,7 +136,12 @@ class HttpConnection(BaseProtocol):
         self._head_deadline = self._idle_deadline = 0.0
         self._head_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._closing = False  # no more requests are read: answer what is queued, then close
+        # Three ways to stop: _stopped, no more bytes are parsed (a refused request; what is
+        # queued before it is still answered); _draining, the server stops: the message being
+        # read is finished, then nothing more; _closing, the connection closes after the
+        # answer in progress.
+        self._stopped = self._draining = self._closing = False
+        self._head_received = 0  # bytes fed while a head was in progress
         # After a request that asks to switch protocols, llhttp stops: the bytes after it are
         # held until its answer says whose they are (the next protocol's, or HTTP's again).
         self._upgrading = False
@@ -161,7 +169,7 @@ class HttpConnection(BaseProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         self._server.closed(self)
-        self._closing = True
+        self._stopped = self._closing = True
         for handle in (self._head_handle, self._idle_handle):
             if handle is not None:
                 handle.cancel()
@@ -179,11 +187,22 @@ class HttpConnection(BaseProtocol):
         if self._taken_over is not None:
             self._taken_over[0].feed_data(data)
             return
-        if self._closing:
-            return  # a refused or last request: nothing after it is read as HTTP
+        if self._stopped:
+            return  # after a refused or last request: nothing is read as HTTP
         if self._upgrading:
             self._tail += data  # an upgrade request is still being answered
             return
+        if self._body is EMPTY_PAYLOAD:
+            if self._draining and not self._head_bytes:
+                self._stopped = True  # between two messages: the next is not read
+                return
+            # SECURITY: llhttp hands a header field over only once it is whole, and builds it
+            # by copying: a field megabytes long would cost memory and CPU before any check.
+            # A head is bounded as a whole instead, as it arrives.
+            self._head_received += len(data)
+            if self._head_received > self._server.max_head_size:
+                self._refuse(HeadersTooLarge(), reason="head larger than the limit")
+                return
         try:
             self._http.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -194,6 +213,9 @@ class HttpConnection(BaseProtocol):
             self._buffer_paused = True
             self._pause_transport_reading()
         except httptools.HttpParserCallbackError:
+            if self._refusal is None and self._draining:
+                self._stopped = True  # the next message began: not read while draining
+                return
             self._refuse(self._refusal or MalformedRequest())
         except httptools.HttpParserError as exc:
             self._refuse(MalformedRequest(), reason=str(exc))
@@ -214,6 +236,8 @@ class HttpConnection(BaseProtocol):
     # The parser's callbacks.
 
     def on_message_begin(self) -> None:
+        if self._draining:
+            raise _Stop()  # no new request once the server drains
         self._url = []
         self._headers = []
         self._head_size = 0
@@ -251,9 +275,14 @@ class HttpConnection(BaseProtocol):
         parser = self._http
         self._head_bytes = False
         self._head_deadline = 0.0
+        self._head_received = 0
         conflict = self._framing.conflict()
         if conflict is not None:
             self._stop(MalformedRequest(f"The request has {conflict}."))
+        if parser.should_upgrade() and (self._framing.has_length or self._framing.chunked):
+            # SECURITY: llhttp does not read the body of a request that asks to switch
+            # protocols; its bytes would be taken for the next request (smuggling).
+            self._stop(MalformedRequest("A request that asks to switch protocols has a body."))
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
         length = None
         if self._framing.has_length:
@@ -298,48 +327,82 @@ class HttpConnection(BaseProtocol):
 
     async def _serve(self) -> None:
         """Answer the queued requests in order; ends when the queue is empty."""
-        queue = self._queue
-        handler = self._server.handler
         try:
-            while queue:
-                request = queue[0]
-                try:
-                    response = await handler(request)
-                except Exception:
-                    log.exception("unhandled_error")
-                    response = InternalError().render(new_request_id())
-                if not request.started:
-                    try:
-                        self._answer(request, response)
-                    except ConnectionError:
-                        self.abort()  # the client left before its answer
-                        return
-                queue.popleft()
-                if not self._complete or not self._keep or self.transport is None:
-                    self._answer_refusal()  # a malformed request after this one, if any
-                    self._close()
+            while True:
+                if not await self._answer_queued():
                     return
-                if self._paused:
-                    # The client is not reading its answers: answer nothing more until it
-                    # does, or pipelined requests would queue answers here without bound.
-                    try:
-                        await self._drain_helper()
-                    except ConnectionError:
-                        return
-                    if not self.connected:  # it closed while we waited
-                        return
-                if self._buffer_paused and not self._upgrading and len(queue) <= _QUEUE_LIMIT // 2:
-                    self._buffer_paused = False
-                    if not self._reading_paused:
-                        self._resume_transport_reading()
-            if self._refusal is not None:
-                self._answer_refusal()
-            elif self._upgrading:
-                self._after_upgrade()
-            elif not self._head_bytes and not self._closing:
-                self._set_idle_deadline()
+                if self._refusal is not None:
+                    self._answer_refusal()
+                    return
+                if self._upgrading:
+                    # Answered without switching: the bytes after it are HTTP again, and may
+                    # hold more requests.
+                    self._after_upgrade()
+                    if self._queue:
+                        continue
+                if not self._head_bytes and not self._stopped:
+                    self._set_idle_deadline()
+                return
+        except Exception:
+            log.exception("connection_failed", client_ip=self.remote)
+            self.abort()
+        except BaseException:
+            self.abort()  # cancelled: nothing half-sent may look complete
+            raise
         finally:
             self._task = None
+
+    async def _answer_queued(self) -> bool:
+        """Answer requests until the queue is empty; False when the connection is done."""
+        queue = self._queue
+        handler = self._server.handler
+        while queue:
+            request = queue[0]
+            try:
+                response = await handler(request)
+            except Exception:
+                log.exception("unhandled_error")
+                response = InternalError().render(new_request_id())
+            if not request.started:
+                try:
+                    self._answer(request, response)
+                except ConnectionError:
+                    self.abort()  # the client left before its answer
+                    return False
+            queue.popleft()
+            if not self._complete:
+                self.abort()  # a response cut short must never look complete
+                return False
+            if not self._keep or self.transport is None:
+                self._answer_refusal()  # a malformed request after this one, if any
+                self._close()
+                return False
+            if self._paused:
+                # The client is not reading its answers: answer nothing more until it does,
+                # or pipelined requests would queue answers here without bound.
+                try:
+                    await self._drained()
+                except ConnectionError:
+                    return False
+            if self._buffer_paused and not self._upgrading and len(queue) <= _QUEUE_LIMIT // 2:
+                self._buffer_paused = False
+                if not self._reading_paused and not self._stopped:
+                    self._resume_transport_reading()
+        return True
+
+    async def _drained(self) -> None:
+        """Wait until the client takes what it was sent, for at most idle_timeout; a client
+        that reads nothing for that long is cut off (ConnectionResetError)."""
+        if self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        try:
+            async with asyncio.timeout(self._server.idle_timeout):
+                await self._drain_helper()
+        except TimeoutError:
+            self.abort()
+            raise ConnectionResetError("the client read nothing for idle_timeout") from None
+        if self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
 
     def _answer(self, request: Request, response: web.StreamResponse) -> None:
         """Write one of the gateway's own answers (an envelope, a preflight, /v1/me) whole."""
@@ -373,7 +436,12 @@ class HttpConnection(BaseProtocol):
         method = request.method
         lines = [f"HTTP/1.1 {status} {response.reason}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in response.headers.items()]
-        keep = request.keep_alive and response.keep_alive is not False and not self._closing
+        keep = (
+            request.keep_alive
+            and response.keep_alive is not False
+            and not self._closing
+            and not self._draining
+        )
         if not request.content.is_eof():
             # An answer before the request's body has all arrived (a refused `Expect:
             # 100-continue`, an early upstream answer): nothing after it can safely be read
@@ -426,7 +494,7 @@ class HttpConnection(BaseProtocol):
         else:
             transport.write(chunk)
         if self._paused:
-            await self._drain_helper()
+            await self._drained()
 
     async def end_body(self) -> None:
         """The body is complete."""
@@ -435,7 +503,7 @@ class HttpConnection(BaseProtocol):
             transport.write(b"0\r\n\r\n")
         self._complete = True
         if self._paused:
-            await self._drain_helper()
+            await self._drained()
 
     async def drain(self) -> None:
         """Wait until the client takes what it was sent (raises ConnectionError if it left)."""
@@ -450,13 +518,13 @@ class HttpConnection(BaseProtocol):
         return transport
 
     def _close(self) -> None:
-        self._closing = True
+        self._stopped = self._closing = True
         if self.transport is not None:
             self.transport.close()  # after what is queued is sent
 
     def abort(self) -> None:
         """Close without sending the rest: a response cut short must never look complete."""
-        self._closing = True
+        self._stopped = self._closing = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -465,7 +533,7 @@ class HttpConnection(BaseProtocol):
     def _refuse(self, refusal: GatewayError, reason: str | None = None) -> None:
         """Answer a request that cannot be parsed, after those before it, and close."""
         self._refusal = refusal
-        self._closing = True
+        self._stopped = True
         self._pause_transport_reading()
         log.info(
             "bad_http_request",
@@ -509,6 +577,8 @@ class HttpConnection(BaseProtocol):
             upgraded.feed_data(tail)
         if self.transport is not None and not self._reading_paused:
             self._resume_transport_reading()
+        if self._draining:
+            on_shutdown()  # switched while the server drains: ended at once
 
     def _after_upgrade(self) -> None:
         """An upgrade request was answered without switching: HTTP goes on with a new parser
@@ -520,8 +590,6 @@ class HttpConnection(BaseProtocol):
             self._resume_transport_reading()
         if tail:
             self.data_received(tail)
-        if self._task is None and not self._head_bytes and not self._closing:
-            self._set_idle_deadline()
 
     # Deadlines.
 
@@ -580,10 +648,9 @@ class HttpConnection(BaseProtocol):
             end = self._taken_over[1]
             end()
             return
-        if self._task is None:
+        self._draining = True
+        if self._task is None and not self._head_bytes and self._body is EMPTY_PAYLOAD:
             self._close()
-        else:
-            self._closing = True
 
 
 class HttpServer:
@@ -603,6 +670,8 @@ class HttpServer:
         self.idle_timeout = idle_timeout
         self.max_field_size = max_field_size
         self.max_headers = max_headers
+        # A whole head: the request line and every field at their largest.
+        self.max_head_size = max_field_size * (max_headers + 1)
         self.connections: set[HttpConnection] = set()
         self.loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
@@ -637,11 +706,17 @@ class HttpServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_seconds):
                     await all_closed.wait()
+        cancelled = []
         for conn in list(self.connections):
             task = conn._task
             if task is not None:
                 task.cancel()
+                cancelled.append(task)
             conn.abort()
+        if cancelled:
+            # Their cleanup (snapshot references, upstream connections) runs before the rest
+            # of the shutdown closes what it uses.
+            await asyncio.wait(cancelled, timeout=1.0)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

@@ -5,7 +5,9 @@ at large: test_fuzz.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -23,10 +25,12 @@ from tests.conftest import (
 )
 
 
-async def _gateway(factory: GatewayFactory, upstream: Upstream) -> RunningGateway:
+async def _gateway(factory: GatewayFactory, upstream: Upstream, **extra: Any) -> RunningGateway:
     return await factory(
         make_config(
-            {"app": {"targets": [upstream.url]}}, [{"path": "/v1/{rest:.*}", "upstream": "app"}]
+            {"app": {"targets": [upstream.url]}},
+            [{"path": "/v1/{rest:.*}", "upstream": "app"}],
+            **extra,
         )
     )
 
@@ -202,5 +206,141 @@ async def test_a_client_that_pipelines_without_reading_gets_no_more_answers_queu
                 status, _, body = parse_response(await read_one_response(reader))
                 assert status == 200
                 assert body == answer
+    finally:
+        writer.close()
+
+
+async def test_an_upgrade_request_answered_without_switching_leaves_http_going(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    """llhttp stops after a request that asks to switch protocols; when the answer does not
+    switch, the requests after it are read and answered all the same."""
+    gw = await _gateway(gateway_factory, upstream)
+    raw = await raw_request(
+        gw.port,
+        b"GET /v1/a HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n"
+        b"GET /v1/b HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    answers = _split(raw)
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert [seen.raw_path for seen in upstream.seen] == ["/v1/a", "/v1/b"]
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 35\r\n", b"Transfer-Encoding: chunked\r\n"])
+async def test_an_upgrade_request_with_a_body_is_refused_and_nothing_is_smuggled(
+    gateway_factory: GatewayFactory, upstream: Upstream, framing: bytes
+) -> None:
+    """SECURITY: llhttp skips the body of an upgrade request; read as the next request, a body
+    could carry one past every check."""
+    gw = await _gateway(gateway_factory, upstream)
+    smuggled = b"GET /v1/smuggled HTTP/1.1\r\nHost: g\r\n\r\n"
+    body = (
+        smuggled if b"Length" in framing else b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    )
+    raw = await raw_request(
+        gw.port,
+        b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+        + framing
+        + b"\r\n"
+        + body,
+    )
+    status, headers, _ = parse_response(raw)
+    assert status == 400
+    assert headers["connection"] == "close"
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert upstream.seen == []
+
+
+async def test_a_head_larger_than_every_field_at_its_limit_is_refused_as_it_arrives(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    """A header field is handed over by the parser only once whole: one megabytes long is
+    refused while it arrives, not after it is buffered."""
+    gw = await _gateway(gateway_factory, upstream, server={"max_headers": 10})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"GET /v1/x HTTP/1.1\r\nHost: gw\r\nX-Big: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):  # up to 4 MiB; the limit is 11 x 8190 bytes
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        async with asyncio.timeout(5):
+            status, _, body = parse_response(await reader.read(65536))
+        assert status == 431
+        assert b'"code":"bad_request"' in body
+        assert upstream.seen == []
+    finally:
+        writer.close()
+
+
+async def test_a_malformed_request_after_valid_ones_is_answered_after_them(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
+) -> None:
+    async def slow(request: web.BaseRequest) -> web.StreamResponse:
+        if request.raw_path == "/v1/slow":
+            await asyncio.sleep(0.2)
+        return web.json_response({"path": request.raw_path})
+
+    gw = await _gateway(gateway_factory, await upstream_factory(slow))
+    raw = await raw_request(
+        gw.port,
+        b"GET /v1/slow HTTP/1.1\r\nHost: gw\r\n\r\n"
+        b"GET /v1/b HTTP/1.1\r\nHost: gw\r\n\r\n"
+        b"GET /v1/c HTTP/1.1\r\nHost gw\r\n\r\n",
+    )
+    answers = _split(raw)
+    assert [status for status, _, _ in answers] == [200, 200, 400]
+    assert answers[-1][1]["connection"] == "close"
+
+
+async def test_a_client_that_reads_nothing_is_cut_off_at_the_idle_timeout(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
+) -> None:
+    answer = b"x" * 60_000
+
+    async def large(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=answer)
+
+    gw = await _gateway(
+        gateway_factory, await upstream_factory(large), server={"idle_timeout": "1s"}
+    )
+    server = gw.process.data_server
+    assert server is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(b"GET /v1/big HTTP/1.1\r\nHost: gw\r\n\r\n" * 200)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            while server.connections:
+                await asyncio.sleep(0.1)
+    finally:
+        writer.close()
+
+
+async def test_a_body_still_arriving_when_the_server_drains_is_read_and_answered(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await _gateway(gateway_factory, upstream)
+    server = gw.process.data_server
+    assert server is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"POST /v1/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\nhello")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        drain = asyncio.create_task(server.shutdown(5.0))
+        await asyncio.sleep(0.1)
+        writer.write(b"world")  # the rest of the body, after the drain began
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status, headers, _ = parse_response(await read_one_response(reader))
+            await drain
+        assert status == 200
+        assert headers["connection"] == "close"
+        assert upstream.seen[0].body_size == 10
     finally:
         writer.close()
