@@ -51,6 +51,7 @@ _QUEUE_LIMIT = 16
 # A request body is buffered up to twice this before reading from its client pauses.
 _BODY_BUFFER = 64 * 1024
 _NO_BODY_STATUSES = frozenset({101, 204, 304})
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 
 class _Stop(Exception):
@@ -435,7 +436,12 @@ class HttpConnection(BaseProtocol):
         status = response.status
         method = request.method
         lines = [f"HTTP/1.1 {status} {response.reason}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in response.headers.items()]
+        # The framing is ours alone: a stored answer replayed, or a plugin's, may carry its own.
+        lines += [
+            f"{name}: {value}\r\n"
+            for name, value in response.headers.items()
+            if name.lower() not in _FRAMING_HEADERS
+        ]
         keep = (
             request.keep_alive
             and response.keep_alive is not False

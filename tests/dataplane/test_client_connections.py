@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.http.protocol import HttpServer
+from gateway.http.request import Request
 from tests.conftest import (
     GatewayFactory,
     LogLines,
@@ -344,3 +346,28 @@ async def test_a_body_still_arriving_when_the_server_drains_is_read_and_answered
         assert upstream.seen[0].body_size == 10
     finally:
         writer.close()
+
+
+async def test_the_server_alone_frames_its_answers() -> None:
+    """A response that carries framing headers of its own (a stored answer replayed, a
+    plugin's) is sent with one Content-Length, the server's."""
+
+    async def handler(request: Request) -> web.StreamResponse:
+        response = web.Response(body=b"hello")
+        response.headers["Content-Length"] = "99"
+        response.headers["Transfer-Encoding"] = "chunked"
+        return response
+
+    server = HttpServer(
+        handler, header_timeout=5.0, idle_timeout=5.0, max_field_size=8190, max_headers=100
+    )
+    _, port = await server.listen("127.0.0.1", 0, reuse_port=False)
+    try:
+        raw = await raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        await server.shutdown(1.0)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.lower().count(b"content-length") == 1
+    assert b"content-length: 5" in head.lower()
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"hello"
