@@ -70,7 +70,8 @@ class ResponseRelay:
         self, pool: UpstreamPool, ctx: RequestContext, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         """Send upstream's answer to the client; the caller closes upstream."""
-        length, response = self._head(ctx, upstream)
+        response = self._head(ctx, upstream)
+        length = upstream.length  # its framing was judged on arrival
         capture = ctx.capture
         if capture is not None:
             capture.head(response.status, list(response.headers.items()))
@@ -153,8 +154,8 @@ class ResponseRelay:
         ctx.bytes_out = len(body)
         return response
 
-    def _head(self, ctx: RequestContext, upstream: UpstreamResponse) -> tuple[int | None, _Relayed]:
-        """The client's response head, and the upstream's Content-Length if it sent one."""
+    def _head(self, ctx: RequestContext, upstream: UpstreamResponse) -> _Relayed:
+        """The client's response head; its framing is the connection's to write."""
         response = _Relayed(status=upstream.status, reason=upstream.reason.decode("latin-1"))
         # As the HTTP client decoded them before: UTF-8, a byte that is not as a raw byte,
         # which copy_end_to_end turns into the character it stands for in HTTP.
@@ -165,15 +166,10 @@ class ResponseRelay:
         connection = [value for name, value in source if name.lower() == "connection"]
         dropped = _RESPONSE_STRIPPED if ctx.rate_limit is None else _RESPONSE_STRIPPED_LIMITED
         copy_end_to_end(source, response.headers, dropped, connection)
-        length: int | None = None
-        for name, value in source:
-            if name.lower() == "content-length":
-                # The connection refused an answer with two lengths, or with both framings.
-                length = int(value.strip(" \t"))
         if self._has_rules:
             apply_rules(response.headers, *self._rules)
         stamp(response.headers, ctx.request_id, ctx.response_headers)
-        return length, response
+        return response
 
 
 class _Relayed(web.StreamResponse):

@@ -92,6 +92,7 @@ class UpstreamSide(asyncio.Protocol):
             self.reason,
             self.headers,
             self._parser.get_http_version(),
+            length=self._framing.length,
             high_water=len(self.body) + 1,
             read_timeout=0.0,
         )

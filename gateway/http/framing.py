@@ -12,24 +12,27 @@ class Framing:
     data plane's server for requests, the upstream clients for answers.
     """
 
-    __slots__ = ("chunked", "has_length")
+    __slots__ = ("chunked", "length")
 
     def __init__(self) -> None:
-        self.has_length = self.chunked = False
+        self.length: int | None = None  # the Content-Length, once judged valid
+        self.chunked = False
 
     def reset(self) -> None:
         """For the next head (after an interim answer, or on a connection's next exchange)."""
-        self.has_length = self.chunked = False
+        self.length = None
+        self.chunked = False
 
     def refusal(self, name: bytes, value: bytes) -> str | None:
         """Why this header makes the framing ambiguous; None for any other header."""
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
-            if self.has_length:
+            if self.length is not None:
                 return "more than one Content-Length"
-            if not value.strip(b" \t").isdigit():
+            digits = value.strip(b" \t")
+            if not digits.isdigit():
                 return "an invalid Content-Length"
-            self.has_length = True
+            self.length = int(digits)
         elif size == 17 and name.lower() == b"transfer-encoding":
             if self.chunked or value.strip(b" \t").lower() != b"chunked":
                 return "a transfer coding other than a single chunked"
@@ -38,11 +41,11 @@ class Framing:
 
     def conflict(self) -> str | None:
         """Once the head is complete: why its framing is ambiguous, or None."""
-        if self.has_length and self.chunked:
+        if self.length is not None and self.chunked:
             return "both Content-Length and Transfer-Encoding"
         return None
 
     @property
     def delimited(self) -> bool:
         """The body's end is announced (else, bodies allowing, it ends with the connection)."""
-        return self.has_length or self.chunked
+        return self.length is not None or self.chunked

@@ -280,14 +280,12 @@ class HttpConnection(BaseProtocol):
         conflict = self._framing.conflict()
         if conflict is not None:
             self._stop(MalformedRequest(f"The request has {conflict}."))
-        if parser.should_upgrade() and (self._framing.has_length or self._framing.chunked):
+        if parser.should_upgrade() and self._framing.delimited:
             # SECURITY: llhttp does not read the body of a request that asks to switch
             # protocols; its bytes would be taken for the next request (smuggling).
             self._stop(MalformedRequest("A request that asks to switch protocols has a body."))
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
-        length = None
-        if self._framing.has_length:
-            length = int(headers["Content-Length"].strip(" \t"))
+        length = self._framing.length
         if length or self._framing.chunked:
             self._body = StreamReader(self, _BODY_BUFFER, loop=self._loop)
         else:

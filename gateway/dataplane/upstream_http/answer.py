@@ -159,6 +159,7 @@ class AnswerParser:
             self._reason,
             self._headers,
             parser.get_http_version(),
+            length=self._framing.length,
             high_water=self._high,
             read_timeout=self._read_timeout,
         )

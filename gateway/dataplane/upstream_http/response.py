@@ -36,6 +36,7 @@ class UpstreamResponse:
         "_read_timeout",
         "_waiter",
         "headers",
+        "length",
         "reason",
         "status",
         "version",
@@ -49,6 +50,7 @@ class UpstreamResponse:
         headers: list[Header],
         version: str,
         *,
+        length: int | None,
         high_water: int,
         read_timeout: float,
     ) -> None:
@@ -56,6 +58,7 @@ class UpstreamResponse:
         self.reason = reason
         self.headers = headers
         self.version = version
+        self.length = length  # the Content-Length it announced, if any
         self._conn: UpstreamConnection | None = conn
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
