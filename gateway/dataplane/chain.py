@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -122,7 +123,6 @@ def build_chain(plugins: Sequence[Plugin], terminal: Handler) -> Handler:
 
 
 def _link(plugin: Plugin, call_next: Handler) -> Handler:
-    async def step(ctx: RequestContext) -> web.StreamResponse:
-        return await plugin(ctx, call_next)
-
-    return step
+    # A partial, not a wrapping coroutine: the plugin's own coroutine is the step, one frame
+    # fewer per plugin on every request.
+    return functools.partial(plugin.__call__, call_next=call_next)

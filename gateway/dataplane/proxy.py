@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import aiohttp
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway.config import HeaderRulesConfig
 from gateway.dataplane.chain import RequestContext
@@ -30,9 +29,11 @@ from gateway.http.headers import (
     FORWARDED_PROTO,
     IDENTITY_HEADERS,
     REQUEST_ID,
-    apply_rules,
+    Field,
+    apply_field_rules,
     copy_end_to_end,
-    strip_set,
+    encode_fields,
+    wire_set,
 )
 
 log = structlog.get_logger("gateway.proxy")
@@ -43,7 +44,7 @@ _RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # SECURITY: what the client sent under any of these names (any case, '_' for '-', duplicates)
 # is dropped; the gateway sets the ones it owns. Forwarded and X-Real-IP are dropped because a
 # backend might believe them instead of our X-Forwarded-For.
-_ALWAYS_STRIPPED = strip_set(
+_ALWAYS_STRIPPED = wire_set(
     [
         "Host",
         "Content-Length",
@@ -88,7 +89,7 @@ class Proxy:
             *injected_headers,
             *([] if forward_authorization else ["Authorization"]),
         ]
-        self._stripped = _ALWAYS_STRIPPED | strip_set(stripped)
+        self._stripped = _ALWAYS_STRIPPED | wire_set(stripped)
         rules = rules or HeaderRulesConfig()
         self._request_rules = (
             rules.request.remove,
@@ -119,7 +120,7 @@ class Proxy:
         self,
         ctx: RequestContext,
         pool: UpstreamPool,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[Field],
         has_body: bool,
         declared: int | None,
     ) -> web.StreamResponse:
@@ -165,34 +166,32 @@ class Proxy:
             return self.sandbox  # test keys never reach live targets when a sandbox exists
         return self.pool
 
-    def upstream_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    def upstream_headers(self, ctx: RequestContext) -> list[Field]:
         """The request head for the upstream, without framing: the client sets that."""
-        inbound = ctx.request.headers
-        headers: CIMultiDict[str] = CIMultiDict()
-        copy_end_to_end(inbound.items(), headers, self._stripped, inbound.getall("Connection", ()))
+        fields = copy_end_to_end(ctx.request.fields, self._stripped)
         fwd = ctx.forwarded
-        if self.pool.preserve_host and fwd.host:
-            headers["Host"] = fwd.host
-        headers[REQUEST_ID] = ctx.request_id
-        headers[FORWARDED_FOR] = fwd.forwarded_for
-        headers[FORWARDED_PROTO] = fwd.proto
+        ours = [("Host", fwd.host)] if self.pool.preserve_host and fwd.host else []
+        ours += ((REQUEST_ID, ctx.request_id), (FORWARDED_FOR, fwd.forwarded_for))
+        ours.append((FORWARDED_PROTO, fwd.proto))
         if fwd.host:
-            headers[FORWARDED_HOST] = fwd.host
-        headers.update(ctx.upstream_headers)
+            ours.append((FORWARDED_HOST, fwd.host))
+        injected = ctx.upstream_headers
+        if injected:
+            # A plugin's value for a name we set replaces ours.
+            replaced = {name.lower() for name in injected}
+            ours = [(n, v) for n, v in ours if n.lower() not in replaced]
+            ours += injected.items()
+        fields += encode_fields(ours)
         if self._has_request_rules:
-            apply_rules(headers, *self._request_rules)
-        # As the HTTP client encoded them before: text as UTF-8, a received raw byte as itself.
-        return [
-            (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
-            for name, value in headers.items()
-        ]
+            fields = apply_field_rules(fields, *self._request_rules)
+        return fields
 
     async def _exchange(
         self,
         pool: UpstreamPool,
         target: Target,
         ctx: RequestContext,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[Field],
         pump: BodyPump | None,
         declared: int | None,
     ) -> web.StreamResponse:

@@ -26,10 +26,13 @@ from gateway.errors import BadGateway, ClientDisconnected, GatewayError, Gateway
 from gateway.http.headers import (
     RATE_LIMIT_HEADERS,
     REQUEST_ID,
-    apply_rules,
+    SERVER,
+    SERVER_NAME,
+    Field,
+    apply_field_rules,
     copy_end_to_end,
-    stamp,
-    strip_set,
+    encode_fields,
+    wire_set,
 )
 from gateway.http.protocol import HttpConnection
 
@@ -40,7 +43,7 @@ log = structlog.get_logger("gateway.proxy")
 _WHOLE_BODY_LIMIT = 64 * 1024
 
 # SECURITY: CORS is the gateway's policy; a backend that reflects Origin must not widen it.
-_RESPONSE_STRIPPED = strip_set(
+_RESPONSE_STRIPPED = wire_set(
     [
         "Content-Length",
         REQUEST_ID,
@@ -52,7 +55,8 @@ _RESPONSE_STRIPPED = strip_set(
         "Access-Control-Max-Age",
     ]
 )
-_RESPONSE_STRIPPED_LIMITED = _RESPONSE_STRIPPED | strip_set(RATE_LIMIT_HEADERS)
+_RESPONSE_STRIPPED_LIMITED = _RESPONSE_STRIPPED | wire_set(RATE_LIMIT_HEADERS)
+_REQUEST_ID_WIRE = REQUEST_ID.lower().encode("ascii")
 
 
 class ResponseRelay:
@@ -70,16 +74,20 @@ class ResponseRelay:
         self, pool: UpstreamPool, ctx: RequestContext, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         """Send upstream's answer to the client; the caller closes upstream."""
-        response = self._head(ctx, upstream)
+        fields = self._fields(ctx, upstream)
+        response = _Relayed(status=upstream.status, reason="")
         length = upstream.length  # its framing was judged on arrival
         capture = ctx.capture
         if capture is not None:
-            capture.head(response.status, list(response.headers.items()))
+            capture.head(
+                upstream.status,
+                [(n.decode("ascii"), v.decode("utf-8", "surrogateescape")) for n, v in fields],
+            )
         if length is not None and length <= _WHOLE_BODY_LIMIT:
-            return await self._whole(ctx, upstream, response, length)
+            return await self._whole(ctx, upstream, response, fields, length)
         connection = ctx.request.connection
         try:
-            connection.send_head(ctx.request, response, length)
+            connection.send_head(ctx.request, upstream.status, upstream.reason, fields, length)
         except ConnectionError:
             raise ClientDisconnected() from None
         held: list[bytes] = []
@@ -128,6 +136,7 @@ class ResponseRelay:
         ctx: RequestContext,
         upstream: UpstreamResponse,
         response: _Relayed,
+        fields: list[Field],
         length: int,
     ) -> web.StreamResponse:
         """A small body of known length: read it all, then send head and body in one write.
@@ -148,33 +157,33 @@ class ResponseRelay:
             await _finish_capture(capture)
         try:
             # The upstream's length, not the body's: a HEAD's answer has none.
-            ctx.request.connection.send_head(ctx.request, response, length, body)
+            ctx.request.connection.send_head(
+                ctx.request, upstream.status, upstream.reason, fields, length, body
+            )
         except ConnectionError:
             raise ClientDisconnected() from None
         ctx.bytes_out = len(body)
         return response
 
-    def _head(self, ctx: RequestContext, upstream: UpstreamResponse) -> _Relayed:
-        """The client's response head; its framing is the connection's to write."""
-        response = _Relayed(status=upstream.status, reason=upstream.reason.decode("latin-1"))
-        # As the HTTP client decoded them before: UTF-8, a byte that is not as a raw byte,
-        # which copy_end_to_end turns into the character it stands for in HTTP.
-        source = [
-            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-            for name, value in upstream.headers
-        ]
-        connection = [value for name, value in source if name.lower() == "connection"]
+    def _fields(self, ctx: RequestContext, upstream: UpstreamResponse) -> list[Field]:
+        """The client's response headers; the framing is the connection's to write."""
         dropped = _RESPONSE_STRIPPED if ctx.rate_limit is None else _RESPONSE_STRIPPED_LIMITED
-        copy_end_to_end(source, response.headers, dropped, connection)
+        fields = copy_end_to_end(upstream.headers, dropped)
         if self._has_rules:
-            apply_rules(response.headers, *self._rules)
-        stamp(response.headers, ctx.request_id, ctx.response_headers)
-        return response
+            fields = apply_field_rules(fields, *self._rules)
+            # Ours alone, whatever a rule says (stamp sets it).
+            fields = [f for f in fields if f[0].lower() != _REQUEST_ID_WIRE]
+        ours = [(REQUEST_ID, ctx.request_id)]
+        if not any(len(name) == 6 and name.lower() == b"server" for name, _ in fields):
+            ours.append((SERVER, SERVER_NAME))
+        ours += ctx.response_headers
+        fields += encode_fields(ours)
+        return fields
 
 
 class _Relayed(web.StreamResponse):
-    """The head of an upstream's answer, as the client gets it; the connection writes it
-    (``HttpConnection.send_head``) with no header the upstream did not send but our own."""
+    """What the chain and the access log see of an upstream's answer: its status. The head
+    itself went to the connection (``HttpConnection.send_head``) as fields."""
 
 
 async def _finish_capture(capture: ResponseCapture) -> None:

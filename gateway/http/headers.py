@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from multidict import MultiMapping, MutableMultiMapping
+from multidict import CIMultiDict, MultiMapping, MutableMultiMapping
 
 REQUEST_ID = "X-Request-Id"
 FORWARDED_FOR = "X-Forwarded-For"
@@ -32,6 +32,9 @@ RATE_LIMIT_HEADERS = (
 SERVER = "Server"
 SERVER_NAME = "gateway"
 
+# A header as it is on the wire: name and value.
+Field = tuple[bytes, bytes]
+
 # Headers that describe one connection, never forwarded in either direction.
 HOP_BY_HOP = frozenset(
     {
@@ -48,6 +51,10 @@ HOP_BY_HOP = frozenset(
 )
 
 
+_HOP_BY_HOP_WIRE = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
 def normalize(name: str) -> str:
     """The form under which backends may merge header names: case- and '_'/'-'-insensitive."""
     return name.lower().replace("_", "-")
@@ -58,30 +65,79 @@ def strip_set(names: Iterable[str]) -> frozenset[str]:
     return frozenset(normalize(n) for n in names)
 
 
-def copy_end_to_end(
-    source: Iterable[tuple[str, str]],
-    target: MutableMultiMapping[str],
-    dropped: frozenset[str],
-    connection: Iterable[str],
-) -> None:
-    """Copy headers from one hop to the next, without hop-by-hop headers, the ones named in
-    Connection, and the ones in ``dropped`` (normalized names).
+def copy_end_to_end(source: Iterable[Field], dropped: frozenset[bytes]) -> list[Field]:
+    """Headers from one hop for the next, without hop-by-hop headers, the ones named in
+    Connection, and the ones in ``dropped`` (see ``wire_set``).
 
-    Repeats of a name keep the spelling of its first occurrence: given ``X-A`` and ``x-a``,
-    the HTTP client would send only the last one.
+    Repeats of a name keep the spelling of its first occurrence: given ``X-A`` and ``x-a``, a
+    backend that keeps only one of two spellings would see half. Values are as received, but
+    for a byte that is not UTF-8, which becomes the character it stands for (``wire_text``).
     """
-    named = connection_tokens(connection)
-    if named:
-        dropped = dropped | named
-    spelling: dict[str, str] = {}
+    copied: list[tuple[bytes, Field]] = []
+    spelling: dict[bytes, bytes] = {}
+    named: set[bytes] = set()
     for name, value in source:
         lower = name.lower()
-        key = lower.replace("_", "-")  # normalize(), inlined: this loop runs for every header
-        if key not in HOP_BY_HOP and key not in dropped:
-            target.add(
-                spelling.setdefault(lower, name),
-                value if value.isascii() else field_text(value),
+        key = lower.replace(b"_", b"-")  # wire_set's form, inlined: this runs for every header
+        if key in _HOP_BY_HOP_WIRE:
+            # The usual values name no other header: no need to look.
+            if key == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                named |= _wire_tokens(value)
+            continue
+        if key not in dropped:
+            copied.append(
+                (
+                    key,
+                    (
+                        spelling.setdefault(lower, name),
+                        value if value.isascii() else wire_text(value),
+                    ),
+                )
             )
+    if named:
+        return [field for key, field in copied if key not in named]
+    return [field for _, field in copied]
+
+
+def wire_set(names: Iterable[str]) -> frozenset[bytes]:
+    """``strip_set`` for headers as received: the names to drop in every spelling, as bytes."""
+    return frozenset(n.encode("ascii") for n in strip_set(names))
+
+
+def wire_text(value: bytes) -> bytes:
+    """A received value as it is sent on: UTF-8 as it is, any other byte as the character it
+    stands for in HTTP (see ``field_text``), in UTF-8."""
+    if value.isascii():
+        return value
+    return field_text(value.decode("utf-8", "surrogateescape")).encode("utf-8")
+
+
+def _wire_tokens(value: bytes) -> set[bytes]:
+    # The parser's own decoding and back: a byte that names no header stays what it was.
+    tokens = connection_tokens([value.decode("utf-8", "surrogateescape")])
+    return {token.encode("utf-8", "surrogateescape") for token in tokens}
+
+
+def apply_field_rules(
+    fields: list[Field],
+    remove: Iterable[str],
+    set_: Iterable[tuple[str, str]],
+    add: Iterable[tuple[str, str]],
+) -> list[Field]:
+    """``apply_rules`` on headers as they are sent (copied ones are UTF-8: ``wire_text``)."""
+    target: CIMultiDict[str] = CIMultiDict(
+        [(name.decode("utf-8"), value.decode("utf-8")) for name, value in fields]
+    )
+    apply_rules(target, remove, set_, add)
+    return encode_fields(target.items())
+
+
+def encode_fields(items: Iterable[tuple[str, str]]) -> list[Field]:
+    """Header text as sent: UTF-8, a byte the parser could not decode as that byte again."""
+    return [
+        (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+        for name, value in items
+    ]
 
 
 # How the HTTP parser keeps a byte that is not UTF-8: a lone surrogate (surrogateescape).

@@ -39,6 +39,7 @@ from gateway.errors import (
     RequestTimeout,
 )
 from gateway.http.framing import Framing
+from gateway.http.headers import Field, encode_fields
 from gateway.http.request import Request
 from gateway.http.request_id import new_request_id
 
@@ -51,7 +52,7 @@ _QUEUE_LIMIT = 16
 # A request body is buffered up to twice this before reading from its client pauses.
 _BODY_BUFFER = 64 * 1024
 _NO_BODY_STATUSES = frozenset({101, 204, 304})
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class _Stop(Exception):
@@ -127,7 +128,7 @@ class HttpConnection(BaseProtocol):
         self._task: asyncio.Task[None] | None = None
         self._body: StreamReader = EMPTY_PAYLOAD  # the body being parsed
         self._url: list[bytes] = []
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[Field] = []
         self._head_size = 0
         self._framing = Framing()
         self._refusal: GatewayError | None = None  # answered once the requests before it are
@@ -265,12 +266,7 @@ class HttpConnection(BaseProtocol):
         if refusal is not None:
             # SECURITY: framing a backend could read differently (request smuggling).
             self._stop(MalformedRequest(f"The request has {refusal}."))
-        self._headers.append(
-            (
-                name.decode("utf-8", "surrogateescape"),
-                value.rstrip(b" \t").decode("utf-8", "surrogateescape"),
-            )
-        )
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self._http
@@ -284,7 +280,18 @@ class HttpConnection(BaseProtocol):
             # SECURITY: llhttp does not read the body of a request that asks to switch
             # protocols; its bytes would be taken for the next request (smuggling).
             self._stop(MalformedRequest("A request that asks to switch protocols has a body."))
-        headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        fields = self._headers
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                [
+                    (
+                        name.decode("utf-8", "surrogateescape"),
+                        value.decode("utf-8", "surrogateescape"),
+                    )
+                    for name, value in fields
+                ]
+            )
+        )
         length = self._framing.length
         if length or self._framing.chunked:
             self._body = StreamReader(self, _BODY_BUFFER, loop=self._loop)
@@ -297,6 +304,7 @@ class HttpConnection(BaseProtocol):
             b"".join(self._url).decode("utf-8", "surrogateescape"),
             (1, 1) if version == "1.1" else (1, 0) if version == "1.0" else (0, 9),
             headers,
+            fields,
             length,
             self._body,
             keep_alive=parser.should_keep_alive(),
@@ -408,7 +416,15 @@ class HttpConnection(BaseProtocol):
         body = getattr(response, "body", None)
         data = body if isinstance(body, bytes) else b""
         try:
-            self.send_head(request, response, len(data), data)
+            self.send_head(
+                request,
+                response.status,
+                response.reason.encode("utf-8", "surrogateescape"),
+                encode_fields(response.headers.items()),
+                len(data),
+                data,
+                keep_alive=response.keep_alive is not False,
+            )
         except ValueError:
             log.exception("unsendable_response", status=response.status)
             self._answer(request, InternalError().render(new_request_id()))
@@ -421,31 +437,33 @@ class HttpConnection(BaseProtocol):
     def send_head(
         self,
         request: Request,
-        response: web.StreamResponse,
+        status: int,
+        reason: bytes,
+        fields: list[Field],
         length: int | None,
         body: bytes | None = None,
+        *,
+        keep_alive: bool = True,
     ) -> None:
         """Send a response's head; with ``body``, the whole response in one write.
 
         The framing is the gateway's: the length when known, else chunked (or, for an
-        HTTP/1.0 client, the end of the connection).
+        HTTP/1.0 client, the end of the connection). A Date is added unless ``fields`` has one.
         """
         transport = self._writable()
-        status = response.status
         method = request.method
-        lines = [f"HTTP/1.1 {status} {response.reason}\r\n"]
-        # The framing is ours alone: a stored answer replayed, or a plugin's, may carry its own.
-        lines += [
-            f"{name}: {value}\r\n"
-            for name, value in response.headers.items()
-            if name.lower() not in _FRAMING_HEADERS
-        ]
-        keep = (
-            request.keep_alive
-            and response.keep_alive is not False
-            and not self._closing
-            and not self._draining
-        )
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        dated = False
+        for name, value in fields:
+            size = len(name)
+            if size == 4 and name.lower() == b"date":
+                dated = True
+            elif size in (14, 17) and name.lower() in _FRAMING_FIELDS:
+                # The framing is ours alone: a stored answer replayed, or a plugin's, may
+                # carry its own.
+                continue
+            lines.append(name + b": " + value + b"\r\n")
+        keep = keep_alive and request.keep_alive and not self._closing and not self._draining
         if not request.content.is_eof():
             # An answer before the request's body has all arrived (a refused `Expect:
             # 100-continue`, an early upstream answer): nothing after it can safely be read
@@ -454,31 +472,30 @@ class HttpConnection(BaseProtocol):
         chunked = False
         if status in _NO_BODY_STATUSES or status < 200:
             if status == 304 and length is not None:
-                lines.append(f"Content-Length: {length}\r\n")
+                lines.append(b"Content-Length: %d\r\n" % length)
             if status == 101:
                 keep = False
             body = b""
         elif length is not None:
-            lines.append(f"Content-Length: {length}\r\n")
+            lines.append(b"Content-Length: %d\r\n" % length)
         elif method != "HEAD":
             if request.version >= (1, 1):
                 chunked = True
-                lines.append("Transfer-Encoding: chunked\r\n")
+                lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 keep = False  # the end of the connection ends the body
         # A 101 names the protocol it switches to in its own Connection header.
         if not keep and status != 101:
-            lines.append("Connection: close\r\n")
+            lines.append(b"Connection: close\r\n")
         elif keep and request.version < (1, 1):
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        text = "".join(lines)
+            lines.append(b"Connection: keep-alive\r\n")
+        if not dated:
+            lines.append(_DateLine.now())
+        lines.append(b"\r\n")
+        head = b"".join(lines)
         # SECURITY: a CR or LF inside a value would split the head (response splitting).
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):
             raise ValueError("a response header holds a line break")
-        head = text.encode("utf-8", "surrogateescape")
-        if "Date" not in response.headers:
-            head = head[:-2] + _DateLine.now() + b"\r\n"
         request.started = True
         self._keep = keep
         self._chunked = chunked
@@ -555,19 +572,19 @@ class HttpConnection(BaseProtocol):
             return
         refusal.close_connection = True
         response = refusal.render(new_request_id())
-        body = response.body if isinstance(response.body, bytes) else b""
         request = Request(
             self,
             "GET",
             "",
             (1, 1),
             CIMultiDictProxy(CIMultiDict()),
+            [],
             None,
             EMPTY_PAYLOAD,
             keep_alive=False,
             upgrade=False,
         )
-        self.send_head(request, response, len(body), body)
+        self._answer(request, response)
         self._close()
 
     def take_over(self, upgraded: Upgraded, on_shutdown: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ from multidict import CIMultiDictProxy
 if TYPE_CHECKING:
     import asyncio
 
+    from gateway.http.headers import Field
     from gateway.http.protocol import HttpConnection
 
 
@@ -17,7 +18,8 @@ class Request:
     """A parsed request head, its body as a stream, and the way back to its client.
 
     The head is as the client sent it: ``raw_path`` undecoded, header values decoded as UTF-8
-    with any other byte kept as a lone surrogate (see ``headers.field_text``).
+    with any other byte kept as a lone surrogate (see ``headers.field_text``); ``fields`` are
+    the same headers as received, for forwarding.
     """
 
     __slots__ = (
@@ -25,6 +27,7 @@ class Request:
         "content",
         "content_length",
         "continued",
+        "fields",
         "headers",
         "keep_alive",
         "method",
@@ -41,6 +44,7 @@ class Request:
         raw_path: str,
         version: tuple[int, int],
         headers: CIMultiDictProxy[str],
+        fields: list[Field],
         content_length: int | None,
         content: StreamReader,
         *,
@@ -52,6 +56,7 @@ class Request:
         self.raw_path = raw_path
         self.version = version
         self.headers = headers
+        self.fields = fields
         self.content_length = content_length
         self.content = content
         self.keep_alive = keep_alive  # what the client asked for; the answer may still close

@@ -20,7 +20,7 @@ from gateway.dataplane.upstream_http.errors import (
     UpstreamReadTimeout,
 )
 from gateway.dataplane.upstream_http.request_head import build_head, head_for_stream
-from gateway.dataplane.upstream_http.response import UpstreamResponse, wake, within
+from gateway.dataplane.upstream_http.response import ReadDeadline, UpstreamResponse, wake, within
 
 Header = tuple[bytes, bytes]
 Body = bytes | AsyncIterable[bytes] | None
@@ -58,6 +58,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[bool] | None = None
         # request() waits here for news: the head, a 100 Continue, a failure, the body sent.
         self._waiter: asyncio.Future[bool] | None = None
+        # The read timeout of the answer's head and then its body (see UpstreamResponse).
+        self.deadline = ReadDeadline(self._loop)
         # The answer in progress, if any (_answers, reset for each exchange).
         self._parser: AnswerParser | None = None
         self._answers = AnswerParser(self, max_head_size, high_water)
@@ -208,7 +210,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Wait for news (see _waiter), at most ``seconds``; False when the time ran out."""
         waiter = self._waiter = self._loop.create_future()
         try:
-            return await (waiter if seconds is None else within(waiter, seconds))
+            return await (waiter if seconds is None else self.deadline.wait(waiter, seconds))
         finally:
             self._waiter = None
 
@@ -363,6 +365,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.deadline.cancel()
         wake(self._drain_waiter)
         parser = self._parser
         if parser is not None and not parser.complete:

@@ -117,7 +117,7 @@ class UpstreamResponse:
             return
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
-            arrived = await within(waiter, self._read_timeout)
+            arrived = await conn.deadline.wait(waiter, self._read_timeout)
         except asyncio.CancelledError:
             self.close()
             raise
@@ -176,3 +176,60 @@ async def within(waiter: asyncio.Future[bool], seconds: float) -> bool:
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
+
+
+class ReadDeadline:
+    """``within`` for the waits of one connection that never overlap (its answer's head, then
+    its body), with one timer handle for all of them.
+
+    Arming a wait writes its deadline; the handle reschedules itself when it fires early and
+    ends when nothing waits. A busy keep-alive connection then does no timer work per exchange,
+    where a handle per wait cost a call_later and a cancel each time.
+    """
+
+    __slots__ = ("_at", "_handle", "_handle_at", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._at = self._handle_at = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+
+    async def wait(self, waiter: asyncio.Future[bool], seconds: float) -> bool:
+        """Await ``waiter`` for at most ``seconds``; False when the time ran out."""
+        self._at = at = self._loop.time() + seconds
+        if self._handle is not None and at < self._handle_at:
+            self._handle.cancel()  # a shorter wait than the one the handle is set for
+            self._handle = None
+        if self._handle is None:
+            self._schedule()
+        self._waiter = waiter
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+
+    def cancel(self) -> None:
+        """The connection is closed: nothing will wait again."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self) -> None:
+        self._handle_at = self._at
+        self._handle = self._loop.call_at(self._at, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._loop.time() < self._at - _CLOCK_SLACK:
+            self._schedule()  # the deadline moved since the handle was set
+        else:
+            waiter.set_result(False)
+
+
+# A timer may fire this much before its time by the loop's clock (its resolution); asyncio
+# allows the same.
+_CLOCK_SLACK = 0.001
