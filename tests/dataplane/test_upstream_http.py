@@ -372,6 +372,36 @@ async def test_timeouts_given_with_a_request_override_the_pools(serve: Serve) ->
     held.close()
 
 
+async def test_a_shorter_timeout_after_a_longer_one_on_the_same_connection_still_holds(
+    serve: Serve,
+) -> None:
+    """A connection keeps one timer for its waits: one set for a long wait must not delay the
+    expiry of a shorter one that follows, on the head or mid-body."""
+    partial = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345"  # then nothing more
+
+    async def slow_then_stuck(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await read_request(reader)
+            await asyncio.sleep(0.1)  # inside the long timeout: answered in time
+            writer.write(OK)
+            await read_request(reader)
+            writer.write(partial)
+            await reader.read()
+
+    server = await serve(lambda _: slow_then_stuck)
+    pool = server.pool(max_connections=1, read_timeout=30.0)
+    async with asyncio.timeout(5):
+        first = await pool.request(b"GET", b"/", [])
+        assert await first.read() == b"ok"
+        second = await pool.request(b"GET", b"/", [], read_timeout=0.2)
+        assert await second.__anext__() == b"12345"
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamReadTimeout):
+            await second.__anext__()
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert server.connections == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # The pool
 
