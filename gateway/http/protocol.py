@@ -52,6 +52,8 @@ _QUEUE_LIMIT = 16
 # A request body is buffered up to twice this before reading from its client pauses.
 _BODY_BUFFER = 64 * 1024
 _NO_BODY_STATUSES = frozenset({101, 204, 304})
+# How long a refused client may go on sending before its connection is reset (see _close).
+_LINGER_SECONDS = 2.0
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 
 
@@ -107,6 +109,7 @@ class HttpConnection(BaseProtocol):
         "_idle_deadline",
         "_idle_handle",
         "_keep",
+        "_linger_handle",
         "_queue",
         "_refusal",
         "_server",
@@ -138,6 +141,7 @@ class HttpConnection(BaseProtocol):
         self._head_deadline = self._idle_deadline = 0.0
         self._head_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._linger_handle: asyncio.TimerHandle | None = None  # see _close
         # Three ways to stop: _stopped, no more bytes are parsed (a refused request; what is
         # queued before it is still answered); _draining, the server stops: the message being
         # read is finished, then nothing more; _closing, the connection closes after the
@@ -172,10 +176,10 @@ class HttpConnection(BaseProtocol):
         super().connection_lost(exc)
         self._server.closed(self)
         self._stopped = self._closing = True
-        for handle in (self._head_handle, self._idle_handle):
+        for handle in (self._head_handle, self._idle_handle, self._linger_handle):
             if handle is not None:
                 handle.cancel()
-        self._head_handle = self._idle_handle = None
+        self._head_handle = self._idle_handle = self._linger_handle = None
         if self._taken_over is not None:
             self._taken_over[0].feed_eof()
         body = self._body
@@ -382,7 +386,8 @@ class HttpConnection(BaseProtocol):
                 return False
             if not self._keep or self.transport is None:
                 self._answer_refusal()  # a malformed request after this one, if any
-                self._close()
+                # Answered before its body ended: the client may still be sending it.
+                self._close(linger=not request.content.is_eof())
                 return False
             if self._paused:
                 # The client is not reading its answers: answer nothing more until it does,
@@ -538,10 +543,23 @@ class HttpConnection(BaseProtocol):
             raise ConnectionResetError("the client closed the connection")
         return transport
 
-    def _close(self) -> None:
+    def _close(self, *, linger: bool = False) -> None:
+        """Close after what is queued is sent; with ``linger``, when the client may still be
+        sending: a close with unread bytes resets the connection, and a reset can destroy
+        the answer before the client reads it. So the write side is shut first, and what
+        arrives is dropped until the client closes, for at most _LINGER_SECONDS (nginx's
+        lingering close)."""
         self._stopped = self._closing = True
-        if self.transport is not None:
-            self.transport.close()  # after what is queued is sent
+        transport = self.transport
+        if transport is None or self._linger_handle is not None:
+            return  # closed, or lingering already
+        if linger and transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
+            self._linger_handle = self._loop.call_later(_LINGER_SECONDS, self.abort)
+            if not transport.is_reading():
+                transport.resume_reading()  # dropped in data_received (_stopped)
+            return
+        transport.close()
 
     def abort(self) -> None:
         """Close without sending the rest: a response cut short must never look complete."""
@@ -585,7 +603,7 @@ class HttpConnection(BaseProtocol):
             upgrade=False,
         )
         self._answer(request, response)
-        self._close()
+        self._close(linger=True)
 
     def take_over(self, upgraded: Upgraded, on_shutdown: Callable[[], None]) -> None:
         """The connection carries another protocol from now on: every byte the client sends
