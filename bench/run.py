@@ -1,11 +1,13 @@
 """Benchmark the gateway against direct, a bare aiohttp proxy and nginx on one fast upstream.
 
-The gateway also runs with API keys (gateway+auth) and with rate limits that never refuse,
-on the local store (gateway+limits) and on a Redis the harness starts (gateway+limits+redis),
-and with the full pipeline (gateway+full: a key with the route's scope, a Redis rate limit,
-identity headers, the access log). Every contender is measured at each connection count in
-turn (50 and 256 by default: one table each), and issue 13's targets are judged under each
-table from that table's figures.
+python-floor is the ceiling of any Python proxy on asyncio: raw Protocols and llhttp, no
+feature at all (bench/floor_proxy.py); its CPU per request is the part of the gateway's that
+no Python code can remove. The gateway also runs with API keys (gateway+auth) and with rate
+limits that never refuse, on the local store (gateway+limits) and on a Redis the harness
+starts (gateway+limits+redis), and with the full pipeline (gateway+full: a key with the
+route's scope, a Redis rate limit, identity headers, the access log). Every contender is
+measured at each connection count in turn (50 and 256 by default: one table each), and issue
+13's targets are judged under each table from that table's figures.
 """
 
 # Over 400 lines: one script on purpose, so every contender's set-up sits beside the others and a
@@ -64,6 +66,7 @@ from targets import Verdict, ratio_target, render_verdicts
 CONTENDERS = (
     "direct",
     "aiohttp-bare",
+    "python-floor",
     "gateway",
     "gateway+log",
     "gateway+auth",
@@ -356,6 +359,12 @@ def start_contender(procs: Processes, name: str, upstream_port: int) -> Started:
         upstream = f"http://127.0.0.1:{upstream_port}"
         argv = [sys.executable, str(BENCH / "bare_proxy.py"), "--port", str(port)]
         child = procs.start(name, [*argv, "--upstream", upstream])
+        wait_for_port(child, port)
+        probe(name, port)
+        return Started(port, child)
+    if name == "python-floor":
+        argv = [sys.executable, str(BENCH / "floor_proxy.py"), "--port", str(port)]
+        child = procs.start(name, [*argv, "--upstream-port", str(upstream_port)])
         wait_for_port(child, port)
         probe(name, port)
         return Started(port, child)
