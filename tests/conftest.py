@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -543,7 +543,15 @@ class RedisServer:
         self.proc = _start_redis(self.port, self.workdir)
 
 
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def _start_redis(
+    port: int,
+    workdir: Path,
+    *,
+    extra: Sequence[str] = (),
+    client: redis.Redis | None = None,
+) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:port, nothing saved; ``extra`` options, and a ``client`` that
+    can reach it that way (TLS, a login) to tell when it is up."""
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.fail("redis-server is not installed (.ci/run installs it with apt)")
@@ -562,9 +570,10 @@ def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
             str(workdir),
             "--logfile",
             str(workdir / "redis.log"),
+            *extra,
         ],
     )
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    client = client or redis.Redis(port=port, socket_connect_timeout=0.2)
     deadline = time.monotonic() + 10
     while True:
         try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from gateway.config.section import Section
+from gateway.config.tls import read_ca_file
 from gateway.config.types import DAY, MIB, DurationRange, Interval, SizeRange, Timeout
 
 
@@ -35,6 +36,9 @@ class AdminConfig(Section):
         return value or None
 
 
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
 class StoreConfig(Section):
     backend: Literal["local", "redis"] = Field(
         "local", description="local (SQLite, one instance) or redis."
@@ -44,11 +48,43 @@ class StoreConfig(Section):
     key_prefix: str = Field(
         "gw", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Namespace of our keys in Redis."
     )
+    username: str | None = Field(
+        None, description="Redis ACL user (with password); the default user without it."
+    )
+    password: str | None = Field(
+        None,
+        description="Redis password (of the ACL user, if any); use ${REDIS_PASSWORD} to keep it"
+        " out of the file.",
+    )
+    tls_ca_file: str | None = Field(
+        None,
+        description="PEM file of the CAs that sign the Redis server's certificate, trusted"
+        " instead of the system's (rediss:// URLs only).",
+    )
+    # The PEM text as it was checked: the store trusts exactly what the check accepted.
+    _ca_pem: str | None = PrivateAttr(None)
+
+    @property
+    def ca_pem(self) -> str | None:
+        return self._ca_pem
 
     @model_validator(mode="after")
-    def _redis_needs_url(self) -> StoreConfig:
-        if self.backend == "redis" and not self.url:
+    def _redis_settings_agree(self) -> StoreConfig:
+        if self.backend != "redis":
+            return self
+        if not self.url:
             raise ValueError("url: required when backend is redis")
+        scheme = self.url.partition("://")[0].lower()
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError(
+                f"url: must start with redis://, rediss:// (TLS) or unix:// (got {scheme!r})"
+            )
+        if self.username and not self.password:
+            raise ValueError("username: needs password (an ACL user logs in with both)")
+        if self.tls_ca_file is not None:
+            if scheme != "rediss":
+                raise ValueError("tls_ca_file: only with a rediss:// url (TLS)")
+            self._ca_pem = read_ca_file(self.tls_ca_file, "tls_ca_file")
         return self
 
 

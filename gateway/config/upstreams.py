@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import ssl
 from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from yarl import URL
 
 from gateway.config.section import Section
+from gateway.config.tls import read_ca_file
 from gateway.config.types import DAY, DurationRange, Interval, NumberRange, Timeout
 from gateway.config.validation import shown
 
@@ -42,9 +42,6 @@ class HealthConfig(Section):
         return value
 
 
-# A CA bundle is a few kilobytes; the bound keeps a wrong path (a device, a log) from being slurped.
-_MAX_CA_FILE = 1024 * 1024
-_PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 _HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", re.ASCII)
 
 
@@ -82,29 +79,6 @@ class UpstreamTlsConfig(Section):
         if self.ca_file is not None:
             self._ca_pem = read_ca_file(self.ca_file)
         return self
-
-
-def read_ca_file(path: str) -> str:
-    """The PEM text of a CA file, checked to hold certificates OpenSSL accepts."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read(_MAX_CA_FILE + 1)
-    except OSError as exc:
-        raise ValueError(f"ca_file: cannot read {path!r}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # a NUL in the path
-        raise ValueError(f"ca_file: cannot read {path!r}: {exc}") from None
-    if len(data) > _MAX_CA_FILE:
-        raise ValueError(f"ca_file: {path!r} is larger than 1 MiB; a CA bundle is far smaller")
-    text = data.decode("ascii", "replace")
-    if _PEM_CERTIFICATE not in text:
-        raise ValueError(f"ca_file: {path!r} holds no PEM certificate ({_PEM_CERTIFICATE})")
-    try:
-        ssl.create_default_context(cadata=text)
-    except (ssl.SSLError, ValueError) as exc:
-        raise ValueError(
-            f"ca_file: {path!r} holds a certificate that cannot be read: {exc}"
-        ) from None
-    return text
 
 
 class UpstreamConfig(Section):

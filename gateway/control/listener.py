@@ -77,7 +77,8 @@ def admin_token(config: AdminConfig) -> str:
 def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
     """The config in force as JSON, secrets replaced, with the hash of its file."""
     data = loaded.config.model_dump(mode="json")
-    for section, field in (("admin", "token"), ("keys", "pepper"), ("webhooks", "secret_key")):
+    secrets = (("admin", "token"), ("keys", "pepper"), ("webhooks", "secret_key"))
+    for section, field in (*secrets, ("store", "password")):
         if data[section].get(field):
             data[section][field] = REDACTED
     url = data["store"].get("url")

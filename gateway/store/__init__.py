@@ -22,7 +22,13 @@ def open_store(config: StoreConfig) -> Store:
     if config.backend == "redis":
         from gateway.store.redis import RedisStore
 
-        return RedisStore(config.url or "", key_prefix=config.key_prefix)
+        return RedisStore(
+            config.url or "",
+            key_prefix=config.key_prefix,
+            username=config.username,
+            password=config.password,
+            ca_pem=config.ca_pem,
+        )
     from gateway.store.local import LocalStore
 
     return LocalStore(config.path)

@@ -39,9 +39,30 @@ class RedisStore(Store):
     Redis Cluster. Changes are published on a channel that every instance listens to.
     """
 
-    def __init__(self, url: str, *, key_prefix: str = "gw") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "gw",
+        username: str | None = None,
+        password: str | None = None,
+        ca_pem: str | None = None,
+    ) -> None:
         super().__init__()
         self.url = url
+        # Login and TLS, for every connection of every client (a URL's own credentials and
+        # query options still apply where these are not set).
+        self._login: dict[str, Any] = {}
+        if username:
+            self._login["username"] = username
+        if password:
+            self._login["password"] = password
+        if url.lower().startswith("rediss://"):
+            # SECURITY: the server's certificate is verified, its name included, whatever the
+            # client library's defaults are.
+            self._login |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+            if ca_pem is not None:
+                self._login["ssl_ca_data"] = ca_pem
         self._key_prefix = key_prefix
         self._p = f"{key_prefix}:{{meta}}"
         self._channel = f"{key_prefix}:invalidate"
@@ -62,6 +83,7 @@ class RedisStore(Store):
     async def startup(self) -> None:
         self._client = aioredis.Redis.from_url(
             self.url,
+            **self._login,
             # A gateway must not hold requests for long on a store that is gone.
             socket_connect_timeout=0.5,
             socket_timeout=1.0,
@@ -74,6 +96,7 @@ class RedisStore(Store):
         # which also finds a dead connection.
         self._limits_client = aioredis.Redis.from_url(
             self.url,
+            **self._login,
             socket_connect_timeout=0.5,
             socket_timeout=None,  # not redis-py's default (5 s on 8.x): none at all
             decode_responses=False,  # and no health checks: a clock read per command
