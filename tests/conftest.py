@@ -19,7 +19,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
@@ -33,6 +33,7 @@ from gateway.config import LogConfig, StoreConfig, load_config, parse_config
 from gateway.observability.log import configure_logging, flush_logs
 from gateway.process.gateway import GatewayProcess
 from gateway.store import Store, open_store
+from tests.redis_cluster import RedisCluster, start_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -596,16 +597,61 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster for the whole session (3 masters, 3 replicas), started when first asked
+    for; tests that kill its nodes start their own."""
+    cluster = start_cluster(
+        tmp_path_factory.mktemp("redis-cluster"), [free_port() for _ in range(12)]
+    )
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def shared_stores(request: pytest.FixtureRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Store sections for two gateway instances that share one dataset: on one Redis, or on a
+    Redis Cluster with each instance starting from a different master."""
+    prefix = unique_prefix()
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        first, second = (f"redis://{node.address}" for node in cluster.masters()[:2])
+        return (
+            {"backend": "redis", "cluster": True, "url": first, "key_prefix": prefix},
+            {"backend": "redis", "cluster": True, "url": second, "key_prefix": prefix},
+        )
+    server: RedisServer = request.getfixturevalue("redis_server")
+    store = {"backend": "redis", "url": server.url, "key_prefix": prefix}
+    return store, dict(store)
+
+
+def raw_redis(store: dict[str, Any]) -> redis.Redis:
+    """A client of the Redis (or the cluster) a store section names, to look at what the
+    gateway wrote; a cluster's scans go over every master."""
+    if store.get("cluster"):
+        return cast(redis.Redis, redis.RedisCluster.from_url(store["url"]))
+    return redis.Redis.from_url(store["url"])
+
+
 def unique_prefix() -> str:
     """A key namespace of one test's own, so tests never see each other's data."""
     return "t" + os.urandom(6).hex()
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "cluster"])
 def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    """The store section for a gateway: each test using it runs on SQLite and on Redis."""
+    """The store section for a gateway: each test using it runs on SQLite, on Redis and on a
+    Redis Cluster."""
     if request.param == "local":
         return {"backend": "local", "path": str(tmp_path / "state.db")}
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return {
+            "backend": "redis",
+            "cluster": True,
+            "url": cluster.url,
+            "key_prefix": unique_prefix(),
+        }
     server: RedisServer = request.getfixturevalue("redis_server")
     return {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
 
@@ -613,14 +659,19 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, An
 StoreFactory = Callable[[], Store]
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "cluster"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Makes stores that share one dataset: a file, or one Redis namespace."""
+    """Makes stores that share one dataset: a file, or one Redis namespace (on one Redis, or
+    on a Redis Cluster)."""
     if request.param == "local":
         path = str(tmp_path / "state.db")
         return lambda: open_store(StoreConfig(backend="local", path=path))
-    server: RedisServer = request.getfixturevalue("redis_server")
     prefix = unique_prefix()
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        config = StoreConfig(backend="redis", cluster=True, url=cluster.url, key_prefix=prefix)
+        return lambda: open_store(config)
+    server: RedisServer = request.getfixturevalue("redis_server")
     return lambda: open_store(StoreConfig(backend="redis", url=server.url, key_prefix=prefix))
 
 

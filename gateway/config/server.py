@@ -44,7 +44,18 @@ class StoreConfig(Section):
         "local", description="local (SQLite, one instance) or redis."
     )
     path: str = Field(".gateway/state.db", description="SQLite file of the local store.")
-    url: str | None = Field(None, description="redis://host:port/db for the redis store.")
+    url: str | None = Field(
+        None,
+        description="redis://host:port/db for the redis store; with cluster, one node of it.",
+    )
+    cluster: bool = Field(
+        False,
+        description="The Redis is a Redis Cluster: url (or urls) names nodes to start from,"
+        " and the gateway follows its slots, resharding and failovers.",
+    )
+    urls: tuple[str, ...] = Field(
+        (), description="Several nodes of a Redis Cluster to start from, instead of url."
+    )
     key_prefix: str = Field(
         "gw", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Namespace of our keys in Redis."
     )
@@ -68,17 +79,35 @@ class StoreConfig(Section):
     def ca_pem(self) -> str | None:
         return self._ca_pem
 
+    @property
+    def redis_urls(self) -> tuple[str, ...]:
+        """The Redis (or the cluster nodes) to connect to."""
+        return self.urls or ((self.url,) if self.url else ())
+
     @model_validator(mode="after")
     def _redis_settings_agree(self) -> StoreConfig:
         if self.backend != "redis":
+            if self.cluster or self.urls:
+                raise ValueError("cluster: only with backend: redis")
             return self
-        if not self.url:
+        if self.urls and not self.cluster:
+            raise ValueError("urls: only with cluster: true (one Redis has one url)")
+        if self.urls and self.url:
+            raise ValueError("url: give url or urls, not both")
+        urls = self.urls or ((self.url,) if self.url else ())
+        if not urls:
             raise ValueError("url: required when backend is redis")
-        scheme = self.url.partition("://")[0].lower()
-        if scheme not in _REDIS_SCHEMES:
-            raise ValueError(
-                f"url: must start with redis://, rediss:// (TLS) or unix:// (got {scheme!r})"
-            )
+        schemes = {url.partition("://")[0].lower() for url in urls}
+        for scheme in schemes:
+            if scheme not in _REDIS_SCHEMES:
+                raise ValueError(
+                    f"url: must start with redis://, rediss:// (TLS) or unix:// (got {scheme!r})"
+                )
+        if len(schemes) > 1:
+            raise ValueError("urls: all redis:// or all rediss://, not a mix")
+        scheme = schemes.pop()
+        if self.cluster and scheme == "unix":
+            raise ValueError("url: a cluster's nodes are host:port, not unix sockets")
         if self.username and not self.password:
             raise ValueError("username: needs password (an ACL user logs in with both)")
         if self.tls_ca_file is not None:

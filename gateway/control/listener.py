@@ -84,6 +84,7 @@ def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
     url = data["store"].get("url")
     if url:
         data["store"]["url"] = _redact_url(url)
+    data["store"]["urls"] = [_redact_url(u) for u in data["store"].get("urls") or ()]
     return {"hash": loaded.digest, "source": loaded.source, "config": data}
 
 

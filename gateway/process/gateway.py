@@ -355,4 +355,12 @@ async def store_state(store: Store, backend: str) -> dict[str, Any]:
     live = store.invalidation_live
     if live is not None:
         state["invalidation"] = "live" if live else "down"
+    try:
+        topology = await store.topology()
+    except (StoreError, OSError) as exc:
+        topology = {"state": "unknown", "error": str(exc)}
+    if topology is not None:
+        state["cluster"] = topology
+        if topology.get("unreachable") or topology.get("state") != "ok":
+            state["ok"] = False
     return state

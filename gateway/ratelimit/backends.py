@@ -11,9 +11,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from gateway.ratelimit.policy import US, Decision, Limit, Outcome, evaluate
+from gateway.store.redis import REDIS_FAILURES
 
 log = structlog.get_logger("gateway.ratelimit")
 
@@ -180,7 +181,7 @@ class RedisLimits:
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(LimiterError(str(exc) or type(exc).__name__))
-            if not isinstance(exc, (RedisError, OSError)):
+            if not isinstance(exc, REDIS_FAILURES):
                 raise
 
     async def _pipeline(self, batch: list[Entry]) -> list[Any]:

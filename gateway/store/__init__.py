@@ -23,7 +23,8 @@ def open_store(config: StoreConfig) -> Store:
         from gateway.store.redis import RedisStore
 
         return RedisStore(
-            config.url or "",
+            config.redis_urls,
+            cluster=config.cluster,
             key_prefix=config.key_prefix,
             username=config.username,
             password=config.password,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from gateway.errors import GatewayError
 from gateway.store.models import ApiKey, Org
@@ -95,6 +95,11 @@ class Store(ABC):
 
     def event_stream(self) -> Redis | None:
         """The server whose streams backends may XADD events to; None: no event stream."""
+        return None
+
+    async def topology(self) -> dict[str, Any] | None:
+        """For /readyz, what a store made of several servers can say of them (a cluster: its
+        state and the masters it cannot reach); None: one server, nothing more than ping."""
         return None
 
     def subscribe(self, listener: InvalidationListener) -> None:

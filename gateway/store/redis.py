@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import orjson
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, WatchError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.breaker import Backoff
 from gateway.store.base import (
@@ -27,6 +29,12 @@ from gateway.store.redis_webhooks import RedisWebhookStore
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger("gateway.store")
+
+# What a Redis (or a cluster) that is away or failing raises: the cluster client's own errors
+# (no reachable node, a slot no node serves) are not RedisErrors.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
+# The longest a write waits to hear its own announcement before acting on it alone.
+_ECHO_WAIT = 1.0
 R = TypeVar("R")
 
 
@@ -41,15 +49,17 @@ class RedisStore(Store):
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         *,
+        cluster: bool = False,
         key_prefix: str = "gw",
         username: str | None = None,
         password: str | None = None,
         ca_pem: str | None = None,
     ) -> None:
         super().__init__()
-        self.url = url
+        self.urls = (urls,) if isinstance(urls, str) else tuple(urls)
+        self.cluster = cluster
         # Login and TLS, for every connection of every client (a URL's own credentials and
         # query options still apply where these are not set).
         self._login: dict[str, Any] = {}
@@ -57,7 +67,7 @@ class RedisStore(Store):
             self._login["username"] = username
         if password:
             self._login["password"] = password
-        if url.lower().startswith("rediss://"):
+        if self.urls[0].lower().startswith("rediss://"):
             # SECURITY: the server's certificate is verified, its name included, whatever the
             # client library's defaults are.
             self._login |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
@@ -72,6 +82,8 @@ class RedisStore(Store):
         # False while the invalidation channel is down: caches must then not be trusted long.
         self._invalidation_live = False
         self._subscribed = asyncio.Event()
+        # Writes of this instance waiting to hear their own announcement (see _announce).
+        self._echoes: dict[str, list[asyncio.Future[None]]] = {}
         self.webhooks: RedisWebhookStore = RedisWebhookStore(self, key_prefix)
 
     @property
@@ -81,28 +93,24 @@ class RedisStore(Store):
         return self._client
 
     async def startup(self) -> None:
-        self._client = aioredis.Redis.from_url(
-            self.url,
-            **self._login,
+        self._client = self._connect(
             # A gateway must not hold requests for long on a store that is gone.
             socket_connect_timeout=0.5,
             socket_timeout=1.0,
             health_check_interval=15,
-            decode_responses=False,
         )
         # The rate limiter's own connections: every request waits on them, so they carry no
         # per-command timeout (redis-py arms one timer per command read, and runs each send
         # in a task of its own under one); the limiter gives each batch one deadline instead,
         # which also finds a dead connection.
-        self._limits_client = aioredis.Redis.from_url(
-            self.url,
-            **self._login,
+        self._limits_client = self._connect(
             socket_connect_timeout=0.5,
             socket_timeout=None,  # not redis-py's default (5 s on 8.x): none at all
-            decode_responses=False,  # and no health checks: a clock read per command
-        )
+        )  # and no health checks: a clock read per command
         self._create_org = self._client.register_script(_script("create_org.lua"))
         self._touch = self._client.register_script(_script("touch_keys.lua"))
+        self._cas_set = self._client.register_script(_script("cas_set.lua"))
+        self._create_key = self._client.register_script(_script("create_key.lua"))
         self._idem_begin = self._client.register_script(_script("idem_begin.lua"))
         self._idem_finish = self._client.register_script(_script("idem_finish.lua"))
         self.webhooks.register_scripts()
@@ -115,6 +123,27 @@ class RedisStore(Store):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self._subscribed.wait()
+
+    def _connect(self, **options: Any) -> aioredis.Redis:
+        """A client of the Redis, or of the cluster: the same commands, which the cluster
+        client sends to the node that serves each key's slot (and follows when it moves)."""
+        options |= self._login
+        if not self.cluster:
+            return aioredis.Redis.from_url(self.urls[0], decode_responses=False, **options)
+        nodes = []
+        for url in self.urls:
+            parsed = urlsplit(url)
+            nodes.append(ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379))
+            if parsed.username or parsed.password:
+                options.setdefault("username", parsed.username)
+                options.setdefault("password", parsed.password)
+        if self.urls[0].lower().startswith("rediss://"):
+            options["ssl"] = True
+        # Typed as the single-node client: the commands this store sends are the same.
+        return cast(
+            aioredis.Redis,
+            RedisCluster(startup_nodes=nodes, decode_responses=False, **options),
+        )
 
     async def shutdown(self) -> None:
         await cancel_and_wait(self._listener)
@@ -155,8 +184,12 @@ class RedisStore(Store):
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        self._notify(Invalidation.decode(message["data"].decode()))
-            except (RedisError, OSError) as exc:
+                        data = message["data"].decode()
+                        for waiter in self._echoes.pop(data, ()):
+                            if not waiter.done():
+                                waiter.set_result(None)
+                        self._notify(Invalidation.decode(data))
+            except REDIS_FAILURES as exc:
                 # Caches are kept while the store is away (warm keys keep working) and dropped
                 # when the channel is back, since changes may have been missed meanwhile.
                 if self._invalidation_live:
@@ -164,7 +197,7 @@ class RedisStore(Store):
                 self._invalidation_live = False
                 await asyncio.sleep(backoff.next_delay())
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*REDIS_FAILURES):
                     # Untyped before redis-py 8.2, typed after: Any serves both.
                     await cast(Any, pubsub).aclose()
 
@@ -174,11 +207,43 @@ class RedisStore(Store):
         """Await a Redis command; any Redis or socket failure becomes a StoreError."""
         try:
             return await coro
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise StoreError(f"redis store: {exc}") from exc
 
     async def ping(self) -> None:
         await self.call(self.client.ping())
+
+    async def topology(self) -> dict[str, Any] | None:
+        """A cluster's state as its nodes report it, and the masters this instance cannot
+        reach, by address (their slots are the ones it cannot serve)."""
+        if not self.cluster:
+            return None
+        client = cast(RedisCluster, self.client)
+        masters = client.get_primaries()
+        answers = await asyncio.gather(
+            *(self._node_info(client, node) for node in masters), return_exceptions=True
+        )
+        unreachable = sorted(
+            node.name
+            for node, info in zip(masters, answers, strict=True)
+            if not isinstance(info, dict)
+        )
+        infos = [info for info in answers if isinstance(info, dict)]
+        state: dict[str, Any] = {"masters": len(masters), "unreachable": unreachable}
+        if infos:
+            # The most troubled view: a node that sees failing slots says so.
+            worst = min(infos, key=lambda info: int(info.get("cluster_slots_ok", 0)))
+            state["state"] = worst.get("cluster_state", "unknown")
+            state["slots_ok"] = int(worst.get("cluster_slots_ok", 0))
+        else:
+            state["state"] = "unreachable"
+        return state
+
+    @staticmethod
+    async def _node_info(client: RedisCluster, node: ClusterNode) -> dict[str, str]:
+        async with asyncio.timeout(1.0):
+            info = await client.cluster_info(target_nodes=node)
+        return {str(name): str(value) for name, value in info.items()}
 
     # -- orgs ------------------------------------------------------------------------------
 
@@ -223,47 +288,72 @@ class RedisStore(Store):
     async def update_record(
         self, name: str, apply: Callable[[bytes], tuple[R, bytes, Invalidation | None]]
     ) -> R | None:
-        """Optimistic read-modify-write: WATCH, read, MULTI/EXEC; again if another writer won.
-
-        The Invalidation, if any, is published in the same transaction.
-        """
+        """Optimistic read-modify-write: read, then replace only if unchanged (one script,
+        which also publishes the Invalidation, if any); again if another writer won."""
         for _ in range(50):
-            async with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    await self.call(pipe.watch(name))
-                    raw = await self.call(pipe.get(name))
-                    if raw is None:
-                        return None
-                    result, record, message = apply(raw)
-                    pipe.multi()  # type: ignore[no-untyped-call] # untyped in redis-py
-                    pipe.set(name, record)
-                    if message is not None:
-                        pipe.publish(self._channel, message.encode())
-                    await self.call(pipe.execute())
-                    return result
-                except StoreError as exc:
-                    if isinstance(exc.__cause__, WatchError):
-                        continue
-                    raise
+            raw = await self.call(self.client.get(name))
+            if raw is None:
+                return None
+            result, record, message = apply(raw)
+            announced = message.encode() if message is not None else ""
+            write = self._cas_set(keys=[name], args=[raw, record, self._channel, announced])
+            if await self._announce(message, write):
+                return result
         raise StoreError(f"redis store: {name} kept changing; gave up after 50 tries")
+
+    async def _announce(self, message: Invalidation | None, write: Any) -> Any:
+        """Run a write (a script) that publishes ``message`` when it succeeds (answers true),
+        and return once this instance has heard the message too.
+
+        Read your writes: a request this instance serves right after the change must not meet
+        its old cache entry. Hearing the message takes one pub/sub round trip; if the channel
+        is down or slow, this instance drops its entry itself.
+        """
+        if message is None:
+            return await self.call(write)
+        encoded = message.encode()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._echoes.setdefault(encoded, []).append(waiter)
+        try:
+            done = await self.call(write)
+            if done and self._invalidation_live:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_ECHO_WAIT):
+                        await waiter
+            if done and not waiter.done():
+                self._notify(message)
+            return done
+        finally:
+            waiting = self._echoes.get(encoded)
+            if waiting is not None and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._echoes[encoded]
 
     # -- keys ------------------------------------------------------------------------------
 
     async def create_key(self, key: ApiKey) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(f"{self._p}:key:{key.id}", orjson.dumps(key.to_record()))
-            pipe.set(f"{self._p}:keyhash:{key.key_hash}", key.id)
-            pipe.zadd(f"{self._p}:orgkeys:{key.org_id}", {key.id: key.created_at})
-            pipe.publish(self._channel, Invalidation("key", key.key_hash).encode())
-            await self.call(pipe.execute())
+        keys = [
+            f"{self._p}:key:{key.id}",
+            f"{self._p}:keyhash:{key.key_hash}",
+            f"{self._p}:orgkeys:{key.org_id}",
+        ]
+        args: list[bytes | str | float] = [orjson.dumps(key.to_record()), key.id, key.created_at]
+        args.append(self._channel)
+        message = Invalidation("key", key.key_hash)
+        args.append(message.encode())
+        await self._announce(message, self._create_key(keys=keys, args=args))
 
     async def _keys(self, ids: list[str]) -> list[ApiKey]:
         if not ids:
             return []
+        # GETs, not one MGET: a cluster pipeline takes no multi-key commands, and the records
+        # are one round trip either way.
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.mget([f"{self._p}:key:{i}" for i in ids])
+            for key_id in ids:
+                pipe.get(f"{self._p}:key:{key_id}")
             pipe.hmget(f"{self._p}:lastused", ids)
-            raws, last_used = await self.call(pipe.execute())
+            *raws, last_used = await self.call(pipe.execute())
         keys = []
         for raw, used in zip(raws, last_used, strict=True):
             if raw is None:

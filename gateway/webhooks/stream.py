@@ -18,10 +18,11 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from gateway.breaker import Backoff
 from gateway.store import Store, StoreError
+from gateway.store.redis import REDIS_FAILURES
 from gateway.tasks import cancel_and_wait
 from gateway.webhooks.service import (
     MAX_EVENT_BYTES,
@@ -83,7 +84,7 @@ class EventStream:
                     backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, StoreError) as exc:
+            except (*REDIS_FAILURES, StoreError) as exc:
                 log.warning("event_stream_unavailable", stream=self.name, error=str(exc))
             except Exception:
                 log.exception("event_stream_error", stream=self.name)

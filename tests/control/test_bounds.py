@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import redis as redis_sync
 
 from gateway.api.views import iso
 from gateway.store.webhook_models import Attempt, Delivery, Endpoint, Secret
@@ -20,6 +19,7 @@ from tests.conftest import (
     RunningGateway,
     closed_port_url,
     make_config,
+    raw_redis,
 )
 from tests.helpers import ADMIN, Admin
 
@@ -210,7 +210,7 @@ def _write_key_times(store: dict[str, Any], key_id: str, org_id: str, **times: f
         finally:
             db.close()
         return
-    client = redis_sync.Redis.from_url(store["url"])
+    client = raw_redis(store)
     try:
         name = f"{store['key_prefix']}:{{meta}}:key:{key_id}"
         raw = client.get(name)

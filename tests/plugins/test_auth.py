@@ -18,6 +18,7 @@ from tests.conftest import (
     Upstream,
     UpstreamFactory,
     make_config,
+    raw_redis,
     unique_prefix,
 )
 from tests.helpers import ADMIN, Admin, eventually
@@ -364,8 +365,7 @@ async def test_secret_is_never_stored_nor_logged(
         path = Path(store_config["path"])
         blob = b"".join(p.read_bytes() for p in path.parent.glob(f"{path.name}*"))
     else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = redis_sync.Redis(port=server.port)
+        client = raw_redis(store_config)
         blob = b""
         for name in client.scan_iter(match=f"{store_config['key_prefix']}:*"):
             kind = client.type(name)

@@ -28,6 +28,7 @@ from tests.conftest import (
     Upstream,
     UpstreamFactory,
     make_config,
+    raw_redis,
     unique_prefix,
 )
 from tests.helpers import Admin
@@ -360,6 +361,27 @@ async def test_concurrent_decisions_share_redis_round_trips(
     statuses = await asyncio.gather(*(client.get(secret) for _ in range(50)))
     assert [s for s, _, _ in statuses] == [200] * 50
     assert limits.round_trips - before < 50
+
+
+async def test_limits_keep_counting_when_redis_forgets_the_script(
+    gateway_factory: GatewayFactory, upstream: Upstream, shared_stores: tuple[dict[str, Any], ...]
+) -> None:
+    """A restarted or flushed Redis (each master of a cluster) has lost the limit script:
+    it is loaded again where it is missing, and no decision is lost or made twice."""
+    store = shared_stores[0]
+    gw = await gateway_factory(
+        limited_config(upstream, store, {"rate_limit": {"requests": 3, "per": "1m"}})
+    )
+    client = Client(gw)
+    secret = (await client.key())["secret"]
+    assert (await client.get(secret))[0] == 200
+    redis_client = raw_redis(store)
+    try:
+        redis_client.script_flush()
+    finally:
+        redis_client.close()
+    statuses = [(await client.get(secret))[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]
 
 
 @pytest.mark.parametrize("mode", ["open", "closed", "local"])

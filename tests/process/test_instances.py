@@ -24,6 +24,7 @@ from tests.conftest import (
     unique_prefix,
 )
 from tests.helpers import ADMIN, Admin, eventually
+from tests.redis_cluster import RedisCluster
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +50,10 @@ async def _status(session: aiohttp.ClientSession, gp: GatewayProc, secret: str) 
 
 
 async def test_revocation_reaches_every_instance_within_a_second(
-    spawn_gateway: Spawn, upstream: Upstream, redis_server: RedisServer
+    spawn_gateway: Spawn, upstream: Upstream, shared_stores: tuple[dict[str, Any], ...]
 ) -> None:
-    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
-    a = spawn_gateway(_config(upstream, store))
-    b = spawn_gateway(_config(upstream, store))
+    a = spawn_gateway(_config(upstream, shared_stores[0]))
+    b = spawn_gateway(_config(upstream, shared_stores[1]))
     async with aiohttp.ClientSession() as session:
         await _admin(
             session, a, "POST", "/admin/orgs", {"slug": "acme", "name": "Acme", "plan": "default"}
@@ -137,16 +137,12 @@ async def test_redis_outage_is_503_never_a_disguised_401(
 
 
 async def test_limits_are_exact_across_two_instances(
-    spawn_gateway: Spawn, upstream: Upstream, redis_server: RedisServer
+    spawn_gateway: Spawn, upstream: Upstream, shared_stores: tuple[dict[str, Any], ...]
 ) -> None:
     """40 concurrent requests over two gateways on a 10/min + burst 5 plan: exactly 15 pass;
     every answer has the headers; after Retry-After exactly one more passes."""
-    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
-    config = {
-        **_config(upstream, store),
-        "plans": {"p": {"rate_limit": {"requests": 10, "per": "1m", "burst": 5}}},
-    }
-    a, b = spawn_gateway(config), spawn_gateway(config)
+    plans = {"p": {"rate_limit": {"requests": 10, "per": "1m", "burst": 5}}}
+    a, b = (spawn_gateway({**_config(upstream, store), "plans": plans}) for store in shared_stores)
     async with aiohttp.ClientSession() as session:
         await _admin(session, a, "POST", "/admin/orgs", {"slug": "acme", "name": "A", "plan": "p"})
         secret = (await _admin(session, a, "POST", "/admin/orgs/acme/keys", {"name": "k"}))[
@@ -179,11 +175,11 @@ async def test_limits_are_exact_across_two_instances(
         assert (await call(a))[0] == 429
 
 
-@pytest.mark.parametrize("backend", ["local", "redis"])
+@pytest.mark.parametrize("backend", ["local", "redis", "cluster"])
 async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
     spawn_gateway: Spawn,
     upstream_factory: UpstreamFactory,
-    redis_server: RedisServer,
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     backend: str,
 ) -> None:
@@ -196,11 +192,14 @@ async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
         return web.json_response({"id": "inv_1"}, status=201)
 
     up = await upstream_factory(slow_create)
-    store = (
-        {"backend": "local", "path": str(tmp_path / "killed.db")}
-        if backend == "local"
-        else {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
-    )
+    store: dict[str, Any] = {"backend": "local", "path": str(tmp_path / "killed.db")}
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = {"backend": "redis", "url": server.url, "key_prefix": unique_prefix()}
+    elif backend == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        store = {"backend": "redis", "cluster": True, "url": cluster.url}
+        store["key_prefix"] = unique_prefix()
     config = {
         "admin": {"token": ADMIN_TOKEN},
         "store": store,

@@ -31,6 +31,7 @@ from tests.conftest import (
     Spawn,
     UpstreamFactory,
     make_config,
+    raw_redis,
     unique_prefix,
 )
 from tests.helpers import Admin, eventually, verify_standard_webhooks
@@ -514,16 +515,20 @@ async def test_a_slow_endpoint_does_not_hold_up_the_others(
 async def test_events_from_a_redis_stream(
     gateway_factory: GatewayFactory,
     upstream_factory: UpstreamFactory,
-    redis_server: RedisServer,
+    shared_stores: tuple[dict[str, Any], ...],
 ) -> None:
     receiver = await Receiver().start(upstream_factory)
-    prefix = unique_prefix()
-    store = {"backend": "redis", "url": redis_server.url, "key_prefix": prefix}
+    store = shared_stores[0]
+    prefix = store["key_prefix"]
     gw = await gateway_factory(hook_config(store))
     admin = Admin(gw)
     await admin.org()
     await subscribe(admin, receiver.url, ["invoice.created"])
-    client = aioredis.Redis.from_url(redis_server.url)
+    client = (
+        aioredis.RedisCluster.from_url(store["url"])
+        if store.get("cluster")
+        else aioredis.Redis.from_url(store["url"])
+    )
     stream = f"{prefix}:events"
     try:
         await client.xadd(stream, {"org": "acme", "type": "invoice.created"})  # data: {}
@@ -598,14 +603,12 @@ async def test_a_delivery_in_flight_survives_kill_9(
 async def test_instances_sharing_redis_deliver_each_event_once(
     spawn_gateway: Spawn,
     upstream_factory: UpstreamFactory,
-    redis_server: RedisServer,
+    shared_stores: tuple[dict[str, Any], ...],
 ) -> None:
     import aiohttp
 
     receiver = await Receiver(*(Reply(delay=0.05) for _ in range(60))).start(upstream_factory)
-    store = {"backend": "redis", "url": redis_server.url, "key_prefix": unique_prefix()}
-    config = _process_config(store)
-    a, b = spawn_gateway(config), spawn_gateway(config)
+    a, b = (spawn_gateway(_process_config(store)) for store in shared_stores)
     async with aiohttp.ClientSession() as session:
         admin_a, admin_b = Admin(a, session), Admin(b, session)
         await admin_a.org("acme", plan="big")
@@ -651,12 +654,11 @@ async def test_endpoint_secrets_can_be_kept_encrypted_at_rest(
         path = Path(store_config["path"])
         blob = b"".join(p.read_bytes() for p in path.parent.glob(f"{path.name}*"))
     else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = aioredis.Redis.from_url(server.url)
+        client = raw_redis(store_config)
         blob = b""
-        async for name in client.scan_iter(match=f"{store_config['key_prefix']}:*:ep:*"):
-            blob += await client.get(name) or b""
-        await client.aclose()
+        for name in client.scan_iter(match=f"{store_config['key_prefix']}:*:ep:*"):
+            blob += client.get(name) or b""
+        client.close()
     assert b"enc:v1:" in blob
     for secret in (endpoint["secret"], rotated):
         assert secret.removeprefix("whsec_").encode() not in blob
