@@ -601,9 +601,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """A Redis Cluster for the whole session (3 masters, 3 replicas), started when first asked
     for; tests that kill its nodes start their own."""
-    cluster = start_cluster(
-        tmp_path_factory.mktemp("redis-cluster"), [free_port() for _ in range(12)]
-    )
+    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
     yield cluster
     cluster.stop()
 

@@ -4,12 +4,14 @@ reload."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from gateway.config.section import Section
 from gateway.config.tls import read_ca_file
 from gateway.config.types import DAY, MIB, DurationRange, Interval, SizeRange, Timeout
+from gateway.config.validation import shown
 
 
 class ListenConfig(Section):
@@ -37,6 +39,36 @@ class AdminConfig(Section):
 
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def _check_redis_url(url: str, *, cluster: bool) -> None:
+    """What the client library would take silently or fail on only at start."""
+    parsed = urlsplit(url)
+    if parsed.scheme.lower() == "unix":
+        return
+    try:
+        parsed.port  # noqa: B018 - raises for a port out of range
+    except ValueError:
+        raise ValueError(f"url: the port of {shown(_without_login(url))} is not a port") from None
+    if not parsed.hostname:
+        raise ValueError(f"url: {shown(_without_login(url))} names no host")
+    options = parse_qs(parsed.query)
+    # SECURITY: URL options override the client's settings; none may turn verification off.
+    if any(name.lower().startswith("ssl") for name in options):
+        raise ValueError(
+            "url: TLS options are not taken from the url: the server's certificate and name are"
+            " always verified (tls_ca_file names the CAs)"
+        )
+    if cluster and options:
+        raise ValueError("url: a cluster node's url takes no options (?...)")
+    if cluster and parsed.path not in ("", "/", "/0"):
+        raise ValueError("url: a Redis Cluster has one database, 0")
+
+
+def _without_login(url: str) -> str:
+    """A url as it may be shown: its user and password left out."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 class StoreConfig(Section):
@@ -108,6 +140,8 @@ class StoreConfig(Section):
         scheme = schemes.pop()
         if self.cluster and scheme == "unix":
             raise ValueError("url: a cluster's nodes are host:port, not unix sockets")
+        for url in urls:
+            _check_redis_url(url, cluster=self.cluster)
         if self.username and not self.password:
             raise ValueError("username: needs password (an ACL user logs in with both)")
         if self.tls_ca_file is not None:

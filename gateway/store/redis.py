@@ -7,12 +7,12 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 import orjson
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
 from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.breaker import Backoff
@@ -82,8 +82,10 @@ class RedisStore(Store):
         # False while the invalidation channel is down: caches must then not be trusted long.
         self._invalidation_live = False
         self._subscribed = asyncio.Event()
-        # Writes of this instance waiting to hear their own announcement (see _announce).
+        # Writes of this instance waiting to hear their own announcement (see _announce), and
+        # a request to subscribe anew when one did not.
         self._echoes: dict[str, list[asyncio.Future[None]]] = {}
+        self._resubscribe = asyncio.Event()
         self.webhooks: RedisWebhookStore = RedisWebhookStore(self, key_prefix)
 
     @property
@@ -116,6 +118,7 @@ class RedisStore(Store):
         self.webhooks.register_scripts()
         try:
             await self.ping()
+            await self._check_mode()
         except BaseException:
             await self.shutdown()  # a store that could not start holds no connection
             raise
@@ -132,11 +135,12 @@ class RedisStore(Store):
             return aioredis.Redis.from_url(self.urls[0], decode_responses=False, **options)
         nodes = []
         for url in self.urls:
-            parsed = urlsplit(url)
-            nodes.append(ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379))
-            if parsed.username or parsed.password:
-                options.setdefault("username", parsed.username)
-                options.setdefault("password", parsed.password)
+            # As the single-node client reads a url: credentials percent-decoded.
+            parsed = parse_url(url)  # type: ignore[no-untyped-call]  # untyped in redis-py
+            nodes.append(ClusterNode(parsed["host"], parsed.get("port", 6379)))
+            for name in ("username", "password"):
+                if parsed.get(name):
+                    options.setdefault(name, parsed[name])
         if self.urls[0].lower().startswith("rediss://"):
             options["ssl"] = True
         # Typed as the single-node client: the commands this store sends are the same.
@@ -182,6 +186,9 @@ class RedisStore(Store):
                 self._invalidation_live = True
                 backoff.reset()
                 while True:
+                    if self._resubscribe.is_set():
+                        self._resubscribe.clear()
+                        raise ConnectionError("a write did not hear its own announcement")
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         data = message["data"].decode()
@@ -195,7 +202,16 @@ class RedisStore(Store):
                 if self._invalidation_live:
                     log.warning("store_invalidation_lost", error=repr(exc))
                 self._invalidation_live = False
+                if self.cluster:
+                    # The channel's node may be gone (a failover): ask the cluster again
+                    # where things are before subscribing anew.
+                    with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
+                        async with asyncio.timeout(2.0):
+                            await cast(RedisCluster, self.client).nodes_manager.initialize()
                 await asyncio.sleep(backoff.next_delay())
+            except BaseException:
+                self._invalidation_live = False  # nobody listens any more
+                raise
             finally:
                 with contextlib.suppress(*REDIS_FAILURES):
                     # Untyped before redis-py 8.2, typed after: Any serves both.
@@ -212,6 +228,17 @@ class RedisStore(Store):
 
     async def ping(self) -> None:
         await self.call(self.client.ping())
+
+    async def _check_mode(self) -> None:
+        """A cluster node taken for a single Redis answers PING, then MOVED for most keys:
+        refuse to start instead of failing most requests."""
+        if self.cluster:
+            return  # the cluster client refuses a Redis that is not a cluster node itself
+        info = await self.call(self.client.info("cluster"))
+        if str(info.get("cluster_enabled", 0)) == "1":
+            raise StoreError(
+                "redis store: this Redis is a Redis Cluster node; set store.cluster: true"
+            )
 
     async def topology(self) -> dict[str, Any] | None:
         """A cluster's state as its nodes report it, and the masters this instance cannot
@@ -320,6 +347,14 @@ class RedisStore(Store):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_ECHO_WAIT):
                         await waiter
+                if not waiter.done():
+                    # The subscription looks up and hears nothing (a node cut off from the
+                    # others, a listener stuck): other instances' changes are missed too.
+                    # Caches stop being trusted and the listener subscribes anew.
+                    log.warning("store_invalidation_silent", waited=_ECHO_WAIT)
+                    self._invalidation_live = False
+                    self._resubscribe.set()
+                    self._notify(Invalidation("all"))
             if done and not waiter.done():
                 self._notify(message)
             return done

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from gateway.config import StoreConfig
+from gateway.store import StoreError, open_store
 from tests.conftest import (
     GatewayFactory,
     Upstream,
@@ -44,6 +45,12 @@ def own_cluster(tmp_path: Path) -> Any:
         ),
         ({"cluster": True, "url": "unix:///run/redis.sock"}, "not unix sockets"),
         ({"backend": "local", "cluster": True}, "cluster: only with backend: redis"),
+        ({"url": "redis://127.0.0.1:99999"}, "is not a port"),
+        ({"url": "redis://:secret@/0"}, "names no host"),
+        # SECURITY: URL options override the client's settings.
+        ({"url": "rediss://h:6380/0?ssl_cert_reqs=none"}, "TLS options are not taken"),
+        ({"cluster": True, "url": "redis://h:7000/0?socket_timeout=1"}, "takes no options"),
+        ({"cluster": True, "url": "redis://h:7000/2"}, "one database, 0"),
     ],
 )
 def test_cluster_settings_that_cannot_work_are_refused_naming_the_field(
@@ -52,6 +59,15 @@ def test_cluster_settings_that_cannot_work_are_refused_naming_the_field(
     section = {"backend": "redis", "url": "redis://127.0.0.1:6379", **fields}
     with pytest.raises(ValueError, match=message):
         StoreConfig.model_validate(section)
+
+
+async def test_a_cluster_node_taken_for_one_redis_is_refused_at_start(
+    redis_cluster: RedisCluster,
+) -> None:
+    """It would answer PING, then MOVED for two thirds of the keys."""
+    store = open_store(StoreConfig(backend="redis", url=redis_cluster.url, key_prefix="x"))
+    with pytest.raises(StoreError, match=r"set store\.cluster: true"):
+        await store.startup()
 
 
 def _slot_master(cluster: RedisCluster, key: str) -> str:
@@ -154,6 +170,14 @@ async def test_a_master_failing_over_under_load_loses_no_key_and_recovers(
             f"{gw.url}/a", headers={"Authorization": f"Bearer {key['secret']}"}
         ) as r:
             assert r.status == 200
+    # The gateway's key cache is warm: ask the promoted replica itself.
+    fresh = open_store(StoreConfig.model_validate(store))
+    await fresh.startup()
+    try:
+        for key in keys:
+            assert await fresh.get_key(key["id"]) is not None, key["id"]
+    finally:
+        await fresh.shutdown()
     during = [status for at, status in statuses if at >= killed_at]
     assert set(during) <= {200, 503}, sorted(set(during))
     assert statuses[-1][1] == 200
