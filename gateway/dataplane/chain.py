@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -123,6 +122,9 @@ def build_chain(plugins: Sequence[Plugin], terminal: Handler) -> Handler:
 
 
 def _link(plugin: Plugin, call_next: Handler) -> Handler:
-    # A partial, not a wrapping coroutine: the plugin's own coroutine is the step, one frame
-    # fewer per plugin on every request.
-    return functools.partial(plugin.__call__, call_next=call_next)
+    # A function that returns the plugin's own coroutine, not a coroutine that awaits it: one
+    # coroutine frame fewer per plugin on every request.
+    def step(ctx: RequestContext) -> Awaitable[web.StreamResponse]:
+        return plugin(ctx, call_next)
+
+    return step

@@ -284,7 +284,10 @@ class HttpConnection(BaseProtocol):
             # SECURITY: llhttp does not read the body of a request that asks to switch
             # protocols; its bytes would be taken for the next request (smuggling).
             self._stop(MalformedRequest("A request that asks to switch protocols has a body."))
-        fields = self._headers
+        # SECURITY: the request keeps the head's fields; what on_header sees from here on
+        # are a chunked body's trailers, checked like the head's but never forwarded (no
+        # plugin saw them).
+        fields, self._headers = self._headers, []
         headers = CIMultiDictProxy(
             CIMultiDict(
                 [
@@ -539,7 +542,7 @@ class HttpConnection(BaseProtocol):
 
     def _writable(self) -> asyncio.Transport:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._linger_handle is not None:
             raise ConnectionResetError("the client closed the connection")
         return transport
 

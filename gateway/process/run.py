@@ -93,8 +93,10 @@ async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
     gc.freeze()
     # A request allocates a few hundred objects that nearly all die with it; at the default
     # threshold (700) the youngest generation is collected every few requests, and the
-    # requests in flight then are promoted and traced again. 20,000 lets them die first.
-    gc.set_threshold(20_000, 20, 100)
+    # requests in flight then are promoted and traced again. 20,000 lets them die first. The
+    # older generations keep their default pace: closed connections are cycles (a parser
+    # holds its protocol's methods) that only a collection frees.
+    gc.set_threshold(20_000, 10, 10)
     reloads: set[asyncio.Task[list[str]]] = set()
 
     def on_sighup() -> None:

@@ -25,6 +25,7 @@ from tests.conftest import (
     raw_request,
     read_one_response,
 )
+from tests.helpers import Admin
 
 
 async def _gateway(factory: GatewayFactory, upstream: Upstream, **extra: Any) -> RunningGateway:
@@ -371,3 +372,31 @@ async def test_the_server_alone_frames_its_answers() -> None:
     assert b"content-length: 5" in head.lower()
     assert b"transfer-encoding" not in head.lower()
     assert body == b"hello"
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_trailers_of_a_chunked_body_never_reach_the_backend_as_headers(
+    gateway_factory: GatewayFactory, upstream: Upstream, idempotent: bool
+) -> None:
+    """SECURITY: no plugin sees a chunked body's trailers (an Authorization, a Cookie), so
+    they must not turn into headers upstream: not when the whole request arrives in one
+    write, and not when a plugin read the body before it was forwarded (idempotency)."""
+    route: dict[str, Any] = {"path": "/v1/{rest:.*}", "upstream": "app"}
+    head = b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+    if idempotent:
+        route |= {"auth": "key", "idempotency": "optional"}
+    gw = await gateway_factory(make_config({"app": {"targets": [upstream.url]}}, [route]))
+    if idempotent:
+        admin = Admin(gw)
+        await admin.org(plan="default")
+        secret = (await admin.key())["secret"]
+        head += f"Authorization: Bearer {secret}\r\nIdempotency-Key: k-1\r\n".encode()
+    body = b"5\r\nhello\r\n0\r\nX-Smuggled: 1\r\nCookie: session=evil\r\n\r\n"
+    raw = await raw_request(gw.port, head + b"Connection: close\r\n\r\n" + body)
+    status, _, _ = parse_response(raw)
+    assert status == 200
+    (seen,) = upstream.seen
+    names = {name.lower() for name, _ in seen.headers}
+    assert "x-smuggled" not in names
+    assert "cookie" not in names
+    assert seen.body_size == 5
