@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
 from gateway.breaker import Backoff
 from gateway.store.base import (
@@ -234,7 +234,12 @@ class RedisStore(Store):
         refuse to start instead of failing most requests."""
         if self.cluster:
             return  # the cluster client refuses a Redis that is not a cluster node itself
-        info = await self.call(self.client.info("cluster"))
+        try:
+            info = await self.client.info("cluster")
+        except NoPermissionError:
+            return  # a least-privilege ACL user may not run INFO: nothing to check then
+        except REDIS_FAILURES as exc:
+            raise StoreError(f"redis store: {exc}") from exc
         if str(info.get("cluster_enabled", 0)) == "1":
             raise StoreError(
                 "redis store: this Redis is a Redis Cluster node; set store.cluster: true"

@@ -30,6 +30,7 @@ from tests.helpers import Admin
 
 USER, PASSWORD = "gateway", "s3cret-redis-password"
 WRONG_PASSWORD = "not-the-password"
+LIMITED_USER = "gateway-no-info"
 
 
 @dataclass
@@ -72,6 +73,8 @@ def _secure_redis(
     if login:
         extra += ["--user", "default", "off", "--user", USER, "on", f">{PASSWORD}", "~*", "&*"]
         extra.append("+@all")
+        # Least privilege as some operators run it: no INFO (a "dangerous" command).
+        extra += ["--user", LIMITED_USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "-info"]
     # Only to tell when it is up: whether the name matches is the tests' business.
     probe = redis.Redis(
         host="127.0.0.1",
@@ -127,6 +130,11 @@ async def test_keys_and_limits_work_through_an_acl_user_over_verified_tls(
     assert status == 200
     assert PASSWORD not in str(body)
     assert body["data"]["config"]["store"]["password"] == REDACTED
+
+
+async def test_a_user_without_info_can_run_the_store(secure_redis: SecureRedis) -> None:
+    """The check that one Redis is not a cluster node asks INFO, which such a user may not."""
+    await _start(secure_redis.store(username=LIMITED_USER))
 
 
 async def test_a_wrong_password_fails_the_start_without_showing_it(
