@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
@@ -12,8 +13,10 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.commands.core import AsyncScript
 from redis.connection import parse_url
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
+from redis.typing import EncodableT
 
 from gateway.breaker import Backoff
 from gateway.store.base import (
@@ -76,6 +79,9 @@ class RedisStore(Store):
         self._key_prefix = key_prefix
         self._p = f"{key_prefix}:{{meta}}"
         self._channel = f"{key_prefix}:invalidate"
+        # Where a write's nonce follows its announcement (see _announce); instances that do
+        # not listen here (older ones) are unaffected.
+        self._echo_channel = f"{key_prefix}:invalidate:echo"
         self._client: aioredis.Redis | None = None
         self._limits_client: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -84,7 +90,7 @@ class RedisStore(Store):
         self._subscribed = asyncio.Event()
         # Writes of this instance waiting to hear their own announcement (see _announce), and
         # a request to subscribe anew when one did not.
-        self._echoes: dict[str, list[asyncio.Future[None]]] = {}
+        self._echoes: dict[str, asyncio.Future[None]] = {}
         self._resubscribe = asyncio.Event()
         self.webhooks: RedisWebhookStore = RedisWebhookStore(self, key_prefix)
 
@@ -178,7 +184,7 @@ class RedisStore(Store):
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._channel)
+                await pubsub.subscribe(self._channel, self._echo_channel)
                 if not self._subscribed.is_set():
                     self._subscribed.set()
                 else:
@@ -192,10 +198,12 @@ class RedisStore(Store):
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         data = message["data"].decode()
-                        for waiter in self._echoes.pop(data, ()):
-                            if not waiter.done():
+                        if message["channel"].decode() == self._echo_channel:
+                            waiter = self._echoes.pop(data, None)
+                            if waiter is not None and not waiter.done():
                                 waiter.set_result(None)
-                        self._notify(Invalidation.decode(data))
+                        else:
+                            self._notify(Invalidation.decode(data))
             except REDIS_FAILURES as exc:
                 # Caches are kept while the store is away (warm keys keep working) and dropped
                 # when the channel is back, since changes may have been missed meanwhile.
@@ -327,27 +335,35 @@ class RedisStore(Store):
             if raw is None:
                 return None
             result, record, message = apply(raw)
-            announced = message.encode() if message is not None else ""
-            write = self._cas_set(keys=[name], args=[raw, record, self._channel, announced])
-            if await self._announce(message, write):
+            if await self._announce(message, self._cas_set, [name], [raw, record]):
                 return result
         raise StoreError(f"redis store: {name} kept changing; gave up after 50 tries")
 
-    async def _announce(self, message: Invalidation | None, write: Any) -> Any:
-        """Run a write (a script) that publishes ``message`` when it succeeds (answers true),
-        and return once this instance has heard the message too.
+    async def _announce(
+        self,
+        message: Invalidation | None,
+        script: AsyncScript,
+        keys: list[str],
+        args: list[EncodableT],
+    ) -> Any:
+        """Run a write script that publishes ``message`` when it succeeds (answers true), and
+        return once this instance has heard the message too.
 
         Read your writes: a request this instance serves right after the change must not meet
-        its old cache entry. Hearing the message takes one pub/sub round trip; if the channel
-        is down or slow, this instance drops its entry itself.
+        its old cache entry. The script publishes a nonce of this write's own on the echo
+        channel after the message; the listener, which handles messages in order, has dealt
+        with the message when the nonce comes back. If the channel is down or slow, this
+        instance drops its entry itself.
         """
+        nonce = os.urandom(8).hex()
+        announced = message.encode() if message is not None else ""
+        args = [*args, self._channel, announced, self._echo_channel, nonce]
         if message is None:
-            return await self.call(write)
-        encoded = message.encode()
+            return await self.call(script(keys=keys, args=args))
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._echoes.setdefault(encoded, []).append(waiter)
+        self._echoes[nonce] = waiter
         try:
-            done = await self.call(write)
+            done = await self.call(script(keys=keys, args=args))
             if done and self._invalidation_live:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_ECHO_WAIT):
@@ -364,11 +380,7 @@ class RedisStore(Store):
                 self._notify(message)
             return done
         finally:
-            waiting = self._echoes.get(encoded)
-            if waiting is not None and waiter in waiting:
-                waiting.remove(waiter)
-                if not waiting:
-                    del self._echoes[encoded]
+            self._echoes.pop(nonce, None)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -378,11 +390,8 @@ class RedisStore(Store):
             f"{self._p}:keyhash:{key.key_hash}",
             f"{self._p}:orgkeys:{key.org_id}",
         ]
-        args: list[bytes | str | float] = [orjson.dumps(key.to_record()), key.id, key.created_at]
-        args.append(self._channel)
-        message = Invalidation("key", key.key_hash)
-        args.append(message.encode())
-        await self._announce(message, self._create_key(keys=keys, args=args))
+        args: list[EncodableT] = [orjson.dumps(key.to_record()), key.id, key.created_at]
+        await self._announce(Invalidation("key", key.key_hash), self._create_key, keys, args)
 
     async def _keys(self, ids: list[str]) -> list[ApiKey]:
         if not ids:
