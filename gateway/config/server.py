@@ -11,7 +11,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from gateway.config.section import Section
 from gateway.config.tls import read_ca_file
 from gateway.config.types import DAY, MIB, DurationRange, Interval, SizeRange, Timeout
-from gateway.config.validation import shown
+from gateway.config.validation import redact_url, shown
 
 
 class ListenConfig(Section):
@@ -49,9 +49,9 @@ def _check_redis_url(url: str, *, cluster: bool) -> None:
     try:
         parsed.port  # noqa: B018 - raises for a port out of range
     except ValueError:
-        raise ValueError(f"url: the port of {shown(_without_login(url))} is not a port") from None
+        raise ValueError(f"url: the port of {shown(redact_url(url))} is not a port") from None
     if not parsed.hostname:
-        raise ValueError(f"url: {shown(_without_login(url))} names no host")
+        raise ValueError(f"url: {shown(redact_url(url))} names no host")
     options = parse_qs(parsed.query)
     # SECURITY: URL options override the client's settings; none may turn verification off.
     if any(name.lower().startswith("ssl") for name in options):
@@ -63,12 +63,6 @@ def _check_redis_url(url: str, *, cluster: bool) -> None:
         raise ValueError("url: a cluster node's url takes no options (?...)")
     if cluster and parsed.path not in ("", "/", "/0"):
         raise ValueError("url: a Redis Cluster has one database, 0")
-
-
-def _without_login(url: str) -> str:
-    """A url as it may be shown: its user and password left out."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 class StoreConfig(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Any
@@ -22,6 +23,19 @@ def shown(value: Any) -> str:
     except ValueError:  # an int past Python's digit limit for str()
         return f"<a number of about {int(value.bit_length() * 0.30103)} digits>"
     return text if len(text) <= 60 else f"{text[:40]}...{text[-8:]} ({len(text)} characters)"
+
+
+# What a secret is shown as, in problems and in the config the admin API returns.
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """redis://user:secret@host/0?password=secret -> redis://***@host/0?password=***"""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = f"{REDACTED}@{rest.rpartition('@')[2]}"
+    rest = re.sub(r"(?i)(password=)[^&]*", rf"\g<1>{REDACTED}", rest)
+    return f"{scheme}{sep}{rest}"
 
 
 def join_path(path: str, key: object) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.config import AdminConfig, LoadedConfig
+from gateway.config.validation import REDACTED, redact_url
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -40,9 +40,6 @@ Reload = Callable[[], Awaitable[list[str]]]
 
 class ConfigInvalid(GatewayError):
     status, code = 400, "config_invalid"
-
-
-REDACTED = "***"
 
 
 def saved_admin_token(config: AdminConfig) -> str | None:
@@ -83,18 +80,9 @@ def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
             data[section][field] = REDACTED
     url = data["store"].get("url")
     if url:
-        data["store"]["url"] = _redact_url(url)
-    data["store"]["urls"] = [_redact_url(u) for u in data["store"].get("urls") or ()]
+        data["store"]["url"] = redact_url(url)
+    data["store"]["urls"] = [redact_url(u) for u in data["store"].get("urls") or ()]
     return {"hash": loaded.digest, "source": loaded.source, "config": data}
-
-
-def _redact_url(url: str) -> str:
-    """redis://user:secret@host/0?password=secret -> redis://***@host/0?password=***"""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = f"{REDACTED}@{rest.rpartition('@')[2]}"
-    rest = re.sub(r"(?i)(password=)[^&]*", rf"\g<1>{REDACTED}", rest)
-    return f"{scheme}{sep}{rest}"
 
 
 class AdminUnauthorized(GatewayError):

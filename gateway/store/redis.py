@@ -70,7 +70,8 @@ class RedisStore(Store):
             self._login["username"] = username
         if password:
             self._login["password"] = password
-        if self.urls[0].lower().startswith("rediss://"):
+        self._tls = self.urls[0].lower().startswith("rediss://")
+        if self._tls:
             # SECURITY: the server's certificate is verified, its name included, whatever the
             # client library's defaults are.
             self._login |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
@@ -147,7 +148,7 @@ class RedisStore(Store):
             for name in ("username", "password"):
                 if parsed.get(name):
                     options.setdefault(name, parsed[name])
-        if self.urls[0].lower().startswith("rediss://"):
+        if self._tls:
             options["ssl"] = True
         # Typed as the single-node client: the commands this store sends are the same.
         return cast(
@@ -243,11 +244,11 @@ class RedisStore(Store):
         if self.cluster:
             return  # the cluster client refuses a Redis that is not a cluster node itself
         try:
-            info = await self.client.info("cluster")
-        except NoPermissionError:
-            return  # a least-privilege ACL user may not run INFO: nothing to check then
-        except REDIS_FAILURES as exc:
-            raise StoreError(f"redis store: {exc}") from exc
+            info = await self.call(self.client.info("cluster"))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, NoPermissionError):
+                return  # a least-privilege ACL user may not run INFO: nothing to check then
+            raise
         if str(info.get("cluster_enabled", 0)) == "1":
             raise StoreError(
                 "redis store: this Redis is a Redis Cluster node; set store.cluster: true"
@@ -355,11 +356,11 @@ class RedisStore(Store):
         with the message when the nonce comes back. If the channel is down or slow, this
         instance drops its entry itself.
         """
-        nonce = os.urandom(8).hex()
-        announced = message.encode() if message is not None else ""
-        args = [*args, self._channel, announced, self._echo_channel, nonce]
         if message is None:
+            args = [*args, self._channel, "", self._echo_channel, ""]  # announces nothing
             return await self.call(script(keys=keys, args=args))
+        nonce = os.urandom(8).hex()
+        args = [*args, self._channel, message.encode(), self._echo_channel, nonce]
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._echoes[nonce] = waiter
         try:

@@ -51,9 +51,16 @@ def own_cluster(tmp_path: Path) -> Any:
         ({"url": "rediss://h:6380/0?ssl_cert_reqs=none"}, "TLS options are not taken"),
         ({"cluster": True, "url": "redis://h:7000/0?socket_timeout=1"}, "takes no options"),
         ({"cluster": True, "url": "redis://h:7000/2"}, "one database, 0"),
+        ({"url": "http://127.0.0.1:6379"}, "url: must start with redis://"),
+        ({"username": "gateway"}, "username: needs password"),
+        ({"tls_ca_file": "/nonexistent/ca.pem"}, "tls_ca_file: only with a rediss:// url"),
+        (
+            {"url": "rediss://127.0.0.1:6379", "tls_ca_file": "/nonexistent/ca.pem"},
+            "tls_ca_file: cannot read '/nonexistent/ca.pem'",
+        ),
     ],
 )
-def test_cluster_settings_that_cannot_work_are_refused_naming_the_field(
+def test_redis_settings_that_cannot_work_are_refused_naming_the_field(
     fields: dict[str, Any], message: str
 ) -> None:
     section = {"backend": "redis", "url": "redis://127.0.0.1:6379", **fields}

@@ -14,7 +14,7 @@ import redis
 from cryptography import x509
 
 from gateway.config import StoreConfig
-from gateway.control.listener import REDACTED
+from gateway.config.validation import REDACTED
 from gateway.store import StoreError, open_store
 from tests.certificates import LOCALHOST_IP, issue, make_ca
 from tests.conftest import (
@@ -170,23 +170,3 @@ async def test_a_certificate_for_another_name_is_refused(tmp_path: Path) -> None
         assert "IP address mismatch" in str(caught.value)
     finally:
         server.server.stop()
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"url": "http://127.0.0.1:6379"}, "url: must start with redis://"),
-        ({"username": "gateway"}, "username: needs password"),
-        ({"tls_ca_file": "/nonexistent/ca.pem"}, "tls_ca_file: only with a rediss:// url"),
-        (
-            {"url": "rediss://127.0.0.1:6379", "tls_ca_file": "/nonexistent/ca.pem"},
-            "tls_ca_file: cannot read '/nonexistent/ca.pem'",
-        ),
-    ],
-)
-def test_redis_settings_that_cannot_work_are_refused_naming_the_field(
-    fields: dict[str, Any], message: str
-) -> None:
-    section = {"backend": "redis", "url": "redis://127.0.0.1:6379", **fields}
-    with pytest.raises(ValueError, match=message):
-        StoreConfig.model_validate(section)
