@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import functools
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -51,6 +53,15 @@ class ClusterNode:
         )
         _wait_until(lambda: _ping(self.port), f"cluster node {self.address} did not start")
 
+    def pause(self) -> None:
+        """SIGSTOP: a node that hangs, its connections open and silent."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGKILL: a crashed master, as a failover test wants it."""
         if self.proc is not None and self.proc.poll() is None:
@@ -89,6 +100,20 @@ class RedisCluster:
                     ports.append(int(parts[1].split("@")[0].rsplit(":", 1)[1]))
             return [by_port[p] for p in sorted(ports) if p in by_port]
         raise RuntimeError("no cluster node is running")
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        """The node that replicates ``master`` now."""
+        for node in self.nodes:
+            if node is master or node.proc is None or node.proc.poll() is not None:
+                continue
+            client = redis.Redis(port=node.port, socket_connect_timeout=0.5)
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
+                return node
+        raise RuntimeError(f"no replica of {master.address}")
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -157,6 +182,14 @@ def start_cluster(workdir: Path, ports: list[int] | None = None) -> RedisCluster
                     f"replica {node.address} never synced with its master",
                     seconds=30,
                 )
+        # ... and a master counts a replica for WAIT only once it is online on its side too
+        # (after a diskless sync: after the replica's first acknowledgement, up to 1 s on).
+        for node in cluster.masters():
+            _wait_until(
+                functools.partial(_replica_online, node.port),
+                f"master {node.address} never saw its replica online",
+                seconds=30,
+            )
     except BaseException:
         cluster.stop()
         raise
@@ -184,15 +217,24 @@ def _cluster_ok(port: int) -> bool:
     return "cluster_state:ok" in info and "cluster_slots_ok:16384" in info
 
 
-def _synced(port: int) -> bool:
+def _replication(port: int) -> dict[str, Any]:
+    """INFO replication of a node ({} while it does not answer)."""
     client = redis.Redis(port=port, socket_connect_timeout=0.5)
     try:
-        info = client.info("replication")
+        return dict(client.info("replication"))
     except redis.RedisError:
-        return False
+        return {}
     finally:
         client.close()
-    return bool(info.get("master_link_status") == "up")
+
+
+def _synced(port: int) -> bool:
+    return bool(_replication(port).get("master_link_status") == "up")
+
+
+def _replica_online(port: int) -> bool:
+    replica = _replication(port).get("slave0")
+    return isinstance(replica, dict) and replica.get("state") == "online"
 
 
 def _wait_until(ready: Callable[[], bool], message: str, seconds: float = 10.0) -> None:

@@ -98,6 +98,17 @@ class StoreConfig(Section):
         description="PEM file of the CAs that sign the Redis server's certificate, trusted"
         " instead of the system's (rediss:// URLs only).",
     )
+    replica_acks: int = Field(
+        0,
+        ge=0,
+        le=5,
+        description="How many replicas must confirm a write the gateway acknowledges (an org,"
+        " a key created or revoked, a webhook endpoint or event) before it answers; fewer in"
+        " replica_ack_timeout and it answers 503. 0: answer once the master has it.",
+    )
+    replica_ack_timeout: Annotated[float, DurationRange(least=0.01, most=10.0)] = Field(
+        0.5, description="How long a write waits for replica_acks replicas; 10ms to 10s."
+    )
     # The PEM text as it was checked: the store trusts exactly what the check accepted.
     _ca_pem: str | None = PrivateAttr(None)
 
@@ -115,6 +126,8 @@ class StoreConfig(Section):
         if self.backend != "redis":
             if self.cluster or self.urls:
                 raise ValueError("cluster: only with backend: redis")
+            if self.replica_acks:
+                raise ValueError("replica_acks: only with backend: redis")
             return self
         if self.urls and not self.cluster:
             raise ValueError("urls: only with cluster: true (one Redis has one url)")

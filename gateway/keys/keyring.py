@@ -105,7 +105,7 @@ class KeyRing:
         self._inflight: dict[str, asyncio.Task[Identity | None]] = {}
         self._lookups = asyncio.Semaphore(self.MAX_CONCURRENT_LOOKUPS)
         self._breaker = CircuitBreaker(self.OUTAGE_BACKOFF, clock=clock)
-        self._pending_use: dict[str, float] = {}
+        self._pending_use: dict[str, tuple[str, float]] = {}  # key id -> (org id, time)
         self._last_written: OrderedDict[str, float] = OrderedDict()  # key id -> when, oldest first
         self._flusher: asyncio.Task[None] | None = None
         self.stale_served = 0
@@ -204,7 +204,7 @@ class KeyRing:
             self._breaker.success()
         if identity is None or not identity.key.usable_at(now):
             return None
-        self._mark_used(identity.key.id, now)
+        self._mark_used(identity.key.id, identity.org.id, now)
         return identity
 
     async def _fetch(self, key_hash: str) -> Identity | None:
@@ -269,14 +269,14 @@ class KeyRing:
             return None
         return _identity(key, org, self.scopes.expand(key.scopes))
 
-    def _mark_used(self, key_id: str, now: float) -> None:
+    def _mark_used(self, key_id: str, org_id: str, now: float) -> None:
         # At most one write per key per interval, and never on the request path.
         interval = self.last_used_interval
         written = self._last_written
         if now - written.get(key_id, 0.0) >= interval:
             written[key_id] = now
             written.move_to_end(key_id)
-            self._pending_use[key_id] = now
+            self._pending_use[key_id] = (org_id, now)
             # A mark older than the interval allows the next write like no mark at all: drop
             # those (oldest first), so this map holds the keys used within one interval.
             while now - next(iter(written.values())) >= interval:
@@ -290,8 +290,8 @@ class KeyRing:
             await self.store.touch_keys(batch)
         except StoreError as exc:
             log.warning("last_used_not_saved", keys=len(batch), error=str(exc))
-            for key_id, at in batch.items():  # try again with the next flush
-                self._pending_use.setdefault(key_id, at)
+            for key_id, use in batch.items():  # try again with the next flush
+                self._pending_use.setdefault(key_id, use)
 
     async def _flush_periodically(self) -> None:
         while True:

@@ -29,6 +29,8 @@ def open_store(config: StoreConfig) -> Store:
             username=config.username,
             password=config.password,
             ca_pem=config.ca_pem,
+            replica_acks=config.replica_acks,
+            replica_ack_timeout=config.replica_ack_timeout,
         )
     from gateway.store.local import LocalStore
 

@@ -184,5 +184,6 @@ class Store(ABC):
         """Store the response (or, with None, drop the record), if token still holds the lock."""
 
     @abstractmethod
-    async def touch_keys(self, last_used: Mapping[str, float]) -> None:
-        """Record last-used times (key id -> time); only ever moves them forward."""
+    async def touch_keys(self, last_used: Mapping[str, tuple[str, float]]) -> None:
+        """Record last-used times (key id -> (its org id, time)); only ever moves them
+        forward."""

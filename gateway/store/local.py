@@ -333,14 +333,14 @@ class LocalStore(Store):
         )
         return {key: (int(value), int(expires)) for key, value, expires in rows}
 
-    async def touch_keys(self, last_used: Mapping[str, float]) -> None:
+    async def touch_keys(self, last_used: Mapping[str, tuple[str, float]]) -> None:
         if not last_used:
             return
         await self._run(
             lambda db: db.executemany(
                 "UPDATE api_keys SET last_used_at = ? WHERE id = ?"
                 " AND (last_used_at IS NULL OR last_used_at < ?)",
-                [(at, key_id, at) for key_id, at in last_used.items()],
+                [(at, key_id, at) for key_id, (_, at) in last_used.items()],
             )
         )
 

@@ -167,8 +167,9 @@ class LocalDeliveryQueue:
         return result
 
     async def finish(
-        self, delivery_id: str, token: str, outcome: Outcome, now: float, keep: float
+        self, delivery: Delivery, token: str, outcome: Outcome, now: float, keep: float
     ) -> bool:
+        delivery_id = delivery.id
         attempt = outcome.attempt
         pending = outcome.status == "pending"
 
@@ -202,7 +203,9 @@ class LocalDeliveryQueue:
         result: bool = await self._run(finish)
         return result
 
-    async def release(self, delivery_id: str, token: str, due: float) -> bool:
+    async def release(self, delivery: Delivery, token: str, due: float) -> bool:
+        delivery_id = delivery.id
+
         def release(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
                 "UPDATE webhook_deliveries SET due = ?, lease_until = 0, token = ''"

@@ -46,7 +46,7 @@ class LocalWebhookStore(LocalDeliveryQueue, WebhookStore):
         result: bool = await self._run(insert)
         return result
 
-    async def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
+    async def get_endpoint(self, endpoint_id: str, org_id: str | None = None) -> Endpoint | None:
         row = await self._run(
             lambda db: db.execute(
                 "SELECT data FROM webhook_endpoints WHERE id = ?", (endpoint_id,)
@@ -63,7 +63,9 @@ class LocalWebhookStore(LocalDeliveryQueue, WebhookStore):
         )
         return [Endpoint.from_record(orjson.loads(r[0])) for r in rows]
 
-    async def update_endpoint(self, endpoint_id: str, change: Change[Endpoint]) -> Endpoint | None:
+    async def update_endpoint(
+        self, endpoint_id: str, change: Change[Endpoint], org_id: str | None = None
+    ) -> Endpoint | None:
         def update(db: sqlite3.Connection) -> Endpoint | None:
             row = db.execute(
                 "SELECT data FROM webhook_endpoints WHERE id = ?", (endpoint_id,)

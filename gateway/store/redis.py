@@ -13,9 +13,11 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.connection import parse_url
-from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
+from redis.exceptions import NoPermissionError, NoScriptError, RedisClusterException, RedisError
 from redis.typing import EncodableT
 
 from gateway.breaker import Backoff
@@ -28,6 +30,8 @@ from gateway.store.base import (
     StoreError,
 )
 from gateway.store.models import ApiKey, Org
+from gateway.store.redis_keyspace import Keyspace
+from gateway.store.redis_layout import move_to_current_layout
 from gateway.store.redis_webhooks import RedisWebhookStore
 from gateway.tasks import cancel_and_wait
 
@@ -38,6 +42,9 @@ log = structlog.get_logger("gateway.store")
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 # The longest a write waits to hear its own announcement before acting on it alone.
 _ECHO_WAIT = 1.0
+# A slug claimed by a create that has not finished for this long is free again: that create
+# failed midway (its process died), and every step of a live one times out within seconds.
+_STALE_CLAIM_MS = 30_000
 R = TypeVar("R")
 
 
@@ -46,8 +53,9 @@ def _script(name: str) -> str:
 
 
 class RedisStore(Store):
-    """Records are JSON strings under one hash tag, so multi-key transactions also run on a
-    Redis Cluster. Changes are published on a channel that every instance listens to.
+    """Records are JSON strings, laid out by ``Keyspace`` so that an org's records share its
+    slot on a Redis Cluster and orgs spread over the masters. Changes are published on a
+    channel that every instance listens to.
     """
 
     def __init__(
@@ -59,6 +67,8 @@ class RedisStore(Store):
         username: str | None = None,
         password: str | None = None,
         ca_pem: str | None = None,
+        replica_acks: int = 0,
+        replica_ack_timeout: float = 0.5,
     ) -> None:
         super().__init__()
         self.urls = (urls,) if isinstance(urls, str) else tuple(urls)
@@ -77,14 +87,16 @@ class RedisStore(Store):
             self._login |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
             if ca_pem is not None:
                 self._login["ssl_ca_data"] = ca_pem
-        self._key_prefix = key_prefix
-        self._p = f"{key_prefix}:{{meta}}"
+        self.names = Keyspace(key_prefix)
+        self._replica_acks = replica_acks
+        self._replica_ack_ms = max(1, round(replica_ack_timeout * 1000))
         self._channel = f"{key_prefix}:invalidate"
         # Where a write's nonce follows its announcement (see _announce); instances that do
         # not listen here (older ones) are unaffected.
         self._echo_channel = f"{key_prefix}:invalidate:echo"
         self._client: aioredis.Redis | None = None
         self._limits_client: aioredis.Redis | None = None
+        self._acked_client: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
         # False while the invalidation channel is down: caches must then not be trusted long.
         self._invalidation_live = False
@@ -93,7 +105,8 @@ class RedisStore(Store):
         # a request to subscribe anew when one did not.
         self._echoes: dict[str, asyncio.Future[None]] = {}
         self._resubscribe = asyncio.Event()
-        self.webhooks: RedisWebhookStore = RedisWebhookStore(self, key_prefix)
+        self._scripts: list[AsyncScript] = []  # what write() loads when a server lacks one
+        self.webhooks: RedisWebhookStore = RedisWebhookStore(self)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -116,16 +129,27 @@ class RedisStore(Store):
             socket_connect_timeout=0.5,
             socket_timeout=None,  # not redis-py's default (5 s on 8.x): none at all
         )  # and no health checks: a clock read per command
-        self._create_org = self._client.register_script(_script("create_org.lua"))
-        self._touch = self._client.register_script(_script("touch_keys.lua"))
-        self._cas_set = self._client.register_script(_script("cas_set.lua"))
-        self._create_key = self._client.register_script(_script("create_key.lua"))
-        self._idem_begin = self._client.register_script(_script("idem_begin.lua"))
-        self._idem_finish = self._client.register_script(_script("idem_finish.lua"))
+        if self._replica_acks:
+            # Writes that wait for replicas: never re-sent by the client library (a re-sent
+            # write would run twice, and after a retry or a redirect its WAIT would count
+            # another connection's writes), and read long enough for WAIT's own timeout.
+            self._acked_client = self._connect(
+                socket_connect_timeout=0.5,
+                socket_timeout=1.0 + self._replica_ack_ms / 1000,
+                health_check_interval=15,
+                retry=Retry(NoBackoff(), 0),
+            )
+        self._scripts.clear()
+        self._claim_slug = self.register_script("claim_slug.lua")
+        self._cas_set = self.register_script("cas_set.lua")
+        self._create_key = self.register_script("create_key.lua")
+        self._idem_begin = self.register_script("idem_begin.lua")
+        self._idem_finish = self.register_script("idem_finish.lua")
         self.webhooks.register_scripts()
         try:
             await self.ping()
             await self._check_mode()
+            await self.call(move_to_current_layout(self.client, self.names))
         except BaseException:
             await self.shutdown()  # a store that could not start holds no connection
             raise
@@ -165,6 +189,9 @@ class RedisStore(Store):
         if self._limits_client is not None:
             await self._limits_client.aclose()
             self._limits_client = None
+        if self._acked_client is not None:
+            await self._acked_client.aclose()
+            self._acked_client = None
 
     @property
     def invalidation_live(self) -> bool:
@@ -182,29 +209,39 @@ class RedisStore(Store):
         """Follow the invalidation channel; after any gap, tell listeners to drop everything."""
         # Every instance loses the channel when Redis restarts: jitter spreads their returns.
         backoff = Backoff(0.1, 2.0, jitter=0.5)
+        loop = asyncio.get_running_loop()
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel, self._echo_channel)
-                if not self._subscribed.is_set():
-                    self._subscribed.set()
-                else:
-                    self._notify(Invalidation("all"))  # messages may have been missed
-                self._invalidation_live = True
-                backoff.reset()
+                # Subscribed is not yet listening (a hung node takes the SUBSCRIBE and says
+                # nothing): the channel is live once a probe published on it comes back.
+                probe = os.urandom(8).hex()
+                await self.client.publish(self._echo_channel, probe)
+                probe_deadline = loop.time() + 2 * _ECHO_WAIT
                 while True:
                     if self._resubscribe.is_set():
                         self._resubscribe.clear()
                         raise ConnectionError("a write did not hear its own announcement")
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=_ECHO_WAIT)
                     if message is not None and message.get("type") == "message":
                         data = message["data"].decode()
-                        if message["channel"].decode() == self._echo_channel:
+                        if message["channel"].decode() != self._echo_channel:
+                            self._notify(Invalidation.decode(data))
+                        elif data == probe:
+                            probe = ""
+                            if not self._subscribed.is_set():
+                                self._subscribed.set()
+                            else:
+                                self._notify(Invalidation("all"))  # messages may be missed
+                            self._invalidation_live = True
+                            backoff.reset()
+                        else:
                             waiter = self._echoes.pop(data, None)
                             if waiter is not None and not waiter.done():
                                 waiter.set_result(None)
-                        else:
-                            self._notify(Invalidation.decode(data))
+                    if probe and loop.time() > probe_deadline:
+                        raise ConnectionError("subscribed, but the channel brings nothing")
             except REDIS_FAILURES as exc:
                 # Caches are kept while the store is away (warm keys keep working) and dropped
                 # when the channel is back, since changes may have been missed meanwhile.
@@ -214,9 +251,7 @@ class RedisStore(Store):
                 if self.cluster:
                     # The channel's node may be gone (a failover): ask the cluster again
                     # where things are before subscribing anew.
-                    with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
-                        async with asyncio.timeout(2.0):
-                            await cast(RedisCluster, self.client).nodes_manager.initialize()
+                    await self._refresh_slots(self.client)
                 await asyncio.sleep(backoff.next_delay())
             except BaseException:
                 self._invalidation_live = False  # nobody listens any more
@@ -225,8 +260,6 @@ class RedisStore(Store):
                 with contextlib.suppress(*REDIS_FAILURES):
                     # Untyped before redis-py 8.2, typed after: Any serves both.
                     await cast(Any, pubsub).aclose()
-
-    script_text = staticmethod(_script)
 
     async def call(self, coro: Any) -> Any:
         """Await a Redis command; any Redis or socket failure becomes a StoreError."""
@@ -286,45 +319,187 @@ class RedisStore(Store):
             info = await client.cluster_info(target_nodes=node)
         return {str(name): str(value) for name, value in info.items()}
 
+    # -- acknowledged writes ---------------------------------------------------------------
+
+    async def write(self, stage: Callable[[Any], object], touched: Sequence[str]) -> list[Any]:
+        """Send the writes ``stage`` puts in a pipeline; their replies.
+
+        With ``replica_acks``, each node written to then waits, on the connection that wrote
+        (WAIT counts what its own connection wrote), for that many replicas to have the
+        writes; fewer within the timeout is a StoreError, so that nothing acknowledged to a
+        client can be lost to a failover. ``touched`` names the keys written, to find those
+        nodes. Such writes are sent once, on a client that neither retries nor follows a
+        redirect: a failure is a StoreError (the client of the gateway tries again), and a
+        cluster's map of slots is read anew.
+
+        At most one script per call: a script the server does not have (after a restart or a
+        failover) runs nothing, so the pipeline is sent again once the script is loaded.
+        """
+        acked = self._acked_client is not None
+        client = self._acked_client or self.client
+        for _ in range(2):
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    stage(pipe)
+                    staged = len(pipe)
+                    for target in self._wait_targets(client, touched):
+                        pipe.execute_command(
+                            "WAIT", self._replica_acks, self._replica_ack_ms, **target
+                        )
+                    if acked and self.cluster:
+                        # A cluster pipeline's own option: a MOVED stays an error here.
+                        sent = cast(Any, pipe).execute(
+                            raise_on_error=False, allow_redirections=False
+                        )
+                    else:
+                        sent = pipe.execute(raise_on_error=False)
+                    replies = await self.call(sent)
+            except (StoreError, *REDIS_FAILURES) as exc:
+                if acked and self.cluster:
+                    await self._refresh_slots(client)
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(f"redis store: {exc}") from exc
+            results, waits = replies[:staged], replies[staged:]
+            if any(isinstance(result, NoScriptError) for result in results):
+                await self._load_scripts()
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    if acked and self.cluster:
+                        await self._refresh_slots(client)  # a MOVED, say: the map is old
+                    raise StoreError(f"redis store: {result}") from result
+            for acked_by in waits:
+                if isinstance(acked_by, Exception) or int(acked_by) < self._replica_acks:
+                    raise StoreError(
+                        f"redis store: the master has the write, but {acked_by!s} of the"
+                        f" {self._replica_acks} replicas asked for (store.replica_acks)"
+                        f" confirmed it within {self._replica_ack_ms} ms"
+                    )
+            return list(results)
+        raise StoreError("redis store: a script could not be loaded")
+
+    def _wait_targets(self, client: aioredis.Redis, touched: Sequence[str]) -> list[dict[str, Any]]:
+        """Where the WAITs go: the node of every key written (none without replica_acks)."""
+        if not self._replica_acks:
+            return []
+        if not self.cluster:
+            return [{}]
+        nodes = {}
+        for name in touched:
+            # Raises (a slot no node serves) as a Redis error: a StoreError to the caller.
+            node = cast(RedisCluster, client).get_node_from_key(name)
+            if node is not None:
+                nodes[node.name] = node
+        return [{"target_nodes": node} for node in nodes.values()]
+
+    @staticmethod
+    async def _refresh_slots(client: aioredis.Redis) -> None:
+        with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await cast(RedisCluster, client).nodes_manager.initialize()
+
+    def run_script(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]
+    ) -> Callable[[Any], object]:
+        """A stage for ``write``: run script by its hash (``write`` loads it when missing)."""
+        return lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _load_scripts(self) -> None:
+        for script in self._scripts:
+            # A cluster client loads it on every master.
+            await self.call(self.client.script_load(script.script))
+
+    def register_script(self, name: str) -> AsyncScript:
+        script = self.client.register_script(_script(name))
+        self._scripts.append(script)
+        return script
+
     # -- orgs ------------------------------------------------------------------------------
 
     async def create_org(self, org: Org) -> None:
-        created = await self.call(
-            self._create_org(
-                keys=[
-                    f"{self._p}:org:{org.id}",
-                    f"{self._p}:orgslug:{org.slug}",
-                    f"{self._p}:orgs",
-                ],
-                args=[org.id, orjson.dumps(org.to_record()), org.created_at],
+        """The slug is claimed first (``pending``), the org written, then the claim made
+        final. Listings show only orgs whose slug points to them, so a create that fails
+        midway shows nowhere; a claim left pending by a process that died is taken over once
+        stale, and the org that process may have written is removed then."""
+        try:
+            claimed, stale = await self._claim(org.id, org.slug, "claim")
+            if not claimed:
+                raise Conflict(f"An org with slug {org.slug!r} already exists.")
+            if stale:
+                await self._remove_org(stale)
+            record, listing = self.names.org(org.id), self.names.orgs()
+            await self.write(
+                lambda pipe: (
+                    pipe.set(record, orjson.dumps(org.to_record())),
+                    pipe.zadd(listing, {org.id: org.created_at}),
+                ),
+                [record, listing],
             )
-        )
-        if not created:
+            committed, _ = await self._claim(org.id, org.slug, "commit")
+        except StoreError:
+            await self._undo_org(org)
+            raise
+        if not committed:  # the claim went stale meanwhile, and another create took the slug
+            await self._remove_org(org.id)
             raise Conflict(f"An org with slug {org.slug!r} already exists.")
+
+    async def _claim(self, org_id: str, slug: str, action: str) -> tuple[bool, str]:
+        name = self.names.slug(slug)
+        args: list[EncodableT] = [org_id, _STALE_CLAIM_MS, action]
+        ((done, stale),) = await self.write(self.run_script(self._claim_slug, [name], args), [name])
+        return bool(done), stale.decode()
+
+    async def _undo_org(self, org: Org) -> None:
+        """After a create failed: its slug claim and whatever it wrote, each step on its own
+        (one that fails does not keep the others from being tried)."""
+        with contextlib.suppress(StoreError):
+            slug = self.names.slug(org.slug)
+            await self.call(self._claim_slug(keys=[slug], args=[org.id, _STALE_CLAIM_MS, "drop"]))
+        await self._remove_org(org.id)
+
+    async def _remove_org(self, org_id: str) -> None:
+        """The record and listing entry of an org whose create never finished."""
+        for removal in (
+            self.client.delete(self.names.org(org_id)),
+            self.client.zrem(self.names.orgs(), org_id),
+        ):
+            with contextlib.suppress(StoreError):
+                await self.call(removal)
 
     async def get_org(self, ref: str) -> Org | None:
         org_id = ref
         if not ref.startswith("org_"):
-            found = await self.call(self.client.get(f"{self._p}:orgslug:{ref}"))
-            if found is None:
+            found = await self.call(self.client.get(self.names.slug(ref)))
+            if found is None or found.startswith(b"pending "):
                 return None
             org_id = found.decode()
-        raw = await self.call(self.client.get(f"{self._p}:org:{org_id}"))
+        raw = await self.call(self.client.get(self.names.org(org_id)))
         return Org.from_record(orjson.loads(raw)) if raw else None
 
     async def list_orgs(self) -> list[Org]:
-        ids = await self.call(self.client.zrange(f"{self._p}:orgs", 0, -1))
+        ids = await self.call(self.client.zrange(self.names.orgs(), 0, -1))
         if not ids:
             return []
-        raws = await self.call(self.client.mget([f"{self._p}:org:{i.decode()}" for i in ids]))
-        return [Org.from_record(orjson.loads(r)) for r in raws if r]
+        # GETs, not one MGET: the records are in the slots of their orgs.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for org_id in ids:
+                pipe.get(self.names.org(org_id.decode()))
+            raws = await self.call(pipe.execute())
+        orgs = [Org.from_record(orjson.loads(r)) for r in raws if r]
+        # Only orgs whose create finished: their slug points to them.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for org in orgs:
+                pipe.get(self.names.slug(org.slug))
+            owners = await self.call(pipe.execute())
+        return [org for org, owner in zip(orgs, owners, strict=True) if owner == org.id.encode()]
 
     async def update_org(self, org_id: str, change: Change[Org]) -> Org | None:
         def apply(raw: bytes) -> tuple[Org, bytes, Invalidation]:
             org = change(Org.from_record(orjson.loads(raw)))
             return org, orjson.dumps(org.to_record()), Invalidation("org", org.id)
 
-        return await self.update_record(f"{self._p}:org:{org_id}", apply)
+        return await self.update_record(self.names.org(org_id), apply)
 
     async def update_record(
         self, name: str, apply: Callable[[bytes], tuple[R, bytes, Invalidation | None]]
@@ -358,17 +533,18 @@ class RedisStore(Store):
         """
         if message is None:
             args = [*args, self._channel, "", self._echo_channel, ""]  # announces nothing
-            return await self.call(script(keys=keys, args=args))
+            (done,) = await self.write(self.run_script(script, keys, args), keys)
+            return done
         nonce = os.urandom(8).hex()
         args = [*args, self._channel, message.encode(), self._echo_channel, nonce]
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._echoes[nonce] = waiter
         try:
-            done = await self.call(script(keys=keys, args=args))
+            (done,) = await self.write(self.run_script(script, keys, args), keys)
             if done and self._invalidation_live:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_ECHO_WAIT):
-                        await waiter
+                # wait(), not a timeout around the future: that would cancel it, and a
+                # cancelled future is done as well as a heard one.
+                await asyncio.wait((waiter,), timeout=_ECHO_WAIT)
                 if not waiter.done():
                     # The subscription looks up and hears nothing (a node cut off from the
                     # others, a listener stuck): other instances' changes are missed too.
@@ -386,23 +562,28 @@ class RedisStore(Store):
     # -- keys ------------------------------------------------------------------------------
 
     async def create_key(self, key: ApiKey) -> None:
-        keys = [
-            f"{self._p}:key:{key.id}",
-            f"{self._p}:keyhash:{key.key_hash}",
-            f"{self._p}:orgkeys:{key.org_id}",
-        ]
+        """The pointers to the key first, its record last: a create that fails midway
+        leaves pointers to nothing, never a key that cannot be found."""
+        names = self.names
+        by_id, by_hash = names.key_org(key.id), names.key_hash(key.key_hash)
+        await self.write(
+            lambda pipe: (
+                pipe.set(by_id, key.org_id),
+                pipe.set(by_hash, f"{key.org_id}:{key.id}"),
+            ),
+            [by_id, by_hash],
+        )
+        keys = [names.key(key.org_id, key.id), names.org_keys(key.org_id)]
         args: list[EncodableT] = [orjson.dumps(key.to_record()), key.id, key.created_at]
         await self._announce(Invalidation("key", key.key_hash), self._create_key, keys, args)
 
-    async def _keys(self, ids: list[str]) -> list[ApiKey]:
+    async def _keys(self, org_id: str, ids: list[str]) -> list[ApiKey]:
         if not ids:
             return []
-        # GETs, not one MGET: a cluster pipeline takes no multi-key commands, and the records
-        # are one round trip either way.
         async with self.client.pipeline(transaction=False) as pipe:
             for key_id in ids:
-                pipe.get(f"{self._p}:key:{key_id}")
-            pipe.hmget(f"{self._p}:lastused", ids)
+                pipe.get(self.names.key(org_id, key_id))
+            pipe.zmscore(self.names.last_used(org_id), ids)
             *raws, last_used = await self.call(pipe.execute())
         keys = []
         for raw, used in zip(raws, last_used, strict=True):
@@ -414,34 +595,75 @@ class RedisStore(Store):
             keys.append(ApiKey.from_record(record))
         return keys
 
+    async def _key_org(self, key_id: str) -> str | None:
+        org_id = await self.call(self.client.get(self.names.key_org(key_id)))
+        return org_id.decode() if org_id else None
+
     async def get_key(self, key_id: str) -> ApiKey | None:
-        found = await self._keys([key_id])
+        org_id = await self._key_org(key_id)
+        found = await self._keys(org_id, [key_id]) if org_id else []
         return found[0] if found else None
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
-        key_id = await self.call(self.client.get(f"{self._p}:keyhash:{key_hash}"))
-        return await self.get_key(key_id.decode()) if key_id else None
+        pointer = await self.call(self.client.get(self.names.key_hash(key_hash)))
+        if not pointer:
+            return None
+        org_id, _, key_id = pointer.decode().partition(":")
+        found = await self._keys(org_id, [key_id])
+        return found[0] if found else None
 
     async def list_keys(
         self, org_id: str, *, offset: int = 0, limit: int | None = None
     ) -> list[ApiKey]:
         stop = -1 if limit is None else offset + max(1, limit) - 1
-        ids = await self.call(self.client.zrange(f"{self._p}:orgkeys:{org_id}", offset, stop))
-        return await self._keys([i.decode() for i in ids])
+        ids = await self.call(self.client.zrange(self.names.org_keys(org_id), offset, stop))
+        keys = await self._keys(org_id, [i.decode() for i in ids])
+        await self._repair_pointers(keys)
+        return keys
+
+    async def _repair_pointers(self, keys: list[ApiKey]) -> None:
+        """Write back a key's pointer by id where it is missing. It lives on another master
+        than the record, and a failover without replica_acks can lose one and keep the
+        other: the key would still work but could not be revoked by id. Listings (the
+        admin's, and the key-event scan's) put it back."""
+        if not keys:
+            return
+        with contextlib.suppress(StoreError):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(self.names.key_org(key.id), key.org_id, nx=True)
+                await self.call(pipe.execute())
 
     async def update_key(self, key_id: str, change: Change[ApiKey]) -> ApiKey | None:
         def apply(raw: bytes) -> tuple[ApiKey, bytes, Invalidation]:
             key = change(ApiKey.from_record(orjson.loads(raw)))
             record = key.to_record()
-            record.pop("last_used_at", None)  # kept in its own hash, moved forward only
+            record.pop("last_used_at", None)  # kept in its own sorted set, moved forward only
             return key, orjson.dumps(record), Invalidation("key", key.key_hash)
 
-        return await self.update_record(f"{self._p}:key:{key_id}", apply)
+        org_id = await self._key_org(key_id)
+        if org_id is None:
+            return None
+        return await self.update_record(self.names.key(org_id, key_id), apply)
+
+    async def touch_keys(self, last_used: Mapping[str, tuple[str, float]]) -> None:
+        by_org: dict[str, dict[str, float]] = {}
+        for key_id, (org_id, at) in last_used.items():
+            by_org.setdefault(org_id, {})[key_id] = at
+        if not by_org:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for org_id, times in by_org.items():
+                # GT: instances flush at different moments; a time only ever moves forward.
+                pipe.zadd(self.names.last_used(org_id), times, gt=True)
+            await self.call(pipe.execute())
+
+    # -- idempotency -----------------------------------------------------------------------
 
     def _idem_key(self, scope: str) -> str:
         # scope is "<org id>:<key hash>": the org is the hash tag, like the org's rate limits.
         org, _, rest = scope.partition(":")
-        return f"{self._key_prefix}:idem:{{{org}}}:{rest}"
+        return self.names.idempotency(org, rest)
 
     async def idempotency_begin(
         self, scope: str, fingerprint: str, token: str, now: float, lock_seconds: float
@@ -474,18 +696,12 @@ class RedisStore(Store):
     async def idempotency_finish(
         self, scope: str, token: str, response: bytes | None, now: float, keep_seconds: float
     ) -> bool:
-        args: list[str | bytes | int] = (
+        args: list[EncodableT] = (
             [token, "release", b"", 1]
             if response is None
             else [token, "complete", response, max(1, int(keep_seconds * 1000))]
         )
-        done = await self.call(self._idem_finish(keys=[self._idem_key(scope)], args=args))
+        # Acknowledged like a key: the stored response is what makes a retry a replay.
+        name = self._idem_key(scope)
+        (done,) = await self.write(self.run_script(self._idem_finish, [name], args), [name])
         return bool(done)
-
-    async def touch_keys(self, last_used: Mapping[str, float]) -> None:
-        if not last_used:
-            return
-        args: list[str | float] = []
-        for key_id, at in last_used.items():
-            args += [key_id, at]
-        await self.call(self._touch(keys=[f"{self._p}:lastused"], args=args))

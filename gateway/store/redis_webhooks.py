@@ -1,18 +1,25 @@
 """Webhook endpoints and the delivery queue on Redis.
 
-Every key shares the ``{wh}`` hash tag, so the Lua scripts that touch several of them run on a
-Redis Cluster too. Times are float seconds; the due queue is a sorted set scored by when a
-delivery may next be claimed (its next attempt, or the end of its lease).
+An org's endpoints, deliveries and events live in one of the keyspace's webhook shards (each
+key of a shard shares its hash tag), so the scripts that touch several of them run on a
+Redis Cluster too, and the shards spread the queue over the masters. Claims visit the shards
+that have due work. Times are float seconds; a shard's due queue is a sorted set scored by when
+a delivery may next be claimed (its next attempt, or the end of its lease).
+
+What is looked up by id alone (the admin API's endpoints and deliveries) is looked for in every
+shard at once: one pipelined round trip, on admin paths only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.store.base import Change, Conflict
+from gateway.store.base import Change, Conflict, StoreError
+from gateway.store.redis_keyspace import WEBHOOK_SHARDS
 from gateway.store.webhook_base import Outcome, WebhookStore
 from gateway.store.webhook_models import Attempt, Delivery, Endpoint, Event
 
@@ -28,79 +35,151 @@ def _ms(seconds: float) -> int:
 
 
 class RedisWebhookStore(WebhookStore):
-    def __init__(self, store: RedisStore, key_prefix: str) -> None:
+    def __init__(self, store: RedisStore) -> None:
         self._store = store
-        self._p = f"{key_prefix}:{{wh}}:"
-        self._due = self._p + "due"  # every pending delivery, by when it is next due
-        self._ready = self._p + "ready"  # endpoints with pending deliveries, by the earliest
+        self._names = store.names
 
     def register_scripts(self) -> None:
-        client, script = self._store.client, self._store.script_text
-        self._create = client.register_script(script("wh_create_endpoint.lua"))
-        self._enqueue = client.register_script(script("wh_enqueue.lua"))
-        self._claim = client.register_script(script("wh_claim.lua"))
-        self._finish = client.register_script(script("wh_finish.lua"))
-        self._release = client.register_script(script("wh_release.lua"))
-        self._retry = client.register_script(script("wh_retry.lua"))
+        register = self._store.register_script
+        self._create = register("wh_create_endpoint.lua")
+        self._enqueue = register("wh_enqueue.lua")
+        self._claim = register("wh_claim.lua")
+        self._finish = register("wh_finish.lua")
+        self._release = register("wh_release.lua")
+        self._retry = register("wh_retry.lua")
+
+    def _shard(self, org_id: str) -> str:
+        """The start of every key name of the org's shard."""
+        return self._names.webhooks(self._names.webhook_shard(org_id))
+
+    def _shards(self) -> list[str]:
+        return [self._names.webhooks(shard) for shard in range(WEBHOOK_SHARDS)]
 
     async def _call(self, coro: Any) -> Any:
         return await self._store.call(coro)
 
+    async def _write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        (result,) = await self._store.write(self._store.run_script(script, keys, args), keys)
+        return result
+
+    async def _each_shard(self, command: Callable[[Any, str], Any]) -> list[tuple[str, Any]]:
+        """``command(client, shard)`` on every shard at once; (shard, reply) of those that
+        answered. One command each, not one pipeline: a master that is away costs its own
+        shards, never the others'."""
+        client = self._store.client
+        replies = await asyncio.gather(
+            *(self._call(command(client, shard)) for shard in self._shards()),
+            return_exceptions=True,
+        )
+        answered = [
+            (shard, reply)
+            for shard, reply in zip(self._shards(), replies, strict=True)
+            if not isinstance(reply, Exception)
+        ]
+        if not answered:
+            raise StoreError(f"redis store: no webhook shard answered: {replies[0]}")
+        return answered
+
+    async def _find(self, command: Callable[[Any, str], Any]) -> tuple[str, Any] | None:
+        """The shard whose reply to command is not empty, and that reply; None when every
+        shard answered nothing (a shard that could not answer is a StoreError: an absence
+        cannot be told then)."""
+        answered = await self._each_shard(command)
+        for shard, reply in answered:
+            if reply:
+                return shard, reply
+        if len(answered) < WEBHOOK_SHARDS:
+            raise StoreError("redis store: a webhook shard is out of reach")
+        return None
+
+    async def _delivery_shard(self, delivery_id: str) -> tuple[str, str] | None:
+        """The shard of a delivery and its endpoint's id, or None."""
+        found = await self._find(lambda c, p: c.hget(p + f"dlv:{delivery_id}", "endpoint_id"))
+        return (found[0], found[1].decode()) if found else None
+
     # -- endpoints -------------------------------------------------------------------------
 
     async def create_endpoint(self, endpoint: Endpoint, cap: int | None) -> bool:
-        created = await self._call(
-            self._create(
-                keys=[self._p + f"ep:{endpoint.id}", self._p + f"orgeps:{endpoint.org_id}"],
-                args=[
-                    endpoint.id,
-                    orjson.dumps(endpoint.to_record()),
-                    endpoint.created_at,
-                    -1 if cap is None else cap,
-                ],
-            )
+        p = self._shard(endpoint.org_id)
+        created = await self._write(
+            self._create,
+            [p + f"ep:{endpoint.id}", p + f"orgeps:{endpoint.org_id}"],
+            [
+                endpoint.id,
+                orjson.dumps(endpoint.to_record()),
+                endpoint.created_at,
+                -1 if cap is None else cap,
+            ],
         )
         return bool(created)
 
-    async def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
-        raw = await self._call(self._store.client.get(self._p + f"ep:{endpoint_id}"))
+    async def _endpoint_shard(self, endpoint_id: str, org_id: str | None) -> str | None:
+        if org_id is not None:
+            return self._shard(org_id)
+        found = await self._find(lambda c, p: c.get(p + f"ep:{endpoint_id}"))
+        return found[0] if found else None
+
+    async def get_endpoint(self, endpoint_id: str, org_id: str | None = None) -> Endpoint | None:
+        if org_id is not None:
+            raw = await self._call(
+                self._store.client.get(self._shard(org_id) + f"ep:{endpoint_id}")
+            )
+        else:
+            found = await self._find(lambda c, p: c.get(p + f"ep:{endpoint_id}"))
+            raw = found[1] if found else None
         return Endpoint.from_record(orjson.loads(raw)) if raw else None
 
     async def list_endpoints(self, org_id: str) -> list[Endpoint]:
-        ids = await self._call(self._store.client.zrange(self._p + f"orgeps:{org_id}", 0, -1))
+        p = self._shard(org_id)
+        ids = await self._call(self._store.client.zrange(p + f"orgeps:{org_id}", 0, -1))
         if not ids:
             return []
-        raws = await self._call(
-            self._store.client.mget([self._p + f"ep:{i.decode()}" for i in ids])
-        )
+        raws = await self._call(self._store.client.mget([p + f"ep:{i.decode()}" for i in ids]))
         return [Endpoint.from_record(orjson.loads(r)) for r in raws if r]
 
-    async def update_endpoint(self, endpoint_id: str, change: Change[Endpoint]) -> Endpoint | None:
+    async def update_endpoint(
+        self, endpoint_id: str, change: Change[Endpoint], org_id: str | None = None
+    ) -> Endpoint | None:
         def apply(raw: bytes) -> tuple[Endpoint, bytes, None]:
             endpoint = change(Endpoint.from_record(orjson.loads(raw)))
             return endpoint, orjson.dumps(endpoint.to_record()), None
 
-        return await self._store.update_record(self._p + f"ep:{endpoint_id}", apply)
+        p = await self._endpoint_shard(endpoint_id, org_id)
+        if p is None:
+            return None
+        return await self._store.update_record(p + f"ep:{endpoint_id}", apply)
 
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         endpoint = await self.get_endpoint(endpoint_id)
         if endpoint is None:
             return False
-        async with self._store.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._p + f"ep:{endpoint_id}")
-            pipe.zrem(self._p + f"orgeps:{endpoint.org_id}", endpoint_id)
-            # Its history goes with its deliveries' records; pending ones still end (dead).
-            pipe.expire(self._p + f"epdlv:{endpoint_id}", _HISTORY_AFTER_DELETE)
-            deleted, _, _ = await self._call(pipe.execute())
+        p = self._shard(endpoint.org_id)
+        record, listing, history = (
+            p + f"ep:{endpoint_id}",
+            p + f"orgeps:{endpoint.org_id}",
+            p + f"epdlv:{endpoint_id}",
+        )
+        deleted, _, _ = await self._store.write(
+            lambda pipe: (
+                pipe.delete(record),
+                pipe.zrem(listing, endpoint_id),
+                # Its history goes with its deliveries' records; pending ones still end (dead).
+                pipe.expire(history, _HISTORY_AFTER_DELETE),
+            ),
+            [record],
+        )
         return bool(deleted)
 
     # -- the queue -------------------------------------------------------------------------
 
     async def enqueue(self, event: Event, deliveries: Sequence[Delivery], keep: float) -> bool:
+        p = self._shard(event.org_id)
         # History entries older than twice the keep time point to expired deliveries.
         trim_before = repr(event.created_at - 2 * keep)
-        args: list[Any] = [orjson.dumps(event.to_record()), _ms(keep), self._p, trim_before]
+        args: list[Any] = [orjson.dumps(event.to_record()), _ms(keep), trim_before]
+        keys = [p + f"evt:{event.id}", p + "due", p + "ready"]
         for d in deliveries:
+            keys += [p + f"dlv:{d.id}", p + f"q:{d.endpoint_id}", p + f"epdlv:{d.endpoint_id}"]
             args += [
                 d.id,
                 d.endpoint_id,
@@ -111,14 +190,11 @@ class RedisWebhookStore(WebhookStore):
                 repr(d.created_at),
                 repr(d.next_at),
             ]
-        stored = await self._call(
-            self._enqueue(keys=[self._p + f"evt:{event.id}", self._due, self._ready], args=args)
-        )
-        return bool(stored)
+        return bool(await self._write(self._enqueue, keys, args))
 
     async def get_event(self, event_id: str) -> Event | None:
-        raw = await self._call(self._store.client.get(self._p + f"evt:{event_id}"))
-        return Event.from_record(orjson.loads(raw)) if raw else None
+        found = await self._find(lambda c, p: c.get(p + f"evt:{event_id}"))
+        return Event.from_record(orjson.loads(found[1])) if found else None
 
     async def claim(
         self,
@@ -130,27 +206,44 @@ class RedisWebhookStore(WebhookStore):
         per_endpoint: int,
         busy: Mapping[str, int],
     ) -> list[Delivery]:
-        args: list[Any] = [repr(now), repr(lease_until), limit, token, self._p, per_endpoint]
-        for endpoint_id, count in busy.items():
-            args += [endpoint_id, count]
-        rows = await self._call(self._claim(keys=[self._ready, self._due], args=args))
-        return [_delivery(_pairs(row)) for row in rows]
+        # Which shards have an endpoint with due work, the longest-waiting first.
+        heads = await self._each_shard(lambda c, p: c.zrange(p + "ready", 0, 0, withscores=True))
+        waiting = sorted((head[0][1], p) for p, head in heads if head and head[0][1] <= now)
+        claimed: list[Delivery] = []
+        for _, p in waiting:
+            if len(claimed) >= limit:
+                break
+            args: list[Any] = [
+                repr(now),
+                repr(lease_until),
+                limit - len(claimed),
+                token,
+                p,
+                per_endpoint,
+            ]
+            for endpoint_id, count in busy.items():
+                args += [endpoint_id, count]
+            rows = await self._call(self._claim(keys=[p + "ready", p + "due"], args=args))
+            claimed += [_delivery(_pairs(row)) for row in rows]
+        return claimed
 
     async def finish(
-        self, delivery_id: str, token: str, outcome: Outcome, now: float, keep: float
+        self, delivery: Delivery, token: str, outcome: Outcome, now: float, keep: float
     ) -> bool:
+        p = self._shard(delivery.org_id)
         attempt = outcome.attempt
         done = await self._call(
             self._finish(
                 keys=[
-                    self._p + f"dlv:{delivery_id}",
-                    self._p + f"dlvlog:{delivery_id}",
-                    self._due,
-                    self._ready,
+                    p + f"dlv:{delivery.id}",
+                    p + f"dlvlog:{delivery.id}",
+                    p + "due",
+                    p + "ready",
+                    p + f"q:{delivery.endpoint_id}",
                 ],
                 args=[
                     token,
-                    delivery_id,
+                    delivery.id,
                     outcome.status,
                     repr(outcome.next_at),
                     attempt.number,
@@ -158,59 +251,67 @@ class RedisWebhookStore(WebhookStore):
                     repr(now),
                     attempt.encode(),
                     _ms(keep),
-                    self._p,
                 ],
             )
         )
         return bool(done)
 
-    async def release(self, delivery_id: str, token: str, due: float) -> bool:
+    async def release(self, delivery: Delivery, token: str, due: float) -> bool:
+        p = self._shard(delivery.org_id)
         done = await self._call(
             self._release(
-                keys=[self._p + f"dlv:{delivery_id}", self._due, self._ready],
-                args=[token, delivery_id, repr(due), self._p],
+                keys=[
+                    p + f"dlv:{delivery.id}",
+                    p + "due",
+                    p + "ready",
+                    p + f"q:{delivery.endpoint_id}",
+                ],
+                args=[token, delivery.id, repr(due)],
             )
         )
         return bool(done)
 
     async def retry(self, delivery_id: str, now: float) -> Delivery | None:
-        done = await self._call(
-            self._retry(
-                keys=[
-                    self._p + f"dlv:{delivery_id}",
-                    self._p + f"dlvlog:{delivery_id}",
-                    self._due,
-                    self._ready,
-                ],
-                args=[delivery_id, repr(now), self._p],
-            )
-        )
+        located = await self._delivery_shard(delivery_id)
+        if located is None:
+            return None
+        p, endpoint_id = located
+        keys = [
+            p + f"dlv:{delivery_id}",
+            p + f"dlvlog:{delivery_id}",
+            p + "due",
+            p + "ready",
+            p + f"q:{endpoint_id}",
+        ]
+        done = await self._write(self._retry, keys, [delivery_id, repr(now), endpoint_id])
         if done == -1:
             raise Conflict("An attempt of this delivery is in flight; try again shortly.")
-        return await self.get_delivery(delivery_id) if done else None
+        found = await self._deliveries(p, [delivery_id]) if done else []
+        return found[0] if found else None
 
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
-        found = await self._deliveries([delivery_id])
+        shard = await self._delivery_shard(delivery_id)
+        found = await self._deliveries(shard[0], [delivery_id]) if shard else []
         return found[0] if found else None
 
     async def list_deliveries(self, endpoint_id: str, limit: int) -> list[Delivery]:
-        index = self._p + f"epdlv:{endpoint_id}"
-        ids = [
-            i.decode() for i in await self._call(self._store.client.zrevrange(index, 0, limit - 1))
-        ]
-        found = await self._deliveries(ids)
+        found_in = await self._find(
+            lambda c, p: c.zrevrange(p + f"epdlv:{endpoint_id}", 0, limit - 1)
+        )
+        p, ids = (found_in[0], [i.decode() for i in found_in[1]]) if found_in else ("", [])
+        found = await self._deliveries(p, ids)
         gone = set(ids) - {d.id for d in found}
         if gone:  # finished deliveries past their keep time: drop them from the index too
-            await self._call(self._store.client.zrem(index, *gone))
+            await self._call(self._store.client.zrem(p + f"epdlv:{endpoint_id}", *gone))
         return found
 
-    async def _deliveries(self, ids: list[str]) -> list[Delivery]:
+    async def _deliveries(self, p: str, ids: list[str]) -> list[Delivery]:
         if not ids:
             return []
         async with self._store.client.pipeline(transaction=False) as pipe:
             for delivery_id in ids:
-                pipe.hgetall(self._p + f"dlv:{delivery_id}")
-                pipe.lrange(self._p + f"dlvlog:{delivery_id}", 0, -1)
+                pipe.hgetall(p + f"dlv:{delivery_id}")
+                pipe.lrange(p + f"dlvlog:{delivery_id}", 0, -1)
             replies = await self._call(pipe.execute())
         found = []
         for fields, log in zip(replies[::2], replies[1::2], strict=True):
@@ -220,11 +321,16 @@ class RedisWebhookStore(WebhookStore):
         return found
 
     async def queue_depth(self, now: float) -> tuple[int, int]:
-        async with self._store.client.pipeline(transaction=False) as pipe:
-            pipe.zcard(self._due)
-            pipe.zcount(self._due, "-inf", repr(now))
-            pending, due = await self._call(pipe.execute())
-        return int(pending), int(due)
+        # Of the shards that answer: a gauge, not a promise.
+        async def depth(client: Any, p: str) -> tuple[int, int]:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.zcard(p + "due")
+                pipe.zcount(p + "due", "-inf", repr(now))
+                pending, due = await pipe.execute()
+            return int(pending), int(due)
+
+        depths = [d for _, d in await self._each_shard(depth)]
+        return sum(d[0] for d in depths), sum(d[1] for d in depths)
 
     async def purge(self, now: float) -> None:
         """Nothing to do: finished deliveries and events carry their own expiry."""

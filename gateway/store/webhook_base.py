@@ -33,14 +33,18 @@ class WebhookStore(ABC):
         """Add it unless the org already has cap endpoints (checked in the same step)."""
 
     @abstractmethod
-    async def get_endpoint(self, endpoint_id: str) -> Endpoint | None: ...
+    async def get_endpoint(self, endpoint_id: str, org_id: str | None = None) -> Endpoint | None:
+        """org_id: the endpoint's org, when the caller knows it (found at once then)."""
 
     @abstractmethod
     async def list_endpoints(self, org_id: str) -> list[Endpoint]: ...
 
     @abstractmethod
-    async def update_endpoint(self, endpoint_id: str, change: Change[Endpoint]) -> Endpoint | None:
-        """Apply change to the endpoint as stored now, in one atomic step."""
+    async def update_endpoint(
+        self, endpoint_id: str, change: Change[Endpoint], org_id: str | None = None
+    ) -> Endpoint | None:
+        """Apply change to the endpoint as stored now, in one atomic step (org_id: as for
+        get_endpoint)."""
 
     @abstractmethod
     async def delete_endpoint(self, endpoint_id: str) -> bool: ...
@@ -74,7 +78,7 @@ class WebhookStore(ABC):
 
     @abstractmethod
     async def finish(
-        self, delivery_id: str, token: str, outcome: Outcome, now: float, keep: float
+        self, delivery: Delivery, token: str, outcome: Outcome, now: float, keep: float
     ) -> bool:
         """Record an attempt and the next state, if token still holds the lease.
 
@@ -82,7 +86,7 @@ class WebhookStore(ABC):
         """
 
     @abstractmethod
-    async def release(self, delivery_id: str, token: str, due: float) -> bool:
+    async def release(self, delivery: Delivery, token: str, due: float) -> bool:
         """Give a claimed delivery back, unattempted, due again at due."""
 
     @abstractmethod

@@ -2,8 +2,11 @@
 -- delivery is oldest go first, and each gives at most as many as the caller may still send
 -- to it. An endpoint with a long backlog therefore never holds up the others.
 -- A claimed delivery is re-scored to the end of its lease: if the caller dies, it is due then.
--- KEYS: the index of endpoints with work, the global due index.
--- ARGV: now, lease_until, limit, token, key prefix, per-endpoint cap,
+-- KEYS: the shard's index of endpoints with work, its due index.
+-- The only script that names keys it was not given: which endpoints' queues and deliveries it
+-- reads is known only from the index. It builds them on the key prefix of the shard, whose
+-- hash tag the two keys given carry too, so all are in their slot.
+-- ARGV: now, lease_until, limit, token, the shard's key prefix, per-endpoint cap,
 --       then pairs of (endpoint id, attempts the caller has in flight to it).
 local now, lease, limit, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local prefix, per_endpoint = ARGV[5], tonumber(ARGV[6])

@@ -1,7 +1,7 @@
 -- Record an attempt and the delivery's next state, if the caller still holds its lease.
--- KEYS: the delivery, its attempt log, the global due index, the index of endpoints.
--- ARGV: token, id, status, next_at, attempts, last_status, now, attempt record, keep (ms),
---       key prefix.
+-- KEYS: the delivery, its attempt log, the due index, the index of endpoints, its
+--       endpoint's queue.
+-- ARGV: token, id, status, next_at, attempts, last_status, now, attempt record, keep (ms).
 if ARGV[1] == '' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
   return 0
 end
@@ -9,7 +9,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'attempts', ARGV[5], 'next_at', A
   'last_status', ARGV[6], 'updated_at', ARGV[7], 'lease_until', '0', 'token', '', 'manual', '0')
 redis.call('RPUSH', KEYS[2], ARGV[8])
 local endpoint = redis.call('HGET', KEYS[1], 'endpoint_id')
-local queue = ARGV[10] .. 'q:' .. endpoint
+local queue = KEYS[5]
 if ARGV[3] == 'pending' then
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
   redis.call('ZADD', queue, ARGV[4], ARGV[2])

@@ -186,7 +186,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             # Stopping mid-attempt: hand it back so another instance tries at once.
             with contextlib.suppress(StoreError):
-                await self.store.release(delivery.id, token, self.clock())
+                await self.store.release(delivery, token, self.clock())
             raise
         except StoreError as exc:
             # The lease runs out and the delivery is attempted again: at least once.
@@ -201,7 +201,7 @@ class Dispatcher:
 
     async def _make_attempt(self, delivery: Delivery) -> Outcome:
         number = delivery.attempts + 1
-        endpoint = await self.store.get_endpoint(delivery.endpoint_id)
+        endpoint = await self.store.get_endpoint(delivery.endpoint_id, delivery.org_id)
         started = self.clock()
         if endpoint is None or endpoint.status != "enabled":
             why = "the endpoint was deleted" if endpoint is None else "the endpoint is disabled"
@@ -259,6 +259,7 @@ class Dispatcher:
         await self.store.update_endpoint(
             endpoint.id,
             lambda e: e.with_changes(status="disabled", disabled_reason=reason, updated_at=now),
+            endpoint.org_id,
         )
         log.warning("webhook_endpoint_disabled", endpoint=endpoint.id, reason=reason)
 
@@ -267,7 +268,7 @@ class Dispatcher:
         for attempt in range(_FINISH_TRIES):
             try:
                 done = await self.store.finish(
-                    delivery.id, token, outcome, self.clock(), self.config.retention
+                    delivery, token, outcome, self.clock(), self.config.retention
                 )
                 break
             except StoreError as exc:

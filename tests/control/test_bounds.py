@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from gateway.api.views import iso
+from gateway.store.redis_keyspace import Keyspace
 from gateway.store.webhook_models import Attempt, Delivery, Endpoint, Secret
 from gateway.webhooks.service import delivery_view, endpoint_view
 from tests.conftest import (
@@ -212,11 +213,12 @@ def _write_key_times(store: dict[str, Any], key_id: str, org_id: str, **times: f
         return
     client = raw_redis(store)
     try:
-        name = f"{store['key_prefix']}:{{meta}}:key:{key_id}"
+        names = Keyspace(store["key_prefix"])
+        name = names.key(org_id, key_id)
         raw = client.get(name)
         assert raw is not None
         client.set(name, orjson.dumps({**orjson.loads(raw), **key_times}))
-        name = f"{store['key_prefix']}:{{meta}}:org:{org_id}"
+        name = names.org(org_id)
         raw = client.get(name)
         assert raw is not None
         client.set(name, orjson.dumps({**orjson.loads(raw), "created_at": times["org_created_at"]}))

@@ -498,9 +498,9 @@ def tampered(secret: str) -> str:
 
 
 def _lookups(client: redis_sync.Redis) -> int:
-    """Key and org reads the store makes (GET, MGET, HMGET), whatever else runs meanwhile."""
+    """Key and org reads the store makes (GET, MGET, ZMSCORE), whatever else runs meanwhile."""
     stats = client.info("commandstats")
-    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("get", "mget", "hmget"))
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("get", "mget", "zmscore"))
 
 
 async def _status(gw: RunningGateway, path: str, secret: str) -> int:
@@ -521,7 +521,7 @@ async def test_concurrent_first_requests_with_a_new_key_share_one_lookup(
     before = _lookups(client)
     statuses = await asyncio.gather(*(_status(gw, "/v1/any", secret) for _ in range(20)))
     assert statuses == [200] * 20
-    # One lookup: GET hash -> id, MGET key, HMGET last-used, GET org. The server is shared with
+    # One lookup: GET hash -> id, GET key, ZMSCORE last-used, GET org. The server is shared with
     # the gateway's background work (a webhook claim's script counts its GETs too), so allow a
     # little more; twenty lookups, one per request, would be 80.
     assert 4 <= _lookups(client) - before < 8

@@ -175,6 +175,51 @@ async def test_limits_are_exact_across_two_instances(
         assert (await call(a))[0] == 429
 
 
+async def test_an_idempotent_write_replays_on_the_other_instance(
+    spawn_gateway: Spawn,
+    upstream_factory: UpstreamFactory,
+    shared_stores: tuple[dict[str, Any], ...],
+) -> None:
+    """One POST with an Idempotency-Key reaches the backend once, whichever instances the
+    client's tries land on: the same key sent to both at once, then again to each."""
+    created = 0
+
+    async def create(request: web.BaseRequest) -> web.Response:
+        nonlocal created
+        await request.read()
+        await asyncio.sleep(0.2)  # the duplicate arrives while the first is in flight
+        created += 1
+        return web.json_response({"id": f"inv_{created}"}, status=201)
+
+    backend = await upstream_factory(create)
+    config = {
+        "admin": {"token": ADMIN_TOKEN},
+        "upstreams": {"app": {"targets": [backend.url]}},
+        "routes": [{"path": "/v1/invoices", "upstream": "app", "idempotency": "optional"}],
+    }
+    a, b = (spawn_gateway({**config, "store": store}) for store in shared_stores)
+    async with aiohttp.ClientSession() as session:
+        await _admin(
+            session, a, "POST", "/admin/orgs", {"slug": "acme", "name": "A", "plan": "default"}
+        )
+        secret = (await _admin(session, a, "POST", "/admin/orgs/acme/keys", {"name": "k"}))[
+            "secret"
+        ]
+        headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": "inv-42"}
+
+        async def post(gp: GatewayProc) -> tuple[int, bytes, str | None]:
+            async with session.post(f"{gp.url}/v1/invoices", json={"n": 1}, headers=headers) as r:
+                return r.status, await r.read(), r.headers.get("Idempotent-Replayed")
+
+        first, second = await asyncio.gather(post(a), post(b))
+        assert sorted([first[0], second[0]]) == [201, 409]  # one runs, the other is told
+        for gp in (b, a):
+            status, body, replayed = await post(gp)
+            assert (status, replayed) == (201, "true")
+            assert body == (first if first[0] == 201 else second)[1]
+    assert created == 1
+
+
 @pytest.mark.parametrize("backend", ["local", "redis", "cluster"])
 async def test_a_gateway_killed_mid_request_does_not_wedge_its_idempotency_key(
     spawn_gateway: Spawn,

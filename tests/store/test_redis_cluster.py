@@ -4,23 +4,29 @@ load. (Every store feature also runs on the cluster from the parametrized suites
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
 from gateway.config import StoreConfig
-from gateway.store import StoreError, open_store
+from gateway.store import Invalidation, Org, Store, StoreError, open_store
+from gateway.store.redis_keyspace import Keyspace
 from tests.conftest import (
     GatewayFactory,
     Upstream,
+    UpstreamFactory,
     make_config,
     unique_prefix,
 )
 from tests.helpers import Admin, eventually
 from tests.redis_cluster import RedisCluster, start_cluster
+from tests.store.test_store import make_key, make_org
+from tests.webhooks.test_delivery import Receiver, subscribe
 
 
 @pytest.fixture
@@ -45,6 +51,9 @@ def own_cluster(tmp_path: Path) -> Any:
         ),
         ({"cluster": True, "url": "unix:///run/redis.sock"}, "not unix sockets"),
         ({"backend": "local", "cluster": True}, "cluster: only with backend: redis"),
+        ({"backend": "local", "replica_acks": 1}, "replica_acks: only with backend: redis"),
+        ({"replica_acks": 6}, "replica_acks"),
+        ({"replica_acks": 1, "replica_ack_timeout": "20s"}, "replica_ack_timeout"),
         ({"url": "redis://127.0.0.1:99999"}, "is not a port"),
         ({"url": "redis://:secret@/0"}, "names no host"),
         # SECURITY: URL options override the client's settings.
@@ -116,25 +125,51 @@ async def test_readiness_names_a_master_it_cannot_reach(
     assert body["status"] == "ready"
 
 
-async def test_a_master_failing_over_under_load_loses_no_key_and_recovers(
-    gateway_factory: GatewayFactory, upstream: Upstream, own_cluster: RedisCluster
+async def test_a_master_failing_over_under_load_loses_nothing_acknowledged_and_recovers(
+    gateway_factory: GatewayFactory,
+    upstream: Upstream,
+    upstream_factory: UpstreamFactory,
+    own_cluster: RedisCluster,
 ) -> None:
-    """The master holding the keys is killed while requests flow: keys created before stay,
-    requests in the switch are 200 (warm keys) or 503 (never 401 or 500), and service is
-    whole again, new keys included, within seconds of the replica's promotion."""
+    """The master holding an org's records is killed while requests flow and keys and webhook
+    events are being created: requests in the switch are 200 (warm keys) or 503 (never 401 or
+    500); every key and event that was acknowledged survives the promotion (replica_acks: 1)
+    and every event is delivered; service is whole again within seconds of the promotion."""
     prefix = unique_prefix()
-    store = {"backend": "redis", "cluster": True, "url": own_cluster.url, "key_prefix": prefix}
+    store = {
+        "backend": "redis",
+        "cluster": True,
+        "url": own_cluster.url,
+        "key_prefix": prefix,
+        "replica_acks": 1,
+    }
+    receiver = await Receiver().start(upstream_factory)
     config = make_config(
         {"app": {"targets": [upstream.url]}},
         [{"path": "/a", "upstream": "app", "auth": "key"}],
         store=store,
         plans={"free": {"rate_limit": {"requests": 100_000, "per": "1m"}}},
+        webhooks={"allow_private_targets": True, "poll_interval": "100ms", "jitter": 0},
     )
     gw = await gateway_factory(config)
     admin = Admin(gw)
-    await admin.org("acme")
-    keys = [await admin.key("acme") for _ in range(5)]
+    names = Keyspace(prefix)
+    # An org whose records and webhook queue are on one master: the one to be killed.
+    for i in range(30):
+        org = await admin.org(f"acme-{i}")
+        victim_address = _slot_master(own_cluster, names.org(org["id"]))
+        shard = names.webhooks(names.webhook_shard(org["id"]))
+        if _slot_master(own_cluster, shard + "due") == victim_address:
+            break
+    else:
+        raise AssertionError("no org of 30 has its records and its webhooks on one master")
+    slug = org["slug"]
+    await subscribe(admin, receiver.url, ["invoice.created"], org=slug)
+    keys = [await admin.key(slug) for _ in range(5)]
     statuses: list[tuple[float, int]] = []
+    acknowledged_keys: list[str] = []
+    acknowledged_events: list[str] = []
+    refused_writes: list[int] = []
     stop = asyncio.Event()
 
     async def load() -> None:
@@ -148,9 +183,25 @@ async def test_a_master_failing_over_under_load_loses_no_key_and_recovers(
                 statuses.append((time.monotonic(), r.status))
             await asyncio.sleep(0.01)
 
+    async def writes() -> None:
+        while not stop.is_set():
+            status, body = await admin.call("POST", f"/admin/orgs/{slug}/keys", {"name": "live"})
+            if status == 201:
+                acknowledged_keys.append(body["data"]["id"])
+            else:
+                refused_writes.append(status)
+            status, body = await admin.call(
+                "POST", "/admin/events", {"org": slug, "type": "invoice.created", "data": {}}
+            )
+            if status == 202:
+                acknowledged_events.append(body["data"]["id"])
+            else:
+                refused_writes.append(status)
+            await asyncio.sleep(0.02)
+
     loader = asyncio.create_task(load())
+    writer = asyncio.create_task(writes())
     await asyncio.sleep(0.5)
-    victim_address = _slot_master(own_cluster, f"{prefix}:{{meta}}:x")
     victim = next(node for node in own_cluster.nodes if node.address == victim_address)
     killed_at = time.monotonic()
     victim.stop()
@@ -162,16 +213,21 @@ async def test_a_master_failing_over_under_load_loses_no_key_and_recovers(
     await eventually(lambda: asyncio.to_thread(promoted), 20, interval=0.1)
     promoted_at = time.monotonic()
 
-    # Whole again: a new key can be made and used, and every old one still works.
     async def whole() -> bool:
-        status, _ = await admin.call("POST", "/admin/orgs/acme/keys", {"name": "after"})
+        status, _ = await admin.call("POST", f"/admin/orgs/{slug}/keys", {"name": "after"})
         return status == 201
 
-    await eventually(whole, 10, interval=0.1)
+    # The promoted master has no replica yet: a write that must reach one is refused (503),
+    # never acknowledged on one copy only ...
+    await asyncio.sleep(0.5)
+    assert not await whole()
+    # ... until the failed node is back: it rejoins as the new master's replica.
+    await asyncio.to_thread(victim.start)
+    await eventually(whole, 20, interval=0.1)
     recovered_at = time.monotonic()
     await asyncio.sleep(0.5)
     stop.set()
-    await loader
+    await asyncio.gather(loader, writer)
     for key in keys:
         async with gw.session.get(
             f"{gw.url}/a", headers={"Authorization": f"Bearer {key['secret']}"}
@@ -181,15 +237,119 @@ async def test_a_master_failing_over_under_load_loses_no_key_and_recovers(
     fresh = open_store(StoreConfig.model_validate(store))
     await fresh.startup()
     try:
-        for key in keys:
-            assert await fresh.get_key(key["id"]) is not None, key["id"]
+        for key_id in [key["id"] for key in keys] + acknowledged_keys:
+            assert await fresh.get_key(key_id) is not None, key_id
     finally:
         await fresh.shutdown()
+    # Every acknowledged event arrives (at least once; its id tells repeats apart).
+    await eventually(
+        lambda: set(acknowledged_events) <= {orjson.loads(r.body)["id"] for r in receiver.received},
+        15,
+        interval=0.2,
+    )
     during = [status for at, status in statuses if at >= killed_at]
     assert set(during) <= {200, 503}, sorted(set(during))
+    assert set(refused_writes) <= {503}, sorted(set(refused_writes))
     assert statuses[-1][1] == 200
     print(
         f"failover: promoted {promoted_at - killed_at:.1f}s after the kill, writes whole"
-        f" {recovered_at - promoted_at:.1f}s after that; {len(during)} requests in the switch,"
-        f" {during.count(503)} answered 503"
+        f" {recovered_at - promoted_at:.1f}s after that (the failed node restarted as its"
+        f" replica 0.5s after the promotion); {len(during)} requests in the switch,"
+        f" {during.count(503)} answered 503; {len(acknowledged_keys)} keys and"
+        f" {len(acknowledged_events)} events acknowledged, all kept;"
+        f" {len(refused_writes)} writes answered 503"
     )
+
+
+async def test_a_write_acknowledged_only_once_a_replica_has_it(own_cluster: RedisCluster) -> None:
+    """With replica_acks, a write the master has but its replica does not (the replica
+    hangs) is refused as a store error (503), never answered as done; without it, or once
+    the replica is back, it succeeds."""
+    prefix = unique_prefix()
+    section = {
+        "backend": "redis",
+        "cluster": True,
+        "url": own_cluster.url,
+        "key_prefix": prefix,
+        "replica_acks": 1,
+        "replica_ack_timeout": "200ms",
+    }
+    store = open_store(StoreConfig.model_validate(section))
+    await store.startup()
+    try:
+        org = make_org(slug="acked")
+        await store.create_org(org)
+        await store.create_key(make_key(org))
+        names = Keyspace(prefix)
+        master_address = _slot_master(own_cluster, names.org(org.id))
+        master = next(n for n in own_cluster.nodes if n.address == master_address)
+        replica = own_cluster.replica_of(master)
+        replica.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="replica_acks"):
+                await store.create_key(make_key(org))
+            assert time.monotonic() - started < 2.0  # the timeout, not a hang
+            with pytest.raises(StoreError, match="replica_acks"):
+                await store.update_org(org.id, lambda o: o)
+            # Not asked to wait: the master's word is enough.
+            eager = open_store(StoreConfig.model_validate({**section, "replica_acks": 0}))
+            await eager.startup()
+            try:
+                await eager.create_key(make_key(org))
+            finally:
+                await eager.shutdown()
+        finally:
+            replica.resume()
+        await eventually(lambda: _created(store, org), 10, interval=0.2)
+    finally:
+        await store.shutdown()
+
+
+async def _created(store: Store, org: Org) -> bool:
+    try:
+        await store.create_key(make_key(org))
+    except StoreError:
+        return False
+    return True
+
+
+async def test_a_write_that_is_not_heard_stops_the_caches_being_trusted(
+    own_cluster: RedisCluster,
+) -> None:
+    """The node that carries the invalidation channel hangs (its connection stays open and
+    says nothing): the next write does not hear its own announcement, so the instance stops
+    trusting its caches at once and subscribes anew, and is live again after the failover."""
+    prefix = unique_prefix()
+    section = {"backend": "redis", "cluster": True, "url": own_cluster.url, "key_prefix": prefix}
+    store = open_store(StoreConfig.model_validate(section))
+    heard: list[Invalidation] = []
+    store.subscribe(heard.append)
+    await store.startup()
+    try:
+        channel_master = _slot_master(own_cluster, f"{prefix}:invalidate")
+        # An org whose records live on another master, which keeps answering.
+        org = next(
+            o
+            for o in (make_org(slug=f"o{i}") for i in range(64))
+            if _slot_master(own_cluster, Keyspace(prefix).org(o.id)) != channel_master
+        )
+        await store.create_org(org)
+        assert store.invalidation_live
+        node = next(n for n in own_cluster.nodes if n.address == channel_master)
+        node.pause()
+        try:
+            heard.clear()
+            started = time.monotonic()
+            await store.update_org(org.id, lambda o: dataclasses.replace(o, name="Renamed"))
+            waited = time.monotonic() - started
+            assert store.invalidation_live is False
+            assert Invalidation("all") in heard  # every cache entry dropped
+            assert Invalidation("org", org.id) in heard  # and the change itself applied
+            assert 0.9 < waited < 3.0
+            # The cluster promotes the hung node's replica; the listener follows.
+            await eventually(lambda: store.invalidation_live is True, 20, interval=0.2)
+        finally:
+            node.resume()
+    finally:
+        await store.shutdown()

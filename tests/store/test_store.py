@@ -157,8 +157,8 @@ async def test_last_used_only_moves_forward(store: Store) -> None:
     await store.create_org(org)
     key = make_key(org)
     await store.create_key(key)
-    await store.touch_keys({key.id: 200.0})
-    await store.touch_keys({key.id: 100.0, "key_missing": 5.0})
+    await store.touch_keys({key.id: (org.id, 200.0)})
+    await store.touch_keys({key.id: (org.id, 100.0), "key_missing": (org.id, 5.0)})
     found = await store.get_key(key.id)
     assert found is not None
     assert found.last_used_at == 200.0

@@ -126,9 +126,9 @@ async def test_a_lease_that_runs_out_frees_the_delivery(store: Store) -> None:
     assert again.attempts == 0
     # The first holder comes back late: its result does not count.
     late = Outcome(attempt(1, 200), "succeeded")
-    assert not await hooks.finish(first.id, "dead-holder", late, now + 12, keep=3600)
-    assert not await hooks.release(first.id, "dead-holder", now)
-    assert await hooks.finish(first.id, "new-holder", late, now + 12, keep=3600)
+    assert not await hooks.finish(first, "dead-holder", late, now + 12, keep=3600)
+    assert not await hooks.release(first, "dead-holder", now)
+    assert await hooks.finish(first, "new-holder", late, now + 12, keep=3600)
     done = await hooks.get_delivery(first.id)
     assert done is not None
     assert done.status == "succeeded"
@@ -144,12 +144,12 @@ async def test_failed_attempts_wait_then_die_with_their_history(store: Store) ->
     await hooks.enqueue(event, [delivery], keep=3600)
     (claimed,) = await hooks.claim(now, now + 30, 1, "a", per_endpoint=100, busy={})
     retry_at = now + 60
-    assert await hooks.finish(claimed.id, "a", Outcome(attempt(1), "pending", retry_at), now, 3600)
+    assert await hooks.finish(claimed, "a", Outcome(attempt(1), "pending", retry_at), now, 3600)
     assert await hooks.claim(now + 59, now + 90, 1, "b", per_endpoint=100, busy={}) == []
     assert await hooks.queue_depth(now + 59) == (1, 0)
     (second,) = await hooks.claim(retry_at, retry_at + 30, 1, "b", per_endpoint=100, busy={})
     assert second.attempts == 1
-    assert await hooks.finish(second.id, "b", Outcome(attempt(2, None), "dead"), retry_at, 3600)
+    assert await hooks.finish(second, "b", Outcome(attempt(2, None), "dead"), retry_at, 3600)
     assert (
         await hooks.claim(retry_at + 10**6, retry_at + 10**6, 1, "c", per_endpoint=100, busy={})
         == []
@@ -172,7 +172,7 @@ async def test_manual_retry_requeues_once_and_waits_for_an_attempt_in_flight(
     (claimed,) = await hooks.claim(now, now + 30, 1, "a", per_endpoint=100, busy={})
     with pytest.raises(Conflict):
         await hooks.retry(delivery.id, now + 1)
-    await hooks.finish(claimed.id, "a", Outcome(attempt(1), "dead"), now + 1, 3600)
+    await hooks.finish(claimed, "a", Outcome(attempt(1), "dead"), now + 1, 3600)
     retried = await hooks.retry(delivery.id, now + 2)
     assert retried is not None
     assert retried.status == "pending"
@@ -189,7 +189,7 @@ async def test_a_released_delivery_is_due_again_unattempted(store: Store) -> Non
     event, (delivery,) = make_event([make_endpoint()], now)
     await hooks.enqueue(event, [delivery], keep=3600)
     await hooks.claim(now, now + 30, 1, "a", per_endpoint=100, busy={})
-    assert await hooks.release(delivery.id, "a", now + 1)
+    assert await hooks.release(delivery, "a", now + 1)
     (again,) = await hooks.claim(now + 1, now + 31, 1, "b", per_endpoint=100, busy={})
     assert again.attempts == 0
     assert again.token == "b"
@@ -207,7 +207,7 @@ async def test_history_lists_the_newest_first_and_finished_ones_expire(store: St
     listed = await hooks.list_deliveries(endpoint.id, 2)
     assert [d.id for d in listed] == [ids[2], ids[1]]
     for claimed in await hooks.claim(now + 5, now + 35, 5, "a", per_endpoint=100, busy={}):
-        await hooks.finish(claimed.id, "a", Outcome(attempt(1, 204), "succeeded"), now, 0.2)
+        await hooks.finish(claimed, "a", Outcome(attempt(1, 204), "succeeded"), now, 0.2)
     # Real time: on Redis a finished delivery expires by the server's clock, not the one passed.
     await asyncio.sleep(0.4)
     await hooks.purge(time.time())
@@ -240,7 +240,7 @@ async def test_a_second_manual_retry_keeps_it_one_attempt(store: Store) -> None:
     event, (delivery,) = make_event([make_endpoint()], now)
     await hooks.enqueue(event, [delivery], keep=3600)
     (claimed,) = await hooks.claim(now, now + 30, 1, "a", per_endpoint=10, busy={})
-    await hooks.finish(claimed.id, "a", Outcome(attempt(1), "dead"), now, 3600)
+    await hooks.finish(claimed, "a", Outcome(attempt(1), "dead"), now, 3600)
     await hooks.retry(delivery.id, now + 1)
     again = await hooks.retry(delivery.id, now + 2)
     assert again is not None
