@@ -345,14 +345,21 @@ def _redis_info(port: int) -> str:
     return rest[:size].decode(errors="replace")
 
 
-def start_redis(procs: Processes) -> tuple[str, Child]:
-    """A redis-server of our own on a free port, in the temp dir, persisting nothing."""
+def start_redis(
+    procs: Processes, name: str = "redis", *, cluster: bool = False
+) -> tuple[str, Child]:
+    """A redis-server of our own on a free port, in the temp dir, persisting nothing (with
+    cluster: a node of a Redis Cluster yet to be made, see start_redis_cluster)."""
     port = free_port()
-    workdir = procs.workdir / "redis"
+    workdir = procs.workdir / name
     workdir.mkdir(exist_ok=True)
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    child = procs.start("redis", argv, stdout_to_stderr=True)
+    if cluster:
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf")]
+        # Its own bus port: the default, 10000 above the client port, may not exist.
+        argv += ["--cluster-port", str(free_port())]
+    child = procs.start(name, argv, stdout_to_stderr=True)
     wait_for_port(child, port)
     # Whoever answers on the port must be the process just started, never another Redis.
     try:
@@ -362,6 +369,33 @@ def start_redis(procs: Processes) -> tuple[str, Child]:
     if f"process_id:{child.proc.pid}\r\n" not in info:
         raise BenchError(f"redis: the server on port {port} is not the one the harness started")
     return f"redis://127.0.0.1:{port}/0", child
+
+
+def start_redis_cluster(procs: Processes, masters: int = 3) -> tuple[list[str], list[Child]]:
+    """A Redis Cluster of our own: ``masters`` nodes, no replicas (the data path does not
+    wait for them), every slot served; the nodes' URLs and processes."""
+    started = [start_redis(procs, f"redis-node-{i}", cluster=True) for i in range(masters)]
+    urls = [url.removesuffix("/0") for url, _ in started]
+    addresses = [url.removeprefix("redis://") for url in urls]
+    create = ["redis-cli", "--cluster", "create", *addresses, "--cluster-yes"]
+    made = subprocess.run(create, capture_output=True, timeout=60, check=False)
+    if made.returncode != 0:
+        raise BenchError(f"redis-cli --cluster create failed: {made.stderr.decode()[-500:]}")
+    deadline = time.monotonic() + START_TIMEOUT
+    for address in addresses:
+        while b"cluster_state:ok" not in _redis_command(address, b"CLUSTER INFO"):
+            if time.monotonic() > deadline:
+                raise BenchError(f"redis cluster: {address} never saw every slot served")
+            time.sleep(0.05)
+    return urls, [child for _, child in started]
+
+
+def _redis_command(address: str, command: bytes) -> bytes:
+    """One inline command's reply, raw (enough to look for a line in a bulk string)."""
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), 2) as sock:
+        sock.sendall(command + b"\r\n")
+        return sock.recv(65536)
 
 
 def markdown_table(columns: Sequence[str], table: Sequence[Sequence[str]]) -> list[str]:

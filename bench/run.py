@@ -57,6 +57,7 @@ from harness import (
     run_report,
     start_nginx,
     start_redis,
+    start_redis_cluster,
     upstream_server,
     wait_for_port,
     wait_until_closed,
@@ -73,6 +74,7 @@ CONTENDERS = (
     "gateway+limits",
     "gateway+limits+redis",
     "gateway+full",
+    "gateway+full+cluster",
     "nginx-proxy",
 )
 # Issue 13's targets, each against aiohttp-bare in the same run; judged at every connection count.
@@ -137,6 +139,7 @@ class GatewayVariant:
     auth: bool = False  # the route takes `auth: key`; load carries a key made at start-up
     limits: bool = False  # the key's plan has a rate limit too high to ever refuse
     redis: bool = False  # the store is a Redis the harness starts, not SQLite
+    cluster: bool = False  # that Redis is a 3-master Redis Cluster
     # The route requires a scope the bench key has; a second key, without it, must get 403.
     scope: bool = False
 
@@ -150,6 +153,10 @@ GATEWAYS = {
     # Issue 13's full pipeline. Request ids and metrics are always on; identity headers come
     # with auth: every gateway contender pays for those.
     "gateway+full": GatewayVariant(access_log=True, auth=True, limits=True, redis=True, scope=True),
+    # The same on a Redis Cluster (issue 14): its ratio to gateway+full is the cluster's cost.
+    "gateway+full+cluster": GatewayVariant(
+        access_log=True, auth=True, limits=True, redis=True, scope=True, cluster=True
+    ),
 }
 BENCH_PLAN = "bench"
 BENCH_ORG = "bench"
@@ -160,7 +167,7 @@ NEVER_REFUSE = {"requests": 1_000_000_000, "per": "1m"}
 
 def unsupported(variant: GatewayVariant) -> str | None:
     """Why the checked-out gateway cannot run this variant, or None when it can."""
-    from gateway.config import AdminConfig, PlanConfig, RouteConfig
+    from gateway.config import AdminConfig, PlanConfig, RouteConfig, StoreConfig
 
     if variant.auth and "token" not in AdminConfig.model_fields:
         return "this gateway has no admin token setting"
@@ -172,6 +179,10 @@ def unsupported(variant: GatewayVariant) -> str | None:
         return "this gateway has no scopes"
     if variant.redis and not shutil.which("redis-server"):
         return "redis-server not installed"
+    if variant.cluster and "cluster" not in StoreConfig.model_fields:
+        return "this gateway has no Redis Cluster store"
+    if variant.cluster and not shutil.which("redis-cli"):
+        return "redis-cli not installed"
     return None
 
 
@@ -181,7 +192,7 @@ class GatewaySetup:
 
     admin_port: int
     admin_token: str | None = None  # set when the harness must call the admin API
-    redis_url: str | None = None
+    redis_urls: Sequence[str] = ()  # the Redis, or the cluster's nodes
 
 
 def gateway_config(
@@ -212,7 +223,9 @@ def gateway_config(
         route["scopes"] = [BENCH_SCOPE]
     store: dict[str, object]
     if variant.redis:
-        store = {"backend": "redis", "url": setup.redis_url, "key_prefix": "bench"}
+        store = {"backend": "redis", "url": setup.redis_urls[0], "key_prefix": "bench"}
+        if variant.cluster:
+            store = {"backend": "redis", "cluster": True, "urls": list(setup.redis_urls)}
     else:
         # Kept in the temp dir so a run leaves no state in the work tree. A keyed variant gets
         # a file of its own: the org it makes would already exist in another's.
@@ -381,13 +394,15 @@ def start_gateway(
     procs: Processes, name: str, variant: GatewayVariant, port: int, upstream_port: int
 ) -> Started:
     helpers: list[Child] = []
-    redis_url = None
-    if variant.redis:
+    redis_urls: list[str] = []
+    if variant.cluster:
+        redis_urls, helpers = start_redis_cluster(procs)
+    elif variant.redis:
         redis_url, redis = start_redis(procs)
-        helpers.append(redis)
+        redis_urls, helpers = [redis_url], [redis]
     # A fresh random admin token per run: the harness is the only client of the admin API.
     token = secrets.token_urlsafe(24) if variant.auth else None
-    setup = GatewaySetup(admin_port=free_port(), admin_token=token, redis_url=redis_url)
+    setup = GatewaySetup(admin_port=free_port(), admin_token=token, redis_urls=redis_urls)
     config = gateway_config(procs.workdir, name, port, upstream_port, variant, setup)
     # Without the access log, stdout carries only warnings and errors: keep them to report.
     # With it, /dev/null: the cost measured is formatting and writing, not a disk.

@@ -135,7 +135,7 @@ def webhook_gateway_config(
     if backend == "redis":
         # Our own Redis, and still a prefix of this run's own.
         prefix = f"whbench-{secrets.token_hex(4)}"
-        store = {"backend": "redis", "url": setup.redis_url, "key_prefix": prefix}
+        store = {"backend": "redis", "url": setup.redis_urls[0], "key_prefix": prefix}
     else:
         store = {"backend": "local", "path": str(workdir / f"webhooks-{backend}-state.db")}
     config: dict[str, object] = {
@@ -173,12 +173,12 @@ class Gateway:
 def start_gateway(procs: Processes, backend: str) -> Gateway:
     name = f"gateway-webhooks-{backend}"
     helpers: list[Child] = []
-    redis_url = None
+    redis_urls: list[str] = []
     if backend == "redis":
         redis_url, redis = start_redis(procs)
-        helpers.append(redis)
+        redis_urls, helpers = [redis_url], [redis]
     setup = GatewaySetup(
-        admin_port=free_port(), admin_token=secrets.token_urlsafe(24), redis_url=redis_url
+        admin_port=free_port(), admin_token=secrets.token_urlsafe(24), redis_urls=redis_urls
     )
     listen_port = free_port()
     config = webhook_gateway_config(procs.workdir, backend, setup, listen_port)
