@@ -149,6 +149,9 @@ class RedisStore(Store):
         try:
             await self.ping()
             await self._check_mode()
+            # Loaded on every master now rather than on first use, when one master being
+            # away would hold up a write to another (a missing script is loaded everywhere).
+            await self._load_scripts()
             await self.call(move_to_current_layout(self.client, self.names))
         except BaseException:
             await self.shutdown()  # a store that could not start holds no connection
@@ -393,17 +396,36 @@ class RedisStore(Store):
                 nodes[node.name] = node
         return [{"target_nodes": node} for node in nodes.values()]
 
+    def by_server(self, names: Sequence[str]) -> list[list[str]]:
+        """names grouped by the server that serves them now (one group on one Redis)."""
+        if not self.cluster:
+            return [list(names)]
+        client = cast(RedisCluster, self.client)
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            try:
+                node = client.get_node_from_key(name)
+            except REDIS_FAILURES:  # a slot no node serves now: a group of its own
+                node = None
+            groups.setdefault(node.name if node else name, []).append(name)
+        return list(groups.values())
+
     @staticmethod
     async def _refresh_slots(client: aioredis.Redis) -> None:
         with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
             async with asyncio.timeout(2.0):
                 await cast(RedisCluster, client).nodes_manager.initialize()
 
-    def run_script(
+    async def write_script(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]
-    ) -> Callable[[Any], object]:
-        """A stage for ``write``: run script by its hash (``write`` loads it when missing)."""
-        return lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
+    ) -> Any:
+        """Run a script that writes, acknowledged as ``write`` says; its answer."""
+        if self._acked_client is None:
+            # Nothing to wait for: the plain call, which reloads a missing script itself.
+            return await self.call(script(keys=keys, args=args))
+        stage = lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)  # noqa: E731
+        (answer,) = await self.write(stage, keys)
+        return answer
 
     async def _load_scripts(self) -> None:
         for script in self._scripts:
@@ -447,7 +469,7 @@ class RedisStore(Store):
     async def _claim(self, org_id: str, slug: str, action: str) -> tuple[bool, str]:
         name = self.names.slug(slug)
         args: list[EncodableT] = [org_id, _STALE_CLAIM_MS, action]
-        ((done, stale),) = await self.write(self.run_script(self._claim_slug, [name], args), [name])
+        done, stale = await self.write_script(self._claim_slug, [name], args)
         return bool(done), stale.decode()
 
     async def _undo_org(self, org: Org) -> None:
@@ -533,14 +555,14 @@ class RedisStore(Store):
         """
         if message is None:
             args = [*args, self._channel, "", self._echo_channel, ""]  # announces nothing
-            (done,) = await self.write(self.run_script(script, keys, args), keys)
+            done = await self.write_script(script, keys, args)
             return done
         nonce = os.urandom(8).hex()
         args = [*args, self._channel, message.encode(), self._echo_channel, nonce]
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._echoes[nonce] = waiter
         try:
-            (done,) = await self.write(self.run_script(script, keys, args), keys)
+            done = await self.write_script(script, keys, args)
             if done and self._invalidation_live:
                 # wait(), not a timeout around the future: that would cancel it, and a
                 # cancelled future is done as well as a heard one.
@@ -703,5 +725,5 @@ class RedisStore(Store):
         )
         # Acknowledged like a key: the stored response is what makes a retry a replay.
         name = self._idem_key(scope)
-        (done,) = await self.write(self.run_script(self._idem_finish, [name], args), [name])
+        done = await self.write_script(self._idem_finish, [name], args)
         return bool(done)

@@ -13,6 +13,7 @@ shard at once: one pipelined round trip, on admin paths only.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 
 _HISTORY_AFTER_DELETE = 86400  # seconds a deleted endpoint's delivery index outlives it
+_RESCAN_AFTER = 0.1  # seconds a read of which shards have due work is used for claims
 
 
 def _ms(seconds: float) -> int:
@@ -38,6 +40,10 @@ class RedisWebhookStore(WebhookStore):
     def __init__(self, store: RedisStore) -> None:
         self._store = store
         self._names = store.names
+        # The shards with due work as last read (shard -> its earliest due time), and when (by
+        # the clock claims are given).
+        self._heads: dict[str, float] = {}
+        self._scanned_at = -math.inf
 
     def register_scripts(self) -> None:
         register = self._store.register_script
@@ -58,29 +64,30 @@ class RedisWebhookStore(WebhookStore):
     async def _call(self, coro: Any) -> Any:
         return await self._store.call(coro)
 
-    async def _write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        (result,) = await self._store.write(self._store.run_script(script, keys, args), keys)
-        return result
+    async def _each_shard(self, command: Callable[[Any, str], object]) -> list[tuple[str, Any]]:
+        """``command(pipe, shard)`` on every shard; (shard, reply) of those that answered.
+        One pipeline per server at once: a master that is away costs its own shards, never
+        the others'."""
+        groups = self._store.by_server([self._names.webhooks(s) for s in range(WEBHOOK_SHARDS)])
 
-    async def _each_shard(self, command: Callable[[Any, str], Any]) -> list[tuple[str, Any]]:
-        """``command(client, shard)`` on every shard at once; (shard, reply) of those that
-        answered. One command each, not one pipeline: a master that is away costs its own
-        shards, never the others'."""
-        client = self._store.client
-        replies = await asyncio.gather(
-            *(self._call(command(client, shard)) for shard in self._shards()),
-            return_exceptions=True,
-        )
-        answered = [
-            (shard, reply)
-            for shard, reply in zip(self._shards(), replies, strict=True)
-            if not isinstance(reply, Exception)
-        ]
+        async def run(shards: list[str]) -> list[tuple[str, Any]]:
+            async with self._store.client.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    command(pipe, shard)
+                replies = await self._call(pipe.execute(raise_on_error=False))
+            return [
+                (shard, reply)
+                for shard, reply in zip(shards, replies, strict=True)
+                if not isinstance(reply, Exception)
+            ]
+
+        answers = await asyncio.gather(*(run(shards) for shards in groups), return_exceptions=True)
+        answered = [pair for answer in answers if isinstance(answer, list) for pair in answer]
         if not answered:
-            raise StoreError(f"redis store: no webhook shard answered: {replies[0]}")
+            raise StoreError(f"redis store: no webhook shard answered: {answers[0]}")
         return answered
 
-    async def _find(self, command: Callable[[Any, str], Any]) -> tuple[str, Any] | None:
+    async def _find(self, command: Callable[[Any, str], object]) -> tuple[str, Any] | None:
         """The shard whose reply to command is not empty, and that reply; None when every
         shard answered nothing (a shard that could not answer is a StoreError: an absence
         cannot be told then)."""
@@ -94,14 +101,14 @@ class RedisWebhookStore(WebhookStore):
 
     async def _delivery_shard(self, delivery_id: str) -> tuple[str, str] | None:
         """The shard of a delivery and its endpoint's id, or None."""
-        found = await self._find(lambda c, p: c.hget(p + f"dlv:{delivery_id}", "endpoint_id"))
+        found = await self._find(lambda pipe, p: pipe.hget(p + f"dlv:{delivery_id}", "endpoint_id"))
         return (found[0], found[1].decode()) if found else None
 
     # -- endpoints -------------------------------------------------------------------------
 
     async def create_endpoint(self, endpoint: Endpoint, cap: int | None) -> bool:
         p = self._shard(endpoint.org_id)
-        created = await self._write(
+        created = await self._store.write_script(
             self._create,
             [p + f"ep:{endpoint.id}", p + f"orgeps:{endpoint.org_id}"],
             [
@@ -116,7 +123,7 @@ class RedisWebhookStore(WebhookStore):
     async def _endpoint_shard(self, endpoint_id: str, org_id: str | None) -> str | None:
         if org_id is not None:
             return self._shard(org_id)
-        found = await self._find(lambda c, p: c.get(p + f"ep:{endpoint_id}"))
+        found = await self._find(lambda pipe, p: pipe.get(p + f"ep:{endpoint_id}"))
         return found[0] if found else None
 
     async def get_endpoint(self, endpoint_id: str, org_id: str | None = None) -> Endpoint | None:
@@ -125,7 +132,7 @@ class RedisWebhookStore(WebhookStore):
                 self._store.client.get(self._shard(org_id) + f"ep:{endpoint_id}")
             )
         else:
-            found = await self._find(lambda c, p: c.get(p + f"ep:{endpoint_id}"))
+            found = await self._find(lambda pipe, p: pipe.get(p + f"ep:{endpoint_id}"))
             raw = found[1] if found else None
         return Endpoint.from_record(orjson.loads(raw)) if raw else None
 
@@ -179,6 +186,7 @@ class RedisWebhookStore(WebhookStore):
         args: list[Any] = [orjson.dumps(event.to_record()), _ms(keep), trim_before]
         keys = [p + f"evt:{event.id}", p + "due", p + "ready"]
         for d in deliveries:
+            self._due_now(p, d.next_at)
             keys += [p + f"dlv:{d.id}", p + f"q:{d.endpoint_id}", p + f"epdlv:{d.endpoint_id}"]
             args += [
                 d.id,
@@ -190,10 +198,10 @@ class RedisWebhookStore(WebhookStore):
                 repr(d.created_at),
                 repr(d.next_at),
             ]
-        return bool(await self._write(self._enqueue, keys, args))
+        return bool(await self._store.write_script(self._enqueue, keys, args))
 
     async def get_event(self, event_id: str) -> Event | None:
-        found = await self._find(lambda c, p: c.get(p + f"evt:{event_id}"))
+        found = await self._find(lambda pipe, p: pipe.get(p + f"evt:{event_id}"))
         return Event.from_record(orjson.loads(found[1])) if found else None
 
     async def claim(
@@ -206,9 +214,17 @@ class RedisWebhookStore(WebhookStore):
         per_endpoint: int,
         busy: Mapping[str, int],
     ) -> list[Delivery]:
-        # Which shards have an endpoint with due work, the longest-waiting first.
-        heads = await self._each_shard(lambda c, p: c.zrange(p + "ready", 0, 0, withscores=True))
-        waiting = sorted((head[0][1], p) for p, head in heads if head and head[0][1] <= now)
+        # Which shards have an endpoint with due work, the longest-waiting first. Read anew
+        # at most every _RESCAN_AFTER: a busy dispatcher claims after every attempt, and
+        # asking all shards each time costs more than the claims; a shard this process
+        # enqueues to is known at once (see _due_now).
+        if not 0 <= now - self._scanned_at < _RESCAN_AFTER:
+            heads = await self._each_shard(
+                lambda pipe, p: pipe.zrange(p + "ready", 0, 0, withscores=True)
+            )
+            self._scanned_at = now
+            self._heads = {p: head[0][1] for p, head in heads if head}
+        waiting = sorted((at, p) for p, at in self._heads.items() if at <= now)
         claimed: list[Delivery] = []
         for _, p in waiting:
             if len(claimed) >= limit:
@@ -224,8 +240,13 @@ class RedisWebhookStore(WebhookStore):
             for endpoint_id, count in busy.items():
                 args += [endpoint_id, count]
             rows = await self._call(self._claim(keys=[p + "ready", p + "due"], args=args))
+            # A shard that gave nothing is asked again until the next scan: what kept it from
+            # giving (this caller's attempts in flight to its endpoints) may end meanwhile.
             claimed += [_delivery(_pairs(row)) for row in rows]
         return claimed
+
+    def _due_now(self, p: str, at: float) -> None:
+        self._heads[p] = min(at, self._heads.get(p, at))
 
     async def finish(
         self, delivery: Delivery, token: str, outcome: Outcome, now: float, keep: float
@@ -254,6 +275,8 @@ class RedisWebhookStore(WebhookStore):
                 ],
             )
         )
+        if done and outcome.status == "pending":
+            self._due_now(p, outcome.next_at)
         return bool(done)
 
     async def release(self, delivery: Delivery, token: str, due: float) -> bool:
@@ -269,6 +292,8 @@ class RedisWebhookStore(WebhookStore):
                 args=[token, delivery.id, repr(due)],
             )
         )
+        if done:
+            self._due_now(p, due)
         return bool(done)
 
     async def retry(self, delivery_id: str, now: float) -> Delivery | None:
@@ -283,9 +308,13 @@ class RedisWebhookStore(WebhookStore):
             p + "ready",
             p + f"q:{endpoint_id}",
         ]
-        done = await self._write(self._retry, keys, [delivery_id, repr(now), endpoint_id])
+        done = await self._store.write_script(
+            self._retry, keys, [delivery_id, repr(now), endpoint_id]
+        )
         if done == -1:
             raise Conflict("An attempt of this delivery is in flight; try again shortly.")
+        if done:
+            self._due_now(p, now)
         found = await self._deliveries(p, [delivery_id]) if done else []
         return found[0] if found else None
 
@@ -296,7 +325,7 @@ class RedisWebhookStore(WebhookStore):
 
     async def list_deliveries(self, endpoint_id: str, limit: int) -> list[Delivery]:
         found_in = await self._find(
-            lambda c, p: c.zrevrange(p + f"epdlv:{endpoint_id}", 0, limit - 1)
+            lambda pipe, p: pipe.zrevrange(p + f"epdlv:{endpoint_id}", 0, limit - 1)
         )
         p, ids = (found_in[0], [i.decode() for i in found_in[1]]) if found_in else ("", [])
         found = await self._deliveries(p, ids)
@@ -322,15 +351,9 @@ class RedisWebhookStore(WebhookStore):
 
     async def queue_depth(self, now: float) -> tuple[int, int]:
         # Of the shards that answer: a gauge, not a promise.
-        async def depth(client: Any, p: str) -> tuple[int, int]:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.zcard(p + "due")
-                pipe.zcount(p + "due", "-inf", repr(now))
-                pending, due = await pipe.execute()
-            return int(pending), int(due)
-
-        depths = [d for _, d in await self._each_shard(depth)]
-        return sum(d[0] for d in depths), sum(d[1] for d in depths)
+        pending = await self._each_shard(lambda pipe, p: pipe.zcard(p + "due"))
+        due = await self._each_shard(lambda pipe, p: pipe.zcount(p + "due", "-inf", repr(now)))
+        return sum(n for _, n in pending), sum(n for _, n in due)
 
     async def purge(self, now: float) -> None:
         """Nothing to do: finished deliveries and events carry their own expiry."""
