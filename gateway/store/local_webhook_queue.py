@@ -220,7 +220,9 @@ class LocalDeliveryQueue:
         result: bool = await self._run(release)
         return result
 
-    async def retry(self, delivery_id: str, now: float) -> Delivery | None:
+    async def retry(
+        self, delivery_id: str, now: float, org_id: str | None = None
+    ) -> Delivery | None:
         def retry(db: sqlite3.Connection) -> Delivery | None:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE id = ?",  # noqa: S608 - literal columns
@@ -246,11 +248,13 @@ class LocalDeliveryQueue:
         result: Delivery | None = await self._run(retry)
         return result
 
-    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+    async def get_delivery(self, delivery_id: str, org_id: str | None = None) -> Delivery | None:
         found = await self._deliveries("WHERE id = ?", (delivery_id,))
         return found[0] if found else None
 
-    async def list_deliveries(self, endpoint_id: str, limit: int) -> list[Delivery]:
+    async def list_deliveries(
+        self, endpoint_id: str, limit: int, org_id: str | None = None
+    ) -> list[Delivery]:
         return await self._deliveries(
             "WHERE endpoint_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", (endpoint_id, limit)
         )

@@ -82,7 +82,7 @@ class LocalWebhookStore(LocalDeliveryQueue, WebhookStore):
         result: Endpoint | None = await self._run(update)
         return result
 
-    async def delete_endpoint(self, endpoint_id: str) -> bool:
+    async def delete_endpoint(self, endpoint_id: str, org_id: str | None = None) -> bool:
         cursor = await self._run(
             lambda db: db.execute("DELETE FROM webhook_endpoints WHERE id = ?", (endpoint_id,))
         )

@@ -17,7 +17,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.connection import parse_url
-from redis.exceptions import NoPermissionError, NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from gateway.breaker import Backoff
@@ -215,6 +224,7 @@ class RedisStore(Store):
         loop = asyncio.get_running_loop()
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            self._resubscribe.clear()  # asked for while down: this is the new subscription
             try:
                 await pubsub.subscribe(self._channel, self._echo_channel)
                 # Subscribed is not yet listening (a hung node takes the SUBSCRIBE and says
@@ -270,6 +280,21 @@ class RedisStore(Store):
             return await coro
         except REDIS_FAILURES as exc:
             raise StoreError(f"redis store: {exc}") from exc
+
+    async def pipelined(
+        self, stage: Callable[[Any], object], *, raise_on_error: bool = True
+    ) -> list[Any]:
+        """Send the commands ``stage`` puts in one pipeline; their replies. Any Redis failure,
+        the pipeline's own setup included (a cluster's may ask where slots are), is a
+        StoreError."""
+
+        async def send() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                stage(pipe)
+                return list(await pipe.execute(raise_on_error=raise_on_error))
+
+        result: list[Any] = await self.call(send())
+        return result
 
     async def ping(self) -> None:
         await self.call(self.client.ping())
@@ -358,8 +383,16 @@ class RedisStore(Store):
                         sent = pipe.execute(raise_on_error=False)
                     replies = await self.call(sent)
             except (StoreError, *REDIS_FAILURES) as exc:
-                if acked and self.cluster:
-                    await self._refresh_slots(client)
+                cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+                if (
+                    acked
+                    and self.cluster
+                    and isinstance(
+                        cause,
+                        OSError | RedisClusterException | RedisConnectionError | RedisTimeoutError,
+                    )
+                ):
+                    await self._refresh_slots(client)  # a node away: the map may be old
                 if isinstance(exc, StoreError):
                     raise
                 raise StoreError(f"redis store: {exc}") from exc
@@ -369,8 +402,8 @@ class RedisStore(Store):
                 continue
             for result in results:
                 if isinstance(result, Exception):
-                    if acked and self.cluster:
-                        await self._refresh_slots(client)  # a MOVED, say: the map is old
+                    if acked and self.cluster and isinstance(result, MovedError | AskError):
+                        await self._refresh_slots(client)  # the map of slots is old
                     raise StoreError(f"redis store: {result}") from result
             for acked_by in waits:
                 if isinstance(acked_by, Exception) or int(acked_by) < self._replica_acks:
@@ -441,15 +474,14 @@ class RedisStore(Store):
 
     async def create_org(self, org: Org) -> None:
         """The slug is claimed first (``pending``), the org written, then the claim made
-        final. Listings show only orgs whose slug points to them, so a create that fails
-        midway shows nowhere; a claim left pending by a process that died is taken over once
-        stale, and the org that process may have written is removed then."""
+        final. Listings show only orgs whose slug points to them (or that have keys), so a
+        create that fails midway shows nowhere; a claim left pending by a process that died
+        is taken over once stale (what that process wrote is left, unlisted: removing it
+        could remove an org whose final write a failover lost)."""
         try:
-            claimed, stale = await self._claim(org.id, org.slug, "claim")
+            claimed, _ = await self._claim(org.id, org.slug, "claim")
             if not claimed:
                 raise Conflict(f"An org with slug {org.slug!r} already exists.")
-            if stale:
-                await self._remove_org(stale)
             record, listing = self.names.org(org.id), self.names.orgs()
             await self.write(
                 lambda pipe: (
@@ -504,17 +536,30 @@ class RedisStore(Store):
         if not ids:
             return []
         # GETs, not one MGET: the records are in the slots of their orgs.
-        async with self.client.pipeline(transaction=False) as pipe:
-            for org_id in ids:
-                pipe.get(self.names.org(org_id.decode()))
-            raws = await self.call(pipe.execute())
+        raws = await self.pipelined(
+            lambda pipe: [pipe.get(self.names.org(org_id.decode())) for org_id in ids]
+        )
         orgs = [Org.from_record(orjson.loads(r)) for r in raws if r]
         # Only orgs whose create finished: their slug points to them.
-        async with self.client.pipeline(transaction=False) as pipe:
-            for org in orgs:
-                pipe.get(self.names.slug(org.slug))
-            owners = await self.call(pipe.execute())
-        return [org for org, owner in zip(orgs, owners, strict=True) if owner == org.id.encode()]
+        owners = await self.pipelined(
+            lambda pipe: [pipe.get(self.names.slug(org.slug)) for org in orgs]
+        )
+        unsure = [o for o, owner in zip(orgs, owners, strict=True) if owner != o.id.encode()]
+        keep = {o.id for o in orgs} - {o.id for o in unsure}
+        if unsure:
+            # Or that have keys: a key is made only for an org whose create was answered, so
+            # its slug's final write was lost (a failover without replica_acks). Put it back
+            # where the slug is free or still claimed for it.
+            counts = await self.pipelined(
+                lambda pipe: [pipe.zcard(self.names.org_keys(o.id)) for o in unsure]
+            )
+            for org, count in zip(unsure, counts, strict=True):
+                if count:
+                    keep.add(org.id)
+                    with contextlib.suppress(StoreError):
+                        await self.call(self.client.set(self.names.slug(org.slug), org.id, nx=True))
+                        await self._claim(org.id, org.slug, "commit")
+        return [org for org in orgs if org.id in keep]
 
     async def update_org(self, org_id: str, change: Change[Org]) -> Org | None:
         def apply(raw: bytes) -> tuple[Org, bytes, Invalidation]:
@@ -602,11 +647,13 @@ class RedisStore(Store):
     async def _keys(self, org_id: str, ids: list[str]) -> list[ApiKey]:
         if not ids:
             return []
-        async with self.client.pipeline(transaction=False) as pipe:
+
+        def stage(pipe: Any) -> None:
             for key_id in ids:
                 pipe.get(self.names.key(org_id, key_id))
             pipe.zmscore(self.names.last_used(org_id), ids)
-            *raws, last_used = await self.call(pipe.execute())
+
+        *raws, last_used = await self.pipelined(stage)
         keys = []
         for raw, used in zip(raws, last_used, strict=True):
             if raw is None:
@@ -644,17 +691,20 @@ class RedisStore(Store):
         return keys
 
     async def _repair_pointers(self, keys: list[ApiKey]) -> None:
-        """Write back a key's pointer by id where it is missing. It lives on another master
-        than the record, and a failover without replica_acks can lose one and keep the
-        other: the key would still work but could not be revoked by id. Listings (the
-        admin's, and the key-event scan's) put it back."""
+        """Write back a key's pointers where they are missing. They live on other masters than
+        the record, and a failover without replica_acks can lose one and keep the others: the
+        key could not be revoked by id, or would be refused while listed. Listings (the
+        admin's, and the key-event scan's) put them back."""
         if not keys:
             return
+
+        def stage(pipe: Any) -> None:
+            for key in keys:
+                pipe.set(self.names.key_org(key.id), key.org_id, nx=True)
+                pipe.set(self.names.key_hash(key.key_hash), f"{key.org_id}:{key.id}", nx=True)
+
         with contextlib.suppress(StoreError):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.set(self.names.key_org(key.id), key.org_id, nx=True)
-                await self.call(pipe.execute())
+            await self.pipelined(stage)
 
     async def update_key(self, key_id: str, change: Change[ApiKey]) -> ApiKey | None:
         def apply(raw: bytes) -> tuple[ApiKey, bytes, Invalidation]:
@@ -674,11 +724,13 @@ class RedisStore(Store):
             by_org.setdefault(org_id, {})[key_id] = at
         if not by_org:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for org_id, times in by_org.items():
-                # GT: instances flush at different moments; a time only ever moves forward.
+        # GT: instances flush at different moments; a time only ever moves forward.
+        await self.pipelined(
+            lambda pipe: [
                 pipe.zadd(self.names.last_used(org_id), times, gt=True)
-            await self.call(pipe.execute())
+                for org_id, times in by_org.items()
+            ]
+        )
 
     # -- idempotency -----------------------------------------------------------------------
 

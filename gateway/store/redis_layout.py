@@ -18,6 +18,7 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 
 from gateway.store.redis_keyspace import Keyspace
 from gateway.tasks import cancel_and_wait
@@ -34,6 +35,10 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
+_RENEW_IF_HOLDER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 _RELEASE_IF_HOLDER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -48,41 +53,48 @@ async def move_to_current_layout(client: aioredis.Redis, names: Keyspace) -> Non
     """Copy an earlier release's dataset into the current layout, once, and remove the old
     keys; errors are the client's (the store maps them)."""
     layout = names.layout()
-    mover = _Mover(client, names)
-    if await client.get(layout) == CURRENT:
-        if await mover.has_old_data():
-            await mover.delete_old()  # a mover that set the mark died before this
-        return
-    if not await mover.has_old_data():
-        await client.set(layout, CURRENT)
-        return
-    lock, token = layout + ":moving", os.urandom(8).hex()
-    while not await client.set(lock, token, nx=True, px=_LOCK_MS):
-        # Another instance is moving it: wait for the mark (or for its lock to run out).
-        await asyncio.sleep(0.2)
+    lock = layout + ":moving"
+    while True:
+        mover = _Mover(client, names)
         if await client.get(layout) == CURRENT:
+            if await mover.has_old_data():
+                await mover.delete_old()  # a mover that set the mark died before this
             return
-    keeper = asyncio.create_task(_keep_lock(client, lock, token, mover))
-    try:
-        if await client.get(layout) == CURRENT:
+        if not await mover.has_old_data():
+            await client.set(layout, CURRENT)
             return
-        counts = await mover.copy()
-        if not await client.eval(_MARK_IF_HOLDER, 2, layout, lock, token, CURRENT):
-            raise LayoutLockLost("the store layout move was taken over by another instance")
-        await mover.delete_old()
-        log.info("store_layout_moved", **counts)
-    finally:
-        await cancel_and_wait(keeper)
-        await client.eval(_RELEASE_IF_HOLDER, 1, lock, token)
+        token = os.urandom(8).hex()
+        if not await client.set(lock, token, nx=True, px=_LOCK_MS):
+            # Another instance is moving it: wait for the mark (or for its lock to run out).
+            await asyncio.sleep(0.2)
+            continue
+        keeper = asyncio.create_task(_keep_lock(client, lock, token, mover))
+        try:
+            counts = await mover.copy()
+            if not await client.eval(_MARK_IF_HOLDER, 2, layout, lock, token, CURRENT):
+                raise LayoutLockLost("taken over")
+            await mover.delete_old()
+            log.info("store_layout_moved", **counts)
+            return
+        except LayoutLockLost:
+            # This one stalled and another took over: wait for that one's mark instead.
+            log.warning("store_layout_move_taken_over")
+        finally:
+            await cancel_and_wait(keeper)
+            await client.eval(_RELEASE_IF_HOLDER, 1, lock, token)
 
 
 async def _keep_lock(client: aioredis.Redis, lock: str, token: str, mover: _Mover) -> None:
     while True:
         await asyncio.sleep(_RENEW_EVERY)
-        if await client.get(lock) != token.encode():
+        try:
+            kept = await client.eval(_RENEW_IF_HOLDER, 1, lock, token, _LOCK_MS)
+        except (RedisError, OSError) as exc:
+            log.warning("store_layout_lock_not_renewed", error=str(exc))  # again in a while
+            continue
+        if not kept:
             mover.lost = True  # checked before each write: stop at once
             return
-        await client.pexpire(lock, _LOCK_MS)
 
 
 class _Mover:
@@ -115,23 +127,27 @@ class _Mover:
             raw = await client.get(self.meta + f"org:{org_id}")
             if raw is None:
                 continue
-            slug = orjson.loads(raw)["slug"]
+            slug = _field(raw, "slug")
+            if slug is None:
+                continue
             w = self._writing()
-            await w.set(names.org(org_id), raw)
-            await w.zadd(names.orgs(), {org_id: created_at})
-            await w.set(names.slug(slug), org_id)
+            await w.set(names.org(org_id), raw, nx=True)
+            await w.zadd(names.orgs(), {org_id: created_at}, nx=True)
+            await w.set(names.slug(slug), org_id, nx=True)
             counts["orgs"] += 1
             for key_id, key_created_at in await self._scored(self.meta + f"orgkeys:{org_id}"):
                 key_raw = await client.get(self.meta + f"key:{key_id}")
                 if key_raw is None:
                     continue
-                key_hash = orjson.loads(key_raw)["key_hash"]
+                key_hash = _field(key_raw, "key_hash")
+                if key_hash is None:
+                    continue
                 used = await client.hget(self.meta + "lastused", key_id)
                 w = self._writing()
-                await w.set(names.key(org_id, key_id), key_raw)
-                await w.zadd(names.org_keys(org_id), {key_id: key_created_at})
-                await w.set(names.key_org(key_id), org_id)
-                await w.set(names.key_hash(key_hash), f"{org_id}:{key_id}")
+                await w.set(names.key(org_id, key_id), key_raw, nx=True)
+                await w.zadd(names.org_keys(org_id), {key_id: key_created_at}, nx=True)
+                await w.set(names.key_org(key_id), org_id, nx=True)
+                await w.set(names.key_hash(key_hash), f"{org_id}:{key_id}", nx=True)
                 if used is not None:
                     await w.zadd(names.last_used(org_id), {key_id: float(used)}, gt=True)
                 counts["keys"] += 1
@@ -149,11 +165,15 @@ class _Mover:
             raw = await client.get(self.wh + f"ep:{endpoint_id}")
             if raw is None:
                 continue
-            await self._writing().set(shard + f"ep:{endpoint_id}", raw)
-            await self._writing().zadd(shard + f"orgeps:{org_id}", {endpoint_id: created_at})
+            await self._writing().set(shard + f"ep:{endpoint_id}", raw, nx=True)
+            await self._writing().zadd(
+                shard + f"orgeps:{org_id}", {endpoint_id: created_at}, nx=True
+            )
             for delivery_id, at in await self._scored(self.wh + f"epdlv:{endpoint_id}"):
                 if await self._copy_delivery(delivery_id):
-                    await self._writing().zadd(shard + f"epdlv:{endpoint_id}", {delivery_id: at})
+                    await self._writing().zadd(
+                        shard + f"epdlv:{endpoint_id}", {delivery_id: at}, nx=True
+                    )
             copied += 1
         return copied
 
@@ -166,8 +186,8 @@ class _Mover:
                 continue
             shard, endpoint_id = delivery
             w = self._writing()
-            await w.zadd(shard + "due", {delivery_id: at})
-            await w.zadd(shard + f"q:{endpoint_id}", {delivery_id: at})
+            await w.zadd(shard + "due", {delivery_id: at}, nx=True)
+            await w.zadd(shard + f"q:{endpoint_id}", {delivery_id: at}, nx=True)
             await w.zadd(shard + "ready", {endpoint_id: at}, lt=True)
         return len(self.copied_deliveries)
 
@@ -190,8 +210,11 @@ class _Mover:
 
     async def _copy(self, old: str, new: str) -> None:
         """A string, hash or list, with its expiry (read first: a value read after it could
-        have expired in between, and then the copy would never expire)."""
+        have expired in between, and then the copy would never expire). Never over a key
+        that exists: a move run again writes the same, and nothing else may be undone."""
         client = self.client
+        if await client.exists(new):
+            return
         ttl = await client.pttl(old)
         if ttl == -2:
             return  # gone, or expired meanwhile
@@ -206,7 +229,6 @@ class _Mover:
         if not value:
             return
         w = self._writing()
-        await w.delete(new)
         if kind == "hash":
             await w.hset(new, mapping=value)
         elif kind == "list":
@@ -231,6 +253,17 @@ class _Mover:
                     await pipe.execute()
         for name in last:
             await self.client.delete(name)
+
+
+def _field(raw: bytes | str, name: str) -> str | None:
+    """A field of an old JSON record; None (the record is skipped, and logged) if it is not
+    one."""
+    try:
+        value = orjson.loads(raw)[name]
+    except (ValueError, KeyError, TypeError):
+        log.warning("store_layout_record_skipped", field=name)
+        return None
+    return str(value)
 
 
 def _glob(text: str) -> str:

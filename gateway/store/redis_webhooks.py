@@ -6,8 +6,8 @@ Redis Cluster too, and the shards spread the queue over the masters. Claims visi
 that have due work. Times are float seconds; a shard's due queue is a sorted set scored by when
 a delivery may next be claimed (its next attempt, or the end of its lease).
 
-What is looked up by id alone (the admin API's endpoints and deliveries) is looked for in every
-shard at once: one pipelined round trip, on admin paths only.
+What is looked up by id alone (the admin API's routes by endpoint or delivery id) is looked for
+in every shard at once, one pipeline per server; every other lookup knows the org, so its shard.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -68,13 +68,12 @@ class RedisWebhookStore(WebhookStore):
         """``command(pipe, shard)`` on every shard; (shard, reply) of those that answered.
         One pipeline per server at once: a master that is away costs its own shards, never
         the others'."""
-        groups = self._store.by_server([self._names.webhooks(s) for s in range(WEBHOOK_SHARDS)])
+        groups = self._store.by_server(self._shards())
 
         async def run(shards: list[str]) -> list[tuple[str, Any]]:
-            async with self._store.client.pipeline(transaction=False) as pipe:
-                for shard in shards:
-                    command(pipe, shard)
-                replies = await self._call(pipe.execute(raise_on_error=False))
+            replies = await self._store.pipelined(
+                lambda pipe: [command(pipe, shard) for shard in shards], raise_on_error=False
+            )
             return [
                 (shard, reply)
                 for shard, reply in zip(shards, replies, strict=True)
@@ -87,10 +86,17 @@ class RedisWebhookStore(WebhookStore):
             raise StoreError(f"redis store: no webhook shard answered: {answers[0]}")
         return answered
 
-    async def _find(self, command: Callable[[Any, str], object]) -> tuple[str, Any] | None:
+    async def _find(
+        self, command: Callable[[Any, str], object], org_id: str | None = None
+    ) -> tuple[str, Any] | None:
         """The shard whose reply to command is not empty, and that reply; None when every
         shard answered nothing (a shard that could not answer is a StoreError: an absence
-        cannot be told then)."""
+        cannot be told then). With the org: its shard alone."""
+        if org_id is not None:
+            p = self._shard(org_id)
+            # command stages on a pipeline, and on the client it is the command itself.
+            reply = await self._call(cast(Any, command(self._store.client, p)))
+            return (p, reply) if reply else None
         answered = await self._each_shard(command)
         for shard, reply in answered:
             if reply:
@@ -99,9 +105,11 @@ class RedisWebhookStore(WebhookStore):
             raise StoreError("redis store: a webhook shard is out of reach")
         return None
 
-    async def _delivery_shard(self, delivery_id: str) -> tuple[str, str] | None:
+    async def _delivery_shard(self, delivery_id: str, org_id: str | None) -> tuple[str, str] | None:
         """The shard of a delivery and its endpoint's id, or None."""
-        found = await self._find(lambda pipe, p: pipe.hget(p + f"dlv:{delivery_id}", "endpoint_id"))
+        found = await self._find(
+            lambda pipe, p: pipe.hget(p + f"dlv:{delivery_id}", "endpoint_id"), org_id
+        )
         return (found[0], found[1].decode()) if found else None
 
     # -- endpoints -------------------------------------------------------------------------
@@ -127,14 +135,8 @@ class RedisWebhookStore(WebhookStore):
         return found[0] if found else None
 
     async def get_endpoint(self, endpoint_id: str, org_id: str | None = None) -> Endpoint | None:
-        if org_id is not None:
-            raw = await self._call(
-                self._store.client.get(self._shard(org_id) + f"ep:{endpoint_id}")
-            )
-        else:
-            found = await self._find(lambda pipe, p: pipe.get(p + f"ep:{endpoint_id}"))
-            raw = found[1] if found else None
-        return Endpoint.from_record(orjson.loads(raw)) if raw else None
+        found = await self._find(lambda pipe, p: pipe.get(p + f"ep:{endpoint_id}"), org_id)
+        return Endpoint.from_record(orjson.loads(found[1])) if found else None
 
     async def list_endpoints(self, org_id: str) -> list[Endpoint]:
         p = self._shard(org_id)
@@ -156,8 +158,8 @@ class RedisWebhookStore(WebhookStore):
             return None
         return await self._store.update_record(p + f"ep:{endpoint_id}", apply)
 
-    async def delete_endpoint(self, endpoint_id: str) -> bool:
-        endpoint = await self.get_endpoint(endpoint_id)
+    async def delete_endpoint(self, endpoint_id: str, org_id: str | None = None) -> bool:
+        endpoint = await self.get_endpoint(endpoint_id, org_id)
         if endpoint is None:
             return False
         p = self._shard(endpoint.org_id)
@@ -239,7 +241,12 @@ class RedisWebhookStore(WebhookStore):
             ]
             for endpoint_id, count in busy.items():
                 args += [endpoint_id, count]
-            rows = await self._call(self._claim(keys=[p + "ready", p + "due"], args=args))
+            try:
+                rows = await self._call(self._claim(keys=[p + "ready", p + "due"], args=args))
+            except StoreError:
+                if claimed:
+                    break  # hand out what is leased already; the rest waits for a later claim
+                raise
             # A shard that gave nothing is asked again until the next scan: what kept it from
             # giving (this caller's attempts in flight to its endpoints) may end meanwhile.
             claimed += [_delivery(_pairs(row)) for row in rows]
@@ -296,8 +303,10 @@ class RedisWebhookStore(WebhookStore):
             self._due_now(p, due)
         return bool(done)
 
-    async def retry(self, delivery_id: str, now: float) -> Delivery | None:
-        located = await self._delivery_shard(delivery_id)
+    async def retry(
+        self, delivery_id: str, now: float, org_id: str | None = None
+    ) -> Delivery | None:
+        located = await self._delivery_shard(delivery_id, org_id)
         if located is None:
             return None
         p, endpoint_id = located
@@ -318,14 +327,16 @@ class RedisWebhookStore(WebhookStore):
         found = await self._deliveries(p, [delivery_id]) if done else []
         return found[0] if found else None
 
-    async def get_delivery(self, delivery_id: str) -> Delivery | None:
-        shard = await self._delivery_shard(delivery_id)
+    async def get_delivery(self, delivery_id: str, org_id: str | None = None) -> Delivery | None:
+        shard = await self._delivery_shard(delivery_id, org_id)
         found = await self._deliveries(shard[0], [delivery_id]) if shard else []
         return found[0] if found else None
 
-    async def list_deliveries(self, endpoint_id: str, limit: int) -> list[Delivery]:
+    async def list_deliveries(
+        self, endpoint_id: str, limit: int, org_id: str | None = None
+    ) -> list[Delivery]:
         found_in = await self._find(
-            lambda pipe, p: pipe.zrevrange(p + f"epdlv:{endpoint_id}", 0, limit - 1)
+            lambda pipe, p: pipe.zrevrange(p + f"epdlv:{endpoint_id}", 0, limit - 1), org_id
         )
         p, ids = (found_in[0], [i.decode() for i in found_in[1]]) if found_in else ("", [])
         found = await self._deliveries(p, ids)
@@ -337,11 +348,13 @@ class RedisWebhookStore(WebhookStore):
     async def _deliveries(self, p: str, ids: list[str]) -> list[Delivery]:
         if not ids:
             return []
-        async with self._store.client.pipeline(transaction=False) as pipe:
+
+        def stage(pipe: Any) -> None:
             for delivery_id in ids:
                 pipe.hgetall(p + f"dlv:{delivery_id}")
                 pipe.lrange(p + f"dlvlog:{delivery_id}", 0, -1)
-            replies = await self._call(pipe.execute())
+
+        replies = await self._store.pipelined(stage)
         found = []
         for fields, log in zip(replies[::2], replies[1::2], strict=True):
             if fields:

@@ -34,7 +34,9 @@ class WebhookStore(ABC):
 
     @abstractmethod
     async def get_endpoint(self, endpoint_id: str, org_id: str | None = None) -> Endpoint | None:
-        """org_id: the endpoint's org, when the caller knows it (found at once then)."""
+        """org_id, here and in the other lookups by id: the org the thing belongs to, when
+        the caller knows it (found at once then, on a store that spreads orgs). Callers still
+        check the org of what they get."""
 
     @abstractmethod
     async def list_endpoints(self, org_id: str) -> list[Endpoint]: ...
@@ -47,7 +49,8 @@ class WebhookStore(ABC):
         get_endpoint)."""
 
     @abstractmethod
-    async def delete_endpoint(self, endpoint_id: str) -> bool: ...
+    async def delete_endpoint(self, endpoint_id: str, org_id: str | None = None) -> bool:
+        """org_id: as for get_endpoint."""
 
     @abstractmethod
     async def enqueue(self, event: Event, deliveries: Sequence[Delivery], keep: float) -> bool:
@@ -90,16 +93,20 @@ class WebhookStore(ABC):
         """Give a claimed delivery back, unattempted, due again at due."""
 
     @abstractmethod
-    async def retry(self, delivery_id: str, now: float) -> Delivery | None:
+    async def retry(
+        self, delivery_id: str, now: float, org_id: str | None = None
+    ) -> Delivery | None:
         """Make it due now (a manual retry); None when unknown. Raises Conflict while an
         attempt is in flight."""
 
     @abstractmethod
-    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+    async def get_delivery(self, delivery_id: str, org_id: str | None = None) -> Delivery | None:
         """With its attempts."""
 
     @abstractmethod
-    async def list_deliveries(self, endpoint_id: str, limit: int) -> list[Delivery]:
+    async def list_deliveries(
+        self, endpoint_id: str, limit: int, org_id: str | None = None
+    ) -> list[Delivery]:
         """The newest first, with their attempts."""
 
     @abstractmethod

@@ -244,7 +244,7 @@ class WebhookService:
         return [endpoint_view(e, now) for e in await self.store.webhooks.list_endpoints(org.id)]
 
     async def _endpoint(self, endpoint_id: str, org_id: str | None) -> Endpoint:
-        endpoint = await self.store.webhooks.get_endpoint(endpoint_id)
+        endpoint = await self.store.webhooks.get_endpoint(endpoint_id, org_id)
         if endpoint is None or (org_id is not None and endpoint.org_id != org_id):
             raise NotFound(f"No webhook endpoint {endpoint_id!r}.")
         return endpoint
@@ -255,7 +255,7 @@ class WebhookService:
     async def update_endpoint(
         self, endpoint_id: str, org_id: str | None, raw: bytes
     ) -> dict[str, Any]:
-        await self._endpoint(endpoint_id, org_id)
+        endpoint = await self._endpoint(endpoint_id, org_id)
         body: UpdateEndpoint = parse_body(raw, UpdateEndpoint, self._context())
         if body.url is not None:
             await self._check_resolves(body.url)
@@ -269,26 +269,27 @@ class WebhookService:
             changes["disabled_reason"] = (
                 None if body.status == "enabled" else "disabled by an admin"
             )
-        return endpoint_view(await self._change(endpoint_id, changes), now)
+        return endpoint_view(await self._change(endpoint, changes), now)
 
-    async def _change(self, endpoint_id: str, changes: dict[str, Any]) -> Endpoint:
+    async def _change(self, endpoint: Endpoint, changes: dict[str, Any]) -> Endpoint:
+        endpoint_id = endpoint.id
         changed = await self.store.webhooks.update_endpoint(
-            endpoint_id, lambda e: e.with_changes(**changes)
+            endpoint_id, lambda e: e.with_changes(**changes), endpoint.org_id
         )
         if changed is None:
             raise NotFound(f"No webhook endpoint {endpoint_id!r}.")
         return changed
 
     async def delete_endpoint(self, endpoint_id: str, org_id: str | None) -> dict[str, Any]:
-        await self._endpoint(endpoint_id, org_id)
-        if not await self.store.webhooks.delete_endpoint(endpoint_id):
+        endpoint = await self._endpoint(endpoint_id, org_id)
+        if not await self.store.webhooks.delete_endpoint(endpoint_id, endpoint.org_id):
             raise NotFound(f"No webhook endpoint {endpoint_id!r}.")
         return {"id": endpoint_id, "deleted": True}
 
     async def rotate_secret(
         self, endpoint_id: str, org_id: str | None, raw: bytes
     ) -> dict[str, Any]:
-        await self._endpoint(endpoint_id, org_id)
+        endpoint = await self._endpoint(endpoint_id, org_id)
         body: RotateSecret = parse_body(raw, RotateSecret, self._context())
         overlap = self.config.webhooks.secret_overlap if body.overlap is None else body.overlap
         now = self.clock()
@@ -302,7 +303,7 @@ class WebhookService:
                 secrets=(Secret(self.box.seal(secret)), *kept), updated_at=now
             )
 
-        changed = await self.store.webhooks.update_endpoint(endpoint_id, rotate)
+        changed = await self.store.webhooks.update_endpoint(endpoint_id, rotate, endpoint.org_id)
         if changed is None:
             raise NotFound(f"No webhook endpoint {endpoint_id!r}.")
         return endpoint_view(changed, now, secret)
@@ -319,27 +320,32 @@ class WebhookService:
     async def deliveries(
         self, endpoint_id: str, org_id: str | None, limit: int = MAX_DELIVERIES_LISTED
     ) -> list[dict[str, Any]]:
-        await self._endpoint(endpoint_id, org_id)
-        found = await self.store.webhooks.list_deliveries(endpoint_id, limit)
+        endpoint = await self._endpoint(endpoint_id, org_id)
+        found = await self.store.webhooks.list_deliveries(endpoint_id, limit, endpoint.org_id)
         now = self.clock()
         return [delivery_view(d, now) for d in found]
 
-    async def get_delivery(
+    async def _delivery(
         self, delivery_id: str, org_id: str | None, endpoint_id: str | None = None
-    ) -> dict[str, Any]:
-        delivery = await self.store.webhooks.get_delivery(delivery_id)
+    ) -> Delivery:
+        delivery = await self.store.webhooks.get_delivery(delivery_id, org_id)
         if (
             delivery is None
             or (org_id is not None and delivery.org_id != org_id)
             or (endpoint_id is not None and delivery.endpoint_id != endpoint_id)
         ):
             raise NotFound(f"No delivery {delivery_id!r}.")
-        return delivery_view(delivery, self.clock())
+        return delivery
+
+    async def get_delivery(
+        self, delivery_id: str, org_id: str | None, endpoint_id: str | None = None
+    ) -> dict[str, Any]:
+        return delivery_view(await self._delivery(delivery_id, org_id, endpoint_id), self.clock())
 
     async def retry_delivery(self, delivery_id: str, org_id: str | None) -> dict[str, Any]:
-        await self.get_delivery(delivery_id, org_id)
+        found = await self._delivery(delivery_id, org_id)
         now = self.clock()
-        delivery = await self.store.webhooks.retry(delivery_id, now)
+        delivery = await self.store.webhooks.retry(delivery_id, now, found.org_id)
         if delivery is None:
             raise NotFound(f"No delivery {delivery_id!r}.")
         self._wake()
