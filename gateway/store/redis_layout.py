@@ -120,28 +120,37 @@ class _Mover:
         rows = await self.client.zrange(name, 0, -1, withscores=True)
         return [(member.decode(), float(score)) for member, score in cast(Any, rows)]
 
+    async def _record(self, name: str, field: str) -> tuple[bytes, str] | None:
+        """An old JSON record and one of its fields; None when it is gone, or (logged) when
+        it cannot be read: the record is skipped."""
+        raw = await self.client.get(name)
+        if raw is None:
+            return None
+        try:
+            value = orjson.loads(raw)[field]
+        except (ValueError, KeyError, TypeError):
+            log.warning("store_layout_record_skipped", record=name)
+            return None
+        return cast(bytes, raw), str(value)
+
     async def copy(self) -> dict[str, int]:
         counts = {"orgs": 0, "keys": 0, "endpoints": 0, "deliveries": 0}
         client, names = self.client, self.names
         for org_id, created_at in await self._scored(self.meta + "orgs"):
-            raw = await client.get(self.meta + f"org:{org_id}")
-            if raw is None:
+            org = await self._record(self.meta + f"org:{org_id}", "slug")
+            if org is None:
                 continue
-            slug = _field(raw, "slug")
-            if slug is None:
-                continue
+            raw, slug = org
             w = self._writing()
             await w.set(names.org(org_id), raw, nx=True)
             await w.zadd(names.orgs(), {org_id: created_at}, nx=True)
             await w.set(names.slug(slug), org_id, nx=True)
             counts["orgs"] += 1
             for key_id, key_created_at in await self._scored(self.meta + f"orgkeys:{org_id}"):
-                key_raw = await client.get(self.meta + f"key:{key_id}")
-                if key_raw is None:
+                key = await self._record(self.meta + f"key:{key_id}", "key_hash")
+                if key is None:
                     continue
-                key_hash = _field(key_raw, "key_hash")
-                if key_hash is None:
-                    continue
+                key_raw, key_hash = key
                 used = await client.hget(self.meta + "lastused", key_id)
                 w = self._writing()
                 await w.set(names.key(org_id, key_id), key_raw, nx=True)
@@ -253,17 +262,6 @@ class _Mover:
                     await pipe.execute()
         for name in last:
             await self.client.delete(name)
-
-
-def _field(raw: bytes | str, name: str) -> str | None:
-    """A field of an old JSON record; None (the record is skipped, and logged) if it is not
-    one."""
-    try:
-        value = orjson.loads(raw)[name]
-    except (ValueError, KeyError, TypeError):
-        log.warning("store_layout_record_skipped", field=name)
-        return None
-    return str(value)
 
 
 def _glob(text: str) -> str:
