@@ -82,6 +82,9 @@ class AuthPlugin:
             ) from None
         if identity is None:
             raise Unauthorized()
+        # Logged from here on: a valid key refused below (scope, IP, plan) is its org's request.
+        ctx.log_fields["org_id"] = identity.org.id
+        ctx.log_fields["key_id"] = identity.key.id
         if identity.org.plan not in self.plans_with_api_keys:
             raise ApiAccessDisabled()
         if identity.networks and not address_in(ctx.client_ip, identity.networks):
@@ -92,6 +95,4 @@ class AuthPlugin:
                 raise InsufficientScope(missing)
         ctx.identity = identity
         ctx.upstream_headers.update(identity.headers)
-        ctx.log_fields["org_id"] = identity.org.id
-        ctx.log_fields["key_id"] = identity.key.id
         return await call_next(ctx)

@@ -16,7 +16,15 @@ from gateway.dataplane.plugins import PluginServices
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Identity
 from gateway.ratelimit.limiter import RateLimiter
-from gateway.ratelimit.policy import US, Decision, Limit, Outcome, calendar_window
+from gateway.ratelimit.plan_limits import (
+    bucket,
+    key_bucket,
+    org_bucket,
+    org_tag,
+    prefix_of,
+    quota_window,
+)
+from gateway.ratelimit.policy import Decision, Limit, Outcome, calendar_window
 
 BUCKETS_IDLE = 60.0  # seconds: a key's cached buckets outlive its last request by 1 to 2 of these
 MAX_BUCKETS = 10_000  # keys whose buckets are cached per generation
@@ -80,15 +88,6 @@ def rate_limit_headers(decision: Decision) -> list[tuple[str, str]]:
     return headers
 
 
-def _bucket(policy: str, key: str, config: RateLimitConfig) -> Limit:
-    # The bucket's shape is part of its state key: a changed limit (a plan change, a per-key
-    # override set or removed) starts with a full bucket instead of inheriting a debt measured
-    # in another rate. Quota windows keep their count across changes: usage is usage.
-    capacity = config.requests + config.burst
-    interval_us = max(1, round(config.per * US / config.requests))
-    return Limit(policy, f"{key}:{capacity}:{interval_us}", "gcra", capacity, interval_us)
-
-
 @register
 class RateLimitPlugin:
     """Counts each authenticated request against every limit that applies, all at once."""
@@ -121,7 +120,7 @@ class RateLimitPlugin:
         self.plans = plans
         self.route_limits = route.rate_limits if isinstance(route, RateLimitRoute) else ()
         self.cost = route.cost
-        self.prefix = f"{key_prefix}:rl"
+        self.prefix = prefix_of(key_prefix)
         # Each key's buckets, built once and kept while the key is in use, in two generations:
         # what went unused for a whole BUCKETS_IDLE leaves with the older one (revoked and idle
         # keys included), and a flood of keys starts a new generation early.
@@ -162,17 +161,10 @@ class RateLimitPlugin:
             self._buckets[cache_key] = buckets
         limits = list(buckets)
         if plan.quota is not None:
-            start, end, label = self._calendar(plan.quota.per, now)
-            limits.append(
-                Limit(
-                    "quota",
-                    f"{self.prefix}:{{{org.id}}}:quota:{label}",
-                    "window",
-                    plan.quota.requests,
-                    window_start_us=int(start * US),
-                    window_end_us=int(end * US),
-                )
-            )
+            window = self._calendar(plan.quota.per, now)
+            quota = quota_window(self.prefix, org.id, plan, window)
+            if quota is not None:
+                limits.append(quota)
         return limits
 
     def _calendar(self, per: Literal["day", "month"], now: float) -> tuple[float, float, str]:
@@ -184,19 +176,19 @@ class RateLimitPlugin:
 
     def _build(self, identity: Identity, plan: PlanConfig) -> tuple[Limit, ...]:
         key, org = identity.key, identity.org
-        tag = f"{self.prefix}:{{{org.id}}}"
-        per_key = (
-            RateLimitConfig.model_validate(key.rate_limit) if key.rate_limit else plan.rate_limit
-        )
-        buckets = []
-        if per_key is not None:
-            buckets.append(_bucket("key", f"{tag}:key:{key.id}", per_key))
-        if plan.org_rate_limit is not None:
-            buckets.append(_bucket("org", f"{tag}:org", plan.org_rate_limit))
+        tag = org_tag(self.prefix, org.id)
+        buckets = [
+            limit
+            for limit in (
+                key_bucket(self.prefix, org.id, key.id, key.rate_limit, plan),
+                org_bucket(self.prefix, org.id, plan),
+            )
+            if limit is not None
+        ]
         for extra in self.route_limits:
             subject = key.id if extra.scope == "key" else "org"
             key_name = f"{tag}:route:{self._route_tag}:{extra.name}:{subject}"
-            buckets.append(_bucket(f"route:{extra.name}", key_name, extra))
+            buckets.append(bucket(f"route:{extra.name}", key_name, extra))
         return tuple(buckets)
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from gateway.config.activity import AuditConfig, RequestLogConfig
 from gateway.config.keys import DemoConfig, IdentityConfig, KeysConfig, ScopesConfig
 from gateway.config.plans import PlanConfig, RateLimitsConfig
 from gateway.config.routes import RouteConfig
@@ -46,6 +47,8 @@ class GatewaySettings(Section):
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     reload: ReloadConfig = Field(default_factory=ReloadConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     demo: DemoConfig | None = Field(
         None, description="Make a demo org and key on first start and print the key (development)."
     )
@@ -100,14 +103,22 @@ class GatewayConfig(GatewaySettings):
                         f"routes: routes[{i}] takes GET {route.path}, which identity.path answers;"
                         " move one of them or set identity.enabled: false"
                     )
-        api_path = self.webhooks.api_path
-        if api_path is not None:
+        own = (("webhooks", self.webhooks.api_path), ("request_log", self.request_log.api_path))
+        for section, api_path in own:
+            if api_path is None:
+                continue
             for i, route in enumerate(self.routes):
                 if route.path == api_path or route.path.startswith(api_path + "/"):
                     raise ValueError(
-                        f"routes: routes[{i}] path {route.path} is under webhooks.api_path"
-                        f" ({api_path}); move one of them or set webhooks.api_path: null"
+                        f"routes: routes[{i}] path {route.path} is under {section}.api_path"
+                        f" ({api_path}); move one of them or set {section}.api_path: null"
                     )
+        if self.request_log.api_path is not None and (
+            self.request_log.api_path == self.webhooks.api_path
+        ):
+            raise ValueError(
+                "request_log.api_path: the same path as webhooks.api_path; give each its own"
+            )
         return self
 
     @field_validator("upstreams")

@@ -18,7 +18,7 @@ from gateway.config.types import (
     NumberRange,
     Timeout,
 )
-from gateway.http.paths import compile_template
+from gateway.http.paths import literal_path
 
 _SIGNATURE_HEADER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
@@ -119,12 +119,7 @@ class WebhooksConfig(Section):
     @field_validator("api_path")
     @classmethod
     def _api_path_is_literal(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        regex, _ = compile_template(value)
-        if regex is not None or not value.startswith("/") or value.endswith("/"):
-            raise ValueError(f"must be a literal path like /v1/webhooks (got {value!r})")
-        return value
+        return literal_path(value, "/v1/webhooks")
 
     @field_validator("stream")
     @classmethod

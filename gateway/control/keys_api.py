@@ -14,6 +14,7 @@ from gateway.api.bounds import Grace, KeyExpiry, RateLimitOverride
 from gateway.api.views import NotFound, find_org, key_view
 from gateway.config import GatewayConfig
 from gateway.config.types import check_scope, parse_network
+from gateway.control.audit import AuditTrail
 from gateway.control.listener import json_response
 from gateway.errors import ApiAccessDisabled, BadRequest, GatewayError
 from gateway.keys.secrets import KeyFormat
@@ -64,6 +65,7 @@ class KeysApi:
         store: Store,
         config: GatewayConfig,
         key_format: KeyFormat,
+        audit: AuditTrail | None = None,
         *,
         clock: Clock = time.time,
         on_key_event: KeyEventHook | None = None,
@@ -71,8 +73,23 @@ class KeysApi:
         self.store = store
         self.config = config  # replaced on a reload: plans and routes
         self.format = key_format
+        self.audit = audit
         self.clock = clock
         self._on_key_event = on_key_event
+
+    async def _audit(
+        self,
+        request: web.Request,
+        action: str,
+        key: ApiKey,
+        *,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> None:
+        if self.audit is not None:
+            await self.audit.record(
+                request, action, target=key.id, org_id=key.org_id, before=before, after=after
+            )
 
     async def _key_event(self, kind: str, key: ApiKey) -> None:
         if self._on_key_event is not None:
@@ -124,6 +141,7 @@ class KeysApi:
         )
         await self.store.create_key(key)
         await self._key_event("created", key)
+        await self._audit(request, "key.create", key, after=key_view(key))
         return json_response(key_view(key, secret), 201)
 
     def new_key(
@@ -177,26 +195,40 @@ class KeysApi:
             changes["name"] = body.name
         if "rateLimit" in body.model_fields_set:
             changes["rate_limit"] = body.rateLimit.model_dump() if body.rateLimit else None
-        updated = await self.store.update_key(key.id, lambda k: k.with_changes(**changes))
+        before = key
+
+        def update(current: ApiKey) -> ApiKey:
+            nonlocal before  # the key as it was in the atomic step, for the audit log
+            before = current
+            return current.with_changes(**changes)
+
+        updated = await self.store.update_key(key.id, update)
         if updated is None:
             raise NotFound(f"No key {key.id!r}.")
-        return json_response(key_view(updated))
+        view = key_view(updated)
+        await self._audit(request, "key.update", updated, before=key_view(before), after=view)
+        return json_response(view)
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         key = await self._key(request)
         did_revoke = False
 
+        before = key
+
         def revoke(current: ApiKey) -> ApiKey:
-            nonlocal did_revoke  # decided on the key as stored, in the atomic step
+            nonlocal did_revoke, before  # decided on the key as stored, in the atomic step
             did_revoke = current.revoked_at is None
+            before = current
             return self._revoke(current)
 
         revoked = await self.store.update_key(key.id, revoke)
         if revoked is None:
             raise NotFound(f"No key {key.id!r}.")
+        view = key_view(revoked)
         if did_revoke:  # announced once, even when two admins revoke at the same moment
             await self._key_event("revoked", revoked)
-        return json_response(key_view(revoked))
+            await self._audit(request, "key.revoke", revoked, before=key_view(before), after=view)
+        return json_response(view)
 
     def _revoke(self, key: ApiKey) -> ApiKey:
         return key if key.revoked_at is not None else key.with_changes(revoked_at=self.clock())
@@ -240,4 +272,11 @@ class KeysApi:
             raise
         if shortened is not None:
             await self._key_event("rotated", shortened)
+            await self._audit(
+                request,
+                "key.rotate",
+                shortened,
+                before=key_view(old),
+                after={"old": key_view(shortened), "new": key_view(new)},
+            )
         return json_response(key_view(new, secret), 201)

@@ -35,7 +35,18 @@ log = structlog.get_logger("gateway.admin")
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 ConfigView = Callable[[], dict[str, Any]]
 RouteInstaller = Callable[[web.Application], None]
-Reload = Callable[[], Awaitable[list[str]]]
+Reload = Callable[[str], Awaitable[list[str]]]  # takes who asked, for the audit log
+
+# The request key under which the admin listener leaves who made a call: the name of the admin
+# token presented (or of the console session's token), for the audit log.
+ACTOR = web.RequestKey("actor", str)
+DEFAULT_ACTOR = "admin"  # the actor of admin.token
+
+
+def actor_of(request: web.Request) -> str:
+    """Who made this admin call (set by the listener's token check)."""
+    actor: str = request.get(ACTOR, DEFAULT_ACTOR)
+    return actor
 
 
 class ConfigInvalid(GatewayError):
@@ -148,6 +159,7 @@ def build_admin_app(
         try:
             if request.path.startswith("/admin/") or request.path == "/admin":
                 _check_token(request, token)
+                request[ACTOR] = DEFAULT_ACTOR
             response = await handler(request)
         except GatewayError as exc:
             return exc.render(request_id)
@@ -189,7 +201,7 @@ def build_admin_app(
     async def reload_config(request: web.Request) -> web.Response:
         if reload is None:
             raise RouteNotFound()
-        problems = await reload()
+        problems = await reload(actor_of(request))
         if problems:
             raise ConfigInvalid("; ".join(problems))
         return json_response({"reloaded": True, **config_view()})

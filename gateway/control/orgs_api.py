@@ -13,6 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from gateway.api.bodies import B, Body, parse_body
 from gateway.api.views import NotFound, find_org, org_view
 from gateway.config import GatewayConfig
+from gateway.control.audit import AuditTrail
 from gateway.control.listener import json_response
 from gateway.store import Org, Store, new_id
 
@@ -57,9 +58,12 @@ class UpdateOrg(Body):
 class OrgsApi:
     """The org endpoints; the admin app's middleware handles auth and errors."""
 
-    def __init__(self, store: Store, config: GatewayConfig, *, clock: Clock = time.time) -> None:
+    def __init__(
+        self, store: Store, config: GatewayConfig, audit: AuditTrail, *, clock: Clock = time.time
+    ) -> None:
         self.store = store
         self.config = config  # replaced on a reload: the plans an org may be on
+        self.audit = audit
         self.clock = clock
 
     def add_routes(self, app: web.Application) -> None:
@@ -77,7 +81,9 @@ class OrgsApi:
         body = await self._body(request, CreateOrg)
         org = Org(new_id("org"), body.slug, body.name, body.plan, self.clock())
         await self.store.create_org(org)
-        return json_response(org_view(org), 201)
+        view = org_view(org)
+        await self.audit.record(request, "org.create", target=org.id, org_id=org.id, after=view)
+        return json_response(view, 201)
 
     async def list_orgs(self, request: web.Request) -> web.Response:
         return json_response([org_view(o) for o in await self.store.list_orgs()])
@@ -99,7 +105,23 @@ class OrgsApi:
                 current.created_at,
             )
 
-        changed = await self.store.update_org(org.id, change)
-        if changed is None:
+        before: Org | None = None
+
+        def change_and_keep(current: Org) -> Org:
+            nonlocal before  # the org as it was in the atomic step, for the audit log
+            before = current
+            return change(current)
+
+        changed = await self.store.update_org(org.id, change_and_keep)
+        if changed is None or before is None:
             raise NotFound(f"No org {org.id!r}.")
-        return json_response(org_view(changed))
+        view = org_view(changed)
+        await self.audit.record(
+            request,
+            "org.update",
+            target=org.id,
+            org_id=org.id,
+            before=org_view(before),
+            after=view,
+        )
+        return json_response(view)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.config import GatewayConfig
+from gateway.control.activity_api import ActivityApi
+from gateway.control.audit import AuditTrail
 from gateway.control.keys_api import KeysApi
 from gateway.control.orgs_api import OrgsApi
 from gateway.control.webhooks_api import WebhookAdmin
@@ -32,19 +34,28 @@ class ControlPlane:
     ) -> None:
         self.webhooks = WebhookService(store, config, metrics=metrics, clock=clock)
         self.key_events = KeyEvents(store, self.webhooks)
-        self.orgs_api = OrgsApi(store, config, clock=clock)
+        self.audit = AuditTrail(store.activity, metrics=metrics, clock=clock)
+        self.orgs_api = OrgsApi(store, config, self.audit, clock=clock)
         self.keys_api = KeysApi(
-            store, config, key_format, clock=clock, on_key_event=self.key_events.publish
+            store,
+            config,
+            key_format,
+            self.audit,
+            clock=clock,
+            on_key_event=self.key_events.publish,
         )
-        self._webhook_admin = WebhookAdmin(self.webhooks, store)
+        self._webhook_admin = WebhookAdmin(self.webhooks, store, self.audit)
+        self.activity_api = ActivityApi(store, config, clock=clock)
 
     def install(self, app: web.Application) -> None:
         self.orgs_api.add_routes(app)
         self.keys_api.add_routes(app)
         self._webhook_admin.add_routes(app)
+        self.activity_api.add_routes(app)
 
     def set_config(self, config: GatewayConfig) -> None:
         """After a reload: plans, routes and caps as the new config says."""
         self.orgs_api.config = config
+        self.activity_api.config = config
         self.keys_api.config = config
         self.webhooks.config = config

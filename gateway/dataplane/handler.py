@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from gateway.dataplane.chain import RequestContext
+from gateway.dataplane.request_recorder import RequestRecorder
 from gateway.dataplane.snapshot import Snapshot
 from gateway.errors import BadRequest, GatewayError, InternalError
 from gateway.http.headers import REQUEST_ID, field_text, is_preflight
@@ -19,6 +20,7 @@ from gateway.observability.metrics import Metrics
 
 log = structlog.get_logger("gateway")
 access_logger = structlog.get_logger("gateway.access")
+_MAX_LOGGED_PATH = 2048
 
 
 def host_of(header: str | None) -> str:
@@ -40,11 +42,13 @@ class DataPlane:
         *,
         access_log_enabled: bool = True,
         fast_log: AccessLog | None = None,
+        recorder: RequestRecorder | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.metrics = metrics
         self.access_log_enabled = access_log_enabled
         self._fast_log = fast_log
+        self._recorder = recorder
         self._inflight = metrics.inflight
 
     async def handle(self, request: Request) -> web.StreamResponse:
@@ -75,6 +79,9 @@ class DataPlane:
         )
         if self.access_log_enabled:
             self._log(ctx, response, duration)
+        recorder = self._recorder
+        if recorder is not None and recorder.enabled:
+            self._record(recorder, ctx, response.status, duration)
         return response
 
     async def _dispatch(self, snapshot: Snapshot, ctx: RequestContext) -> web.StreamResponse:
@@ -102,6 +109,39 @@ class DataPlane:
             response = InternalError().render(ctx.request_id)
         ctx.bytes_out = response.content_length or 0
         return response
+
+    @staticmethod
+    def _record(
+        recorder: RequestRecorder, ctx: RequestContext, status: int, duration: float
+    ) -> None:
+        request = ctx.request
+        route = ctx.route
+        fields = ctx.log_fields  # org_id and key_id of a valid key, even one refused after
+        org_id, key_id = fields.get("org_id"), fields.get("key_id")
+        decision = ctx.rate_limit
+        upstream_seconds = ctx.upstream_seconds
+        user_agent = request.headers.get("User-Agent")
+        idempotency = fields.get("idempotency")
+        # SECURITY: the path without its query (clients put tokens there), the key by its id.
+        recorder.record(
+            (
+                time.time() - duration,
+                ctx.request_id,
+                None if org_id is None else str(org_id),
+                None if key_id is None else str(key_id),
+                ctx.method,
+                ctx.path or request.raw_path.partition("?")[0][:_MAX_LOGGED_PATH],
+                route.label if route else None,
+                status,
+                round(duration * 1000, 3),
+                None if upstream_seconds is None else round(upstream_seconds * 1000, 3),
+                ctx.client_ip,
+                None if user_agent is None else field_text(user_agent)[:_MAX_LOGGED_PATH],
+                ctx.upstream_target,
+                None if decision is None else not decision.allowed,
+                None if idempotency is None else str(idempotency),
+            )
+        )
 
     def _log(self, ctx: RequestContext, response: web.StreamResponse, duration: float) -> None:
         request = ctx.request

@@ -47,6 +47,7 @@ class Snapshot:
         builtin_targets: Mapping[str, Sequence[str]],
         services: PluginServices | None = None,
         webhook_api: Handler | None = None,
+        request_log_api: Handler | None = None,
     ) -> None:
         """Without ``services``, routes have no plugins at all."""
         config = loaded.config
@@ -73,6 +74,15 @@ class Snapshot:
             for path in (api_path, api_path + "/{rest:.*}"):
                 route_spec = {"path": path, "name": "webhooks", "scopes": [WEBHOOKS_SCOPE]}
                 builtin.append((route_spec, webhook_api))
+        log_path = config.request_log.api_path
+        if request_log_api is not None and log_path is not None:
+            route_spec = {
+                "path": log_path,
+                "name": "request_log",
+                "methods": ["GET"],
+                "scopes": [config.request_log.scope],
+            }
+            builtin.append((route_spec, request_log_api))
 
         # Each route's plugins come from the registry and read this config, the one being
         # built: a reload builds the new snapshot before the old config leaves.

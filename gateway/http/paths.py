@@ -74,6 +74,16 @@ def compile_template(template: str) -> tuple[re.Pattern[str] | None, tuple[str, 
         raise ValueError(f"bad regex in {template!r}: {exc}") from None
 
 
+def literal_path(value: str | None, example: str) -> str | None:
+    """A config path the gateway answers at itself (an API of its own): one literal path."""
+    if value is None:
+        return None
+    regex, _ = compile_template(value)
+    if regex is not None or not value.startswith("/") or value.endswith("/"):
+        raise ValueError(f"must be a literal path like {example} (got {value!r})")
+    return value
+
+
 def _check_template_escapes(literal: str, template: str) -> None:
     """The literal text of a template must be written as requests are matched, or never match."""
     if "%" not in literal:

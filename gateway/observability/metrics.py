@@ -159,6 +159,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.request_log_entries = Counter(
+            "gateway_request_log_entries_total",
+            "Request-log entries, by result: written (to the store), dropped (the buffer was"
+            " full while the store could not take them).",
+            ["result"],
+            registry=r,
+        )
+        self.request_log_buffered = Gauge(
+            "gateway_request_log_buffered",
+            "Request-log entries waiting to be written.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.audit_unrecorded = Counter(
+            "gateway_audit_unrecorded_total",
+            "Admin actions done whose audit entry the store could not take (each is in the log"
+            " as audit_unrecorded, in full).",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "gateway_config_reloads_total",
             "Config reloads (SIGHUP, POST /admin/reload, file watch), by result (ok, error).",

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -18,6 +18,8 @@ from gateway.control.listener import redacted_config, start_admin_listener
 from gateway.control.plane import ControlPlane
 from gateway.dataplane.handler import DataPlane
 from gateway.dataplane.plugins import PluginServices
+from gateway.dataplane.request_log_endpoint import RequestLogEndpoint
+from gateway.dataplane.request_recorder import RequestRecorder
 from gateway.dataplane.snapshot import Snapshot
 from gateway.dataplane.webhooks_endpoint import WebhookEndpointsApi
 from gateway.http.listen import naming_failures
@@ -33,6 +35,7 @@ from gateway.process.reload import ConfigWatcher, read_for_reload
 from gateway.ratelimit.backends import LocalLimits, RedisLimits
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.ratelimit.persistence import LocalLimitsPersistence
+from gateway.ratelimit.policy import US, Decision, Limit
 from gateway.store import Store, StoreError, open_store
 from gateway.tasks import cancel_and_wait
 from gateway.webhooks.dispatcher import Dispatcher
@@ -85,7 +88,9 @@ class GatewayProcess:
         self.webhook_api = WebhookEndpointsApi(
             self.webhooks, config.webhooks.api_path or "", config.server.body_timeout
         )
+        self.request_log_api = RequestLogEndpoint(self.store)
         self.dispatcher: Dispatcher | None = None
+        self.recorder: RequestRecorder | None = None
         self.event_stream: EventStream | None = None
         self.snapshot: Snapshot | None = None
         self.plane: DataPlane | None = None
@@ -120,6 +125,13 @@ class GatewayProcess:
             stack.push_async_callback(cancel_and_wait, flusher)
         await self.store.startup()
         stack.push_async_callback(self.store.shutdown)
+        # Stopped after the data listener has drained (so registered before it): the last
+        # requests' entries are written before the store closes.
+        self.recorder = RequestRecorder(
+            self.store.activity, config.request_log, config.audit, self.metrics, clock=self.clock
+        )
+        await self.recorder.startup()
+        stack.push_async_callback(self.recorder.shutdown)
         await self.keyring.startup()
         stack.push_async_callback(self.keyring.shutdown)  # saves pending last-used times
         limits_server = self.store.shared_limits()
@@ -136,6 +148,7 @@ class GatewayProcess:
         self.limiter = RateLimiter(
             shared, mode=config.rate_limits.on_store_error, metrics=self.metrics, clock=self.clock
         )
+        self.control.activity_api.limit_state = limit_state(shared, self.clock)
         self.dispatcher = Dispatcher(
             self.store.webhooks,
             config.webhooks,
@@ -172,6 +185,7 @@ class GatewayProcess:
             self.metrics,
             access_log_enabled=config.log.access_log,
             fast_log=access_log(config.log),
+            recorder=self.recorder,
         )
         server = config.server
         data_server = self.data_server = HttpServer(
@@ -197,7 +211,9 @@ class GatewayProcess:
                 reload=self.reload,
             )
         if config.reload.watch:
-            self.watcher = ConfigWatcher(self.loaded.source, config.reload.interval, self.reload)
+            self.watcher = ConfigWatcher(
+                self.loaded.source, config.reload.interval, lambda: self.reload("file-watch")
+            )
             self.watcher.start()
             stack.push_async_callback(self.watcher.stop)
         log.info(
@@ -222,17 +238,23 @@ class GatewayProcess:
                 admin_address=self.admin_address,
             )
 
-    async def reload(self) -> list[str]:
+    async def reload(self, actor: str = "system") -> list[str]:
         """Build and swap in a new snapshot from the config file; the problems, if any.
 
         A config that fails validation, or changes what needs a restart, is refused and the
         running one keeps serving. Requests in flight finish on the snapshot they started on.
+        ``actor``: who asked (an admin token's name, sighup, file-watch), for the audit log.
         """
+        before = self.loaded.digest
         async with self._reload_lock:
             problems = await self._reload()
         self.metrics.config_reloads.labels("error" if problems else "ok").inc()
         if problems:
             log.error("config_reload_failed", problems=problems, config=self.loaded.source)
+        if self._admin_enabled:  # a worker's reload is its supervisor's to record
+            await self.control.audit.record(
+                actor, "config.reload", **reload_audit(before, self.loaded.digest, problems)
+            )
         return problems
 
     async def _reload(self) -> list[str]:
@@ -268,6 +290,8 @@ class GatewayProcess:
         self.control.set_config(config)
         if self.limiter is not None:
             self.limiter.mode = config.rate_limits.on_store_error
+        if self.recorder is not None:
+            self.recorder.configure(config.request_log, config.audit)
         self.metrics.set_config(loaded.digest)
         log.info("config_reloaded", config=loaded.source, config_hash=loaded.digest)
         if old is not None:
@@ -293,6 +317,7 @@ class GatewayProcess:
             builtin_targets=builtin,
             services=services,
             webhook_api=self.webhook_api,
+            request_log_api=self.request_log_api,
         )
 
     async def readiness(self) -> dict[str, Any]:
@@ -341,6 +366,25 @@ class GatewayProcess:
                 await old.shutdown()
             if self.snapshot is not None:
                 await self.snapshot.shutdown()
+
+
+def limit_state(
+    limits: LocalLimits | RedisLimits, clock: Callable[[], float]
+) -> Callable[[Sequence[Limit]], Awaitable[Decision]]:
+    """Where limits stand now, in the counters requests use, counting nothing (cost 0)."""
+
+    async def state(wanted: Sequence[Limit]) -> Decision:
+        return await limits.decide(wanted, 0, int(clock() * US))
+
+    return state
+
+
+def reload_audit(before: str, after: str, problems: list[str]) -> dict[str, Any]:
+    """A reload's audit entry: the config's hash before and after, or why it was refused."""
+    result: dict[str, Any] = {"configHash": after}
+    if problems:
+        result = {"configHash": before, "refused": problems}
+    return {"target": None, "org_id": None, "before": {"configHash": before}, "after": result}
 
 
 async def store_state(store: Store, backend: str) -> dict[str, Any]:

@@ -100,7 +100,7 @@ async def _serve(loaded: LoadedConfig, *, worker: bool) -> int:
     reloads: set[asyncio.Task[list[str]]] = set()
 
     def on_sighup() -> None:
-        task = asyncio.create_task(process.reload())
+        task = asyncio.create_task(process.reload("sighup"))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

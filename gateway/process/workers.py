@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from typing import Any
 
 import structlog
@@ -23,9 +24,10 @@ from gateway.http.listen import ListenError
 from gateway.keys.secrets import KeyFormat
 from gateway.observability.log import flush_logs
 from gateway.observability.metrics import MULTIPROCESS_ENV
-from gateway.process.gateway import store_state
+from gateway.process.gateway import limit_state, reload_audit, store_state
 from gateway.process.reload import read_for_reload
 from gateway.process.run import CONFIG_DIGEST_ENV, READY_FD_ENV, WORKER_ENV
+from gateway.ratelimit.backends import RedisLimits
 from gateway.store import Store, StoreError, open_store
 
 log = structlog.get_logger("gateway.supervisor")
@@ -73,8 +75,17 @@ class Supervisor:
             "store": await store_state(self.store, self.loaded.config.store.backend),
         }
 
-    async def reload(self) -> list[str]:
+    async def reload(self, actor: str = "sighup") -> list[str]:
         """Check the config file, then have every worker reload it (SIGHUP)."""
+        before = self.loaded.digest
+        problems = self._reload()
+        if self.control is not None:
+            await self.control.audit.record(
+                actor, "config.reload", **reload_audit(before, self.loaded.digest, problems)
+            )
+        return problems
+
+    def _reload(self) -> list[str]:
         loaded, problems = read_for_reload(self.loaded)
         if loaded is None:
             log.error("config_reload_failed", problems=problems)
@@ -126,6 +137,9 @@ class Supervisor:
         self._store_open = True
         key_format = KeyFormat.from_config(config.keys)
         self.control = control = ControlPlane(self.store, config, key_format)
+        shared = self.store.shared_limits()
+        if shared is not None:  # the workers' counters, read where they meet
+            control.activity_api.limit_state = limit_state(RedisLimits(shared), time.time)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call] # untyped upstream
         try:

@@ -13,6 +13,7 @@ from gateway.store.models import ApiKey, Org
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from gateway.store.activity_base import ActivityStore
     from gateway.store.webhook_base import WebhookStore
 
 
@@ -71,6 +72,7 @@ class Store(ABC):
     """Orgs, keys, idempotency records, saved limit counts, and webhooks."""
 
     webhooks: WebhookStore  # endpoints and the delivery queue, on the same backend
+    activity: ActivityStore  # the request log, usage counts and the audit log, likewise
 
     def __init__(self) -> None:
         self._listeners: list[InvalidationListener] = []

@@ -21,6 +21,7 @@ from gateway.store.base import (
     Store,
     StoreError,
 )
+from gateway.store.local_activity import LocalActivityStore
 from gateway.store.local_webhooks import SCHEMA as WEBHOOK_SCHEMA
 from gateway.store.local_webhooks import LocalWebhookStore
 from gateway.store.models import ApiKey, Org
@@ -78,6 +79,7 @@ class LocalStore(Store):
         self._db: sqlite3.Connection | None = None
         self._idempotency_writes = 0
         self.webhooks = LocalWebhookStore(self._run)
+        self.activity = LocalActivityStore(path)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -128,8 +130,15 @@ class LocalStore(Store):
             await self.shutdown()  # a store that did not open holds nothing (its thread goes)
             raise StoreError(f"cannot open the local store at {self.path}: {exc}") from exc
         report(found)
+        try:
+            await self.activity.startup()
+        except StoreError:
+            await self.shutdown()
+            raise
 
     async def shutdown(self) -> None:
+        await self.activity.shutdown()
+
         def close() -> None:
             if self._db is not None:
                 self._db.close()

@@ -39,6 +39,7 @@ from gateway.store.base import (
     StoreError,
 )
 from gateway.store.models import ApiKey, Org
+from gateway.store.redis_activity import RedisActivityStore
 from gateway.store.redis_keyspace import Keyspace
 from gateway.store.redis_layout import move_to_current_layout
 from gateway.store.redis_webhooks import RedisWebhookStore
@@ -116,6 +117,7 @@ class RedisStore(Store):
         self._resubscribe = asyncio.Event()
         self._scripts: list[AsyncScript] = []  # what write() loads when a server lacks one
         self.webhooks: RedisWebhookStore = RedisWebhookStore(self)
+        self.activity: RedisActivityStore = RedisActivityStore(self)
 
     @property
     def client(self) -> aioredis.Redis:

@@ -16,6 +16,8 @@ import zlib
 # Fixed: a delivery queue can only be found where its shard number says. 16 shards spread
 # over up to 16 masters.
 WEBHOOK_SHARDS = 16
+# The request log's streams, likewise fixed: an org's entries are in the stream its id picks.
+REQUEST_LOG_SHARDS = 16
 
 
 class Keyspace:
@@ -66,6 +68,24 @@ class Keyspace:
     def webhooks(self, shard: int) -> str:
         """The common start of every webhook key of a shard (the scripts build names on it)."""
         return f"{self.prefix}:{{wh{shard}}}:"
+
+    # -- activity: the request log, usage counts, the audit log -------------------------------
+
+    def request_log_shard(self, org_id: str | None, request_id: str) -> int:
+        """An org's entries share a stream; those of no org are spread by request id."""
+        return zlib.crc32((org_id or request_id).encode()) % REQUEST_LOG_SHARDS
+
+    def request_log(self, shard: int) -> str:
+        return f"{self.prefix}:{{rl{shard}}}:requests"
+
+    def usage(self, org_id: str | None, size: int, start: int) -> str:
+        """A bucket's counts: an org's (its keys' too, as fields) in the org's slot; those of
+        every request together in a slot of their own."""
+        tag = org_id if org_id is not None else "usage"
+        return f"{self.prefix}:{{{tag}}}:use:{size}:{start}"
+
+    def audit(self) -> str:
+        return f"{self.prefix}:{{audit}}:log"
 
     # -- the layout itself --------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from multidict import CIMultiDictProxy
 
 from gateway.config import RateLimitConfig
 from gateway.ratelimit.backends import BATCH_TIMEOUT, LocalLimits, RedisLimits
+from gateway.ratelimit.plan_limits import bucket
 from gateway.ratelimit.policy import US, Limit
-from plugins.rate_limit import _bucket
 from tests.conftest import (
     FakeClock,
     GatewayFactory,
@@ -480,7 +480,7 @@ async def test_local_and_redis_decide_identically(
 ) -> None:
     """policy.py and ratelimit.lua are one algorithm: the same inputs, the same answers."""
     prefix = unique_prefix()
-    bucket = _bucket(
+    limit = bucket(
         "key",
         f"{prefix}:rl:{{org_x}}:key:k",
         RateLimitConfig(requests=requests, per=per, burst=burst),
@@ -501,10 +501,10 @@ async def test_local_and_redis_decide_identically(
         now = int(1767225600.3 * US)
         for _ in range(150):
             now += rng.choice(
-                [0, 0, 1, bucket.interval_us // 3, bucket.interval_us, 2 * bucket.interval_us]
+                [0, 0, 1, limit.interval_us // 3, limit.interval_us, 2 * limit.interval_us]
             )
             cost = rng.choice([1, 1, 1, 2])
-            for limits in ([bucket], [bucket, quota]):
+            for limits in ([limit], [limit, quota]):
                 mine = await local.decide(limits, cost, now)
                 theirs = await shared.decide(limits, cost, now)
                 assert mine == theirs

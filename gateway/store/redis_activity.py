@@ -1,0 +1,363 @@
+"""The activity store on Redis: the request log in capped streams, usage counts in hashes with
+an expiry, the audit log in one stream.
+
+The request log has ``REQUEST_LOG_SHARDS`` streams; an org's entries all go to the one its id
+picks, so reading one org's log reads one stream, and the streams spread over a cluster's
+masters. A listing of several streams merges them newest first by stream id (the request's
+own microsecond, see ``_add_in_time_order``), and a query that filters reads a bounded number of
+entries per call: a page can come back short, with a cursor to read on from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from redis.exceptions import ResponseError
+
+from gateway.store.activity_base import ActivityStore, BadCursor, bucket_starts, usage_counts
+from gateway.store.activity_models import (
+    BUCKET_SECONDS,
+    AuditEntry,
+    AuditFilter,
+    Bucket,
+    Page,
+    RequestEntry,
+    RequestFilter,
+    Retention,
+    UsageBucket,
+)
+from gateway.store.base import StoreError
+from gateway.store.redis_keyspace import REQUEST_LOG_SHARDS
+
+if TYPE_CHECKING:
+    from gateway.store.redis import RedisStore
+
+T = TypeVar("T")
+
+_FIELD = b"e"  # each stream entry has one field, the encoded entry
+_SCAN_BUDGET = 5_000  # entries read at most per listing call
+_BATCH = 200  # entries read from a stream at a time
+# A stream id is its entry's own time in microseconds (not the milliseconds Redis would give),
+# or, for an entry older than the stream's newest, the newest's: never before its time, but it
+# may be after it. Entries written this much after their time (held through a store outage) are
+# found without `until`.
+_LATE_US = 5 * 60_000_000
+_ADD_TRIES = 5
+_CURSOR = re.compile(r"([0-9]{1,2})\.([0-9]{1,19})-([0-9]{1,19})")
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
+
+
+@dataclass
+class _Stream(Generic[T]):
+    """One stream being read newest first: what was read of it and not yet taken."""
+
+    number: int
+    name: str
+    upper: str  # the XREVRANGE max of the next read
+    lower: str
+    buffer: list[tuple[tuple[int, int], bytes]] = field(default_factory=list)
+    done: bool = False
+
+    def head(self) -> tuple[tuple[int, int], int]:
+        return self.buffer[0][0], self.number
+
+
+def _format_cursor(stream: int, sid: tuple[int, int]) -> str:
+    return f"{stream}.{sid[0]}-{sid[1]}"
+
+
+def _parse_cursor(text: str, streams: int) -> tuple[int, tuple[int, int]]:
+    match = _CURSOR.fullmatch(text)
+    if match is None or int(match[1]) >= streams:
+        raise BadCursor()
+    return int(match[1]), (int(match[2]), int(match[3]))
+
+
+class RedisActivityStore(ActivityStore):
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._names = store.names
+        self._retention = Retention(7 * 86400.0, 1_000_000, 400 * 86400.0)
+        self._cap = 1_000_000 // REQUEST_LOG_SHARDS
+
+    def set_retention(self, retention: Retention) -> None:
+        """As configured; each stream keeps about its share of the most entries kept in all."""
+        self._retention = retention
+        self._cap = max(1, retention.requests_max_entries // REQUEST_LOG_SHARDS)
+
+    def _bucket_ttl(self, size: int) -> int:
+        retention = self._retention
+        max_age = retention.minute_buckets_max_age if size == 60 else retention.hour_buckets_max_age
+        return int(max_age) + size
+
+    async def startup(self) -> None:
+        """Nothing to open: the store's own clients serve."""
+
+    async def shutdown(self) -> None:
+        """Nothing to close."""
+
+    # -- the request log and its usage counts ----------------------------------------------
+
+    async def append_requests(self, entries: Sequence[RequestEntry]) -> None:
+        names = self._names
+        hashes: dict[str, dict[str, list[int]]] = defaultdict(dict)
+        for ((org_id, key_id), size, start), row in usage_counts(entries).items():
+            name = names.usage(org_id, size, start)
+            hashes[name]["" if key_id is None else f":{key_id}"] = row
+
+        def stage(pipe: Any) -> None:
+            for name, fields in hashes.items():
+                for suffix, (requests, errors, limited) in fields.items():
+                    pipe.hincrby(name, "r" + suffix, requests)
+                    if errors:
+                        pipe.hincrby(name, "e" + suffix, errors)
+                    if limited:
+                        pipe.hincrby(name, "l" + suffix, limited)
+                size = int(name.rsplit(":", 2)[1])
+                pipe.expire(name, self._bucket_ttl(size))
+
+        items = [
+            (
+                names.request_log(names.request_log_shard(e.org_id, e.request_id)),
+                _us(e.time),
+                e.encode(),
+            )
+            for e in sorted(entries, key=lambda e: e.time)
+        ]
+        await self._add_in_time_order(items, self._cap)
+        await self._store.pipelined(stage)
+
+    async def _add_in_time_order(
+        self, items: Sequence[tuple[str, int, bytes]], cap: int | None
+    ) -> None:
+        """XADD each (stream, time in us, data) with its time as id, so that streams merge in
+        time order. An entry older than its stream's newest (another instance wrote a later
+        one first) takes the newest's time instead: it stays after everything already there.
+        MAXLEN ~ lets Redis trim whole nodes of a stream, cheaply."""
+        pending = list(items)
+        for _ in range(_ADD_TRIES):
+
+            def stage(pipe: Any, pending: list[tuple[str, int, bytes]] = pending) -> None:
+                for stream, at, data in pending:
+                    pipe.xadd(
+                        stream,
+                        {_FIELD: data},
+                        id=f"{at}-*",
+                        maxlen=cap,
+                        approximate=cap is not None,
+                    )
+
+            replies = await self._store.pipelined(stage, raise_on_error=False)
+            late = []
+            for item, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, Exception):
+                    if not _id_too_small(reply):
+                        raise StoreError(f"redis store: {reply}") from reply
+                    late.append(item)
+            if not late:
+                return
+            streams = sorted({stream for stream, _, _ in late})
+
+            def read_tops(pipe: Any, streams: list[str] = streams) -> None:
+                for stream in streams:
+                    pipe.xrevrange(stream, count=1)
+
+            tops = await self._store.pipelined(read_tops)
+            newest = {
+                stream: _stream_id(top[0][0])[0] if top else 0
+                for stream, top in zip(streams, tops, strict=True)
+            }
+            pending = [(stream, max(at, newest[stream]), data) for stream, at, data in late]
+        raise StoreError("redis store: the request log kept moving under a write; try again")
+
+    async def query_requests(
+        self, where: RequestFilter, limit: int, cursor: str | None = None
+    ) -> Page[RequestEntry]:
+        names = self._names
+        if where.org_id is not None:
+            numbers = [names.request_log_shard(where.org_id, "")]
+        else:
+            numbers = list(range(REQUEST_LOG_SHARDS))
+        streams = [(n, names.request_log(n)) for n in numbers]
+        return await self._scan(
+            streams,
+            REQUEST_LOG_SHARDS,
+            RequestEntry.decode,
+            where.matches,
+            since=where.since,
+            until=where.until,
+            limit=limit,
+            cursor=cursor,
+            # Without a filter on the entries, no stream gives more than limit.
+            batch=limit + 1 if _only_time(where) else _BATCH,
+        )
+
+    async def usage(
+        self,
+        bucket: Bucket,
+        since: float,
+        until: float,
+        *,
+        org_id: str | None = None,
+        key_id: str | None = None,
+    ) -> list[UsageBucket]:
+        size = BUCKET_SECONDS[bucket]
+        starts = bucket_starts(bucket, since, until)
+        suffix = "" if key_id is None else f":{key_id}"
+        fields = ["r" + suffix, "e" + suffix, "l" + suffix]
+        names = [self._names.usage(org_id, size, start) for start in starts]
+        replies = await self._store.pipelined(
+            lambda pipe: [pipe.hmget(name, fields) for name in names]
+        )
+        return [
+            UsageBucket(float(start), *(int(v) if v is not None else 0 for v in reply))
+            for start, reply in zip(starts, replies, strict=True)
+        ]
+
+    # -- the audit log -----------------------------------------------------------------------
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        name = self._names.audit()
+        data = {_FIELD: entry.encode()}
+        at = _us(entry.time)
+        for _ in range(_ADD_TRIES):
+            # An acknowledged write: with replica_acks, a failover does not lose it.
+            try:
+
+                def add(pipe: Any, at: int = at) -> None:
+                    pipe.xadd(name, data, id=f"{at}-*")
+
+                await self._store.write(add, [name])
+                return
+            except StoreError as exc:
+                if not _id_too_small(exc.__cause__):
+                    raise
+            top = await self._store.call(self._store.client.xrevrange(name, count=1))
+            at = max(at, _stream_id(top[0][0])[0]) if top else at
+        raise StoreError("redis store: the audit log kept moving under a write; try again")
+
+    async def query_audit(
+        self, where: AuditFilter, limit: int, cursor: str | None = None
+    ) -> Page[AuditEntry]:
+        plain = where.org_id is None and where.action is None
+        return await self._scan(
+            [(0, self._names.audit())],
+            1,
+            AuditEntry.decode,
+            where.matches,
+            since=where.since,
+            until=where.until,
+            limit=limit,
+            cursor=cursor,
+            batch=limit + 1 if plain else _BATCH,
+        )
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def trim(self, now: float, retention: Retention) -> None:
+        names = self._names
+        oldest_request = _us(now - retention.requests_max_age)
+        oldest_audit = _us(now - retention.audit_max_age)
+
+        def stage(pipe: Any) -> None:
+            for n in range(REQUEST_LOG_SHARDS):
+                pipe.xtrim(names.request_log(n), minid=oldest_request, approximate=False)
+            pipe.xtrim(names.audit(), minid=oldest_audit, approximate=False)
+
+        await self._store.pipelined(stage)  # usage buckets go by their expiry
+
+    # -- reading streams newest first ---------------------------------------------------------
+
+    async def _scan(
+        self,
+        streams: Sequence[tuple[int, str]],
+        count: int,
+        decode: Callable[[bytes], T],
+        matches: Callable[[T], bool],
+        *,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        cursor: str | None,
+        batch: int,
+    ) -> Page[T]:
+        """Merge the streams newest first (by id, then by stream number) and take what
+        matches, from the cursor's place on; at most _SCAN_BUDGET entries read."""
+        # Times before 1970 are below every stream id (ids are never negative).
+        upper = "+" if until is None else str(max(0, _us(until) + _LATE_US))
+        lower = "-" if since is None else str(_us(since))
+        after: tuple[tuple[int, int], int] | None = None
+        if cursor is not None:
+            number, sid = _parse_cursor(cursor, count)
+            after = (sid, number)
+        readers: list[_Stream[T]] = []
+        for number, name in streams:
+            start = upper
+            if after is not None:
+                (ms, seq), cursor_stream = after
+                # Past the cursor: ids below its id, and its id itself in lower-numbered streams.
+                bound = f"{ms}-{seq}" if number < cursor_stream else f"({ms}-{seq}"
+                start = bound if upper == "+" or (ms, seq) < _stream_id(upper + "-0") else upper
+            readers.append(_Stream(number, name, start, lower))
+        items: list[T] = []
+        scanned = 0
+        last: tuple[tuple[int, int], int] | None = None
+        while len(items) < limit and scanned < _SCAN_BUDGET:
+            await self._fill([r for r in readers if not r.buffer and not r.done], batch)
+            live = [r for r in readers if r.buffer]
+            if not live:
+                return Page(items, None)
+            reader = max(live, key=_Stream.head)
+            sid, raw = reader.buffer.pop(0)
+            last = (sid, reader.number)
+            scanned += 1
+            item = decode(raw)
+            if matches(item):
+                items.append(item)
+        if last is None:
+            return Page(items, None)
+        if all(r.done and not r.buffer for r in readers):
+            return Page(items, None)
+        return Page(items, _format_cursor(last[1], last[0]))
+
+    async def _fill(self, readers: list[_Stream[T]], batch: int) -> None:
+        if not readers:
+            return
+        replies = await self._store.pipelined(
+            lambda pipe: [pipe.xrevrange(r.name, r.upper, r.lower, count=batch) for r in readers]
+        )
+        for reader, reply in zip(readers, replies, strict=True):
+            got = [(_stream_id(sid), fields[_FIELD]) for sid, fields in reply]
+            reader.buffer = got
+            if len(got) < batch:
+                reader.done = True
+            else:
+                ms, seq = got[-1][0]
+                reader.upper = f"({ms}-{seq}"
+
+
+def _us(seconds: float) -> int:
+    return max(0, round(seconds * 1_000_000))
+
+
+def _id_too_small(reply: object) -> bool:
+    return isinstance(reply, ResponseError) and "equal or smaller" in str(reply)
+
+
+def _only_time(where: RequestFilter) -> bool:
+    return (
+        where.org_id is None
+        and where.key_id is None
+        and where.route is None
+        and where.status is None
+        and where.status_class is None
+    )
