@@ -43,7 +43,8 @@ class WebhookAdmin:
             self._by_id_body(s.update_endpoint, audit=("webhook.update", endpoint)),
         )
         r.add_delete(
-            "/admin/webhooks/{id}", self._by_id(s.delete_endpoint, audit=("webhook.delete", None))
+            "/admin/webhooks/{id}",
+            self._by_id(s.delete_endpoint, audit=("webhook.delete", endpoint)),
         )
         r.add_post(
             "/admin/webhooks/{id}/rotate",
@@ -67,7 +68,7 @@ class WebhookAdmin:
         after: Any,
     ) -> None:
         after_view = after if isinstance(after, dict) else None
-        org_id = (after_view or before or {}).get("orgId")
+        org_id = (after_view or {}).get("orgId") or (before or {}).get("orgId")
         await self.audit.record(
             request, action, target=target, org_id=org_id, before=before, after=after_view
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import Any
-
 from unittest.mock import ANY
 
 import pytest
@@ -304,3 +303,38 @@ async def test_retention_keeps_the_newest_within_the_configured_size(
         time.time() + 3 * 86400, Retention(86400, 1000, 86400 * 400)
     )
     assert (await requests(admin))[0] == []
+
+
+async def test_webhook_changes_are_audited_without_their_secrets(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Any
+) -> None:
+    _gw, admin = await start(
+        gateway_factory,
+        upstream,
+        {"path": str(tmp_path / "s.db")},
+        webhooks={"allow_private_targets": True},
+    )
+    org = await admin.org("acme")
+    created = await admin.data(
+        "POST", "/admin/orgs/acme/webhooks", {"url": upstream.url, "events": ["a.b"]}
+    )
+    await admin.data("PATCH", f"/admin/webhooks/{created['id']}", {"description": "billing"})
+    rotated = await admin.data("POST", f"/admin/webhooks/{created['id']}/rotate", {})
+    await admin.data("DELETE", f"/admin/webhooks/{created['id']}")
+    status, body = await admin.call("GET", "/admin/audit?org=acme")
+    assert status == 200, body
+    entries = body["data"]
+    assert [e["action"] for e in entries] == [
+        "webhook.delete",
+        "webhook.rotate",
+        "webhook.update",
+        "webhook.create",
+        "org.create",
+    ]
+    assert all(e["target"] == created["id"] for e in entries[:4])
+    assert all(e["orgId"] == org["id"] for e in entries)
+    update = entries[2]
+    assert (update["before"]["description"], update["after"]["description"]) == ("", "billing")
+    text = repr(entries)
+    assert created["secret"] not in text
+    assert rotated["secret"] not in text

@@ -29,7 +29,7 @@ from tests.conftest import (
     read_one_response,
     unique_prefix,
 )
-from tests.helpers import eventually, slow_upstream, start_shipped, wait_for_text
+from tests.helpers import ADMIN, eventually, slow_upstream, start_shipped, wait_for_text
 
 pytestmark = pytest.mark.slow
 
@@ -247,6 +247,20 @@ async def test_workers_share_one_port_and_one_metrics_endpoint(
             )
 
         await eventually(all_counted)
+
+        async def all_logged() -> bool:
+            # Each worker writes its own entries; the supervisor's admin API reads them all.
+            async with session.get(f"{gp.admin_url}/admin/requests?limit=100", headers=ADMIN) as r:
+                return len((await r.json())["data"]) == 40
+
+        await eventually(all_logged)
+        gp.proc.send_signal(signal.SIGHUP)  # a reload nobody asked for over the API
+
+        async def reload_audited() -> Any:
+            async with session.get(f"{gp.admin_url}/admin/audit", headers=ADMIN) as r:
+                return [(e["actor"], e["action"]) for e in (await r.json())["data"]]
+
+        await eventually(reload_audited, expect=[("sighup", "config.reload")])
     started = {e["pid"] for e in _log_events(gp) if e["event"] == "gateway_started"}
     assert len(started) == 2
     gp.proc.send_signal(signal.SIGTERM)
