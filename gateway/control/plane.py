@@ -11,6 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.control.activity_api import ActivityApi
 from gateway.control.audit import AuditTrail
 from gateway.control.keys_api import KeysApi
+from gateway.control.openapi import OpenApiDocument
 from gateway.control.orgs_api import OrgsApi
 from gateway.control.webhooks_api import WebhookAdmin
 from gateway.keys.secrets import KeyFormat
@@ -46,12 +47,14 @@ class ControlPlane:
         )
         self._webhook_admin = WebhookAdmin(self.webhooks, store, self.audit)
         self.activity_api = ActivityApi(store, config, clock=clock)
+        self.openapi = OpenApiDocument(config)
 
     def install(self, app: web.Application) -> None:
         self.orgs_api.add_routes(app)
         self.keys_api.add_routes(app)
         self._webhook_admin.add_routes(app)
         self.activity_api.add_routes(app)
+        self.openapi.add_routes(app)
 
     def set_config(self, config: GatewayConfig) -> None:
         """After a reload: plans, routes and caps as the new config says."""
@@ -59,3 +62,4 @@ class ControlPlane:
         self.activity_api.config = config
         self.keys_api.config = config
         self.webhooks.config = config
+        self.openapi.set_config(config)

@@ -122,14 +122,18 @@ class RequestRecorder:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.flush()
-            now = self._clock()
-            if now - self._trimmed_at >= _TRIM_EVERY:
-                self._trimmed_at = now
-                try:
-                    await self._activity.trim(now, self._retention)
-                except StoreError as exc:
-                    log.warning("request_log_trim_failed", error=str(exc))
+            try:
+                await self.flush()
+                now = self._clock()
+                if now - self._trimmed_at >= _TRIM_EVERY:
+                    self._trimmed_at = now
+                    try:
+                        await self._activity.trim(now, self._retention)
+                    except StoreError as exc:
+                        log.warning("request_log_trim_failed", error=str(exc))
+            except Exception:
+                # A bug must not stop the log for good: the entries wait for the next round.
+                log.exception("request_log_flush_failed")
 
     async def flush(self) -> bool:
         """Write one batch; False when the store could not take it (it is kept)."""
