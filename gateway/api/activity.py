@@ -78,7 +78,9 @@ def parse_limit(query: Mapping[str, str]) -> int:
     value = query.get("limit")
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if len(value) > 4 or not value.isascii() or not value.isdigit():
+        raise BadRequest(f"limit: must be a whole number from 1 to {MAX_LIMIT} (got {value[:8]!r})")
+    if not 1 <= int(value) <= MAX_LIMIT:
         raise BadRequest(f"limit: must be a whole number from 1 to {MAX_LIMIT} (got {value!r})")
     return int(value)
 
@@ -155,7 +157,9 @@ def usage_window(query: Mapping[str, str], now: float) -> tuple[Bucket, float, f
     return bucket, since, until
 
 
-def request_view(entry: RequestEntry) -> dict[str, Any]:
+def request_view(entry: RequestEntry, *, internal: bool = True) -> dict[str, Any]:
+    """An entry as the APIs show it; ``internal=False`` (keys reading their own log) leaves
+    out the upstream target: the backends' addresses are the operator's, not the clients'."""
     return {
         "time": iso(entry.time),
         "requestId": entry.request_id,
@@ -169,7 +173,7 @@ def request_view(entry: RequestEntry) -> dict[str, Any]:
         "upstreamMs": entry.upstream_ms,
         "clientIp": entry.client_ip,
         "userAgent": entry.user_agent,
-        "upstream": entry.upstream,
+        "upstream": entry.upstream if internal else None,
         "rateLimited": entry.rate_limited,
         "idempotency": entry.idempotency,
     }

@@ -17,6 +17,7 @@ from gateway.http.request import Request
 from gateway.http.request_id import accept_request_id, current_request_id
 from gateway.observability.log import AccessLog
 from gateway.observability.metrics import Metrics
+from gateway.store.activity_models import RequestEntry
 
 log = structlog.get_logger("gateway")
 access_logger = structlog.get_logger("gateway.access")
@@ -123,14 +124,15 @@ class DataPlane:
         user_agent = request.headers.get("User-Agent")
         idempotency = fields.get("idempotency")
         # SECURITY: the path without its query (clients put tokens there), the key by its id.
+        path = ctx.path or request.raw_path.partition("?")[0]
         recorder.record(
-            (
-                time.time() - duration,
+            RequestEntry(
+                time.time(),  # when the answer was done, as the entry reaches the log
                 ctx.request_id,
                 None if org_id is None else str(org_id),
                 None if key_id is None else str(key_id),
                 ctx.method,
-                ctx.path or request.raw_path.partition("?")[0][:_MAX_LOGGED_PATH],
+                field_text(path[:_MAX_LOGGED_PATH]),
                 route.label if route else None,
                 status,
                 round(duration * 1000, 3),

@@ -43,7 +43,7 @@ class RequestLogEndpoint:
             raise Unavailable("The state store is unavailable; try again shortly.") from None
         body = orjson.dumps(
             {
-                "data": [request_view(e) for e in page.items],
+                "data": [request_view(e, internal=False) for e in page.items],
                 "meta": {"next_cursor": page.next_cursor, "request_id": ctx.request_id},
             }
         )

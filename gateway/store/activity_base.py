@@ -22,6 +22,8 @@ from gateway.store.activity_models import (
     Retention,
     UsageBucket,
 )
+from gateway.store.base import StoreError
+from gateway.store.redis_keyspace import REQUEST_LOG_STREAMS
 
 # What usage is counted for: every request (None, None), an org's (org, None), a key's (org, key).
 Scope = tuple[str | None, str | None]
@@ -50,11 +52,26 @@ def usage_counts(
     return counts
 
 
+def anonymous_share(max_entries: int) -> int:
+    """How many entries of no org are kept at most: one stream's share on Redis (which keeps
+    these in a stream beside those of orgs, each capped at this), the same on SQLite."""
+    return max(1, max_entries // REQUEST_LOG_STREAMS)
+
+
 def bucket_starts(bucket: Bucket, since: float, until: float) -> list[int]:
     """The starts of the buckets in [since, until)."""
     size = BUCKET_SECONDS[bucket]
     first = -(-int(since) // size) * size  # the first start at or after since
     return list(range(first, int(-(-until // 1)), size))
+
+
+class PartlyWritten(StoreError):
+    """The store kept part of a batch: ``unwritten`` is the rest, to send again (the part it
+    kept must not be, or it would be kept twice)."""
+
+    def __init__(self, message: str, unwritten: Sequence[RequestEntry]) -> None:
+        super().__init__(message)
+        self.unwritten = list(unwritten)
 
 
 class BadCursor(BadRequest):

@@ -16,6 +16,7 @@ from gateway.store.activity_base import (
     ActivityStore,
     BadCursor,
     Scope,
+    anonymous_share,
     bucket_starts,
     usage_counts,
 )
@@ -67,7 +68,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time);
 """
 
-_CURSOR = re.compile(r"[1-9][0-9]{0,18}")
+_CURSOR = re.compile(r"[1-9][0-9]{0,17}")  # below 2**63: SQLite's integers
 
 
 def _scope_text(scope: Scope) -> str:
@@ -133,24 +134,22 @@ class LocalActivityStore(ActivityStore):
     # -- the request log and its usage counts ----------------------------------------------
 
     async def append_requests(self, entries: Sequence[RequestEntry]) -> None:
-        rows = [(e.time, e.org_id, e.key_id, e.route, e.status, e.encode()) for e in entries]
-        counts = [
-            (_scope_text(scope), size, start, *row)
-            for (scope, size, start), row in usage_counts(entries).items()
-        ]
-
         def write(db: sqlite3.Connection) -> None:
+            # Encoded and counted here, on the store's thread, not on the event loop's.
             db.executemany(
                 "INSERT INTO request_log (time, org_id, key_id, route, status, entry)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
+                [(e.time, e.org_id, e.key_id, e.route, e.status, e.encode()) for e in entries],
             )
             db.executemany(
                 "INSERT INTO usage (scope, size, start, requests, errors, rate_limited)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, size, start) DO UPDATE SET"
                 " requests = requests + excluded.requests, errors = errors + excluded.errors,"
                 " rate_limited = rate_limited + excluded.rate_limited",
-                counts,
+                [
+                    (_scope_text(scope), size, start, *row)
+                    for (scope, size, start), row in usage_counts(entries).items()
+                ],
             )
 
         await self._run(write)
@@ -254,6 +253,13 @@ class LocalActivityStore(ActivityStore):
         def trim(db: sqlite3.Connection) -> None:
             db.execute(
                 "DELETE FROM request_log WHERE time < ?", (now - retention.requests_max_age,)
+            )
+            # Entries of no org (no key, a bad key) first, to their share: a flood of them
+            # must not push any org's history out.
+            db.execute(
+                "DELETE FROM request_log WHERE org_id IS NULL AND seq < (SELECT seq FROM"
+                " request_log WHERE org_id IS NULL ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (anonymous_share(retention.requests_max_entries) - 1,),
             )
             db.execute(
                 "DELETE FROM request_log WHERE seq <= (SELECT MAX(seq) FROM request_log) - ?",

@@ -157,12 +157,13 @@ class RedisStore(Store):
         self._idem_begin = self.register_script("idem_begin.lua")
         self._idem_finish = self.register_script("idem_finish.lua")
         self.webhooks.register_scripts()
+        self.activity.register_scripts()
         try:
             await self.ping()
             await self._check_mode()
             # Loaded on every master now rather than on first use, when one master being
             # away would hold up a write to another (a missing script is loaded everywhere).
-            await self._load_scripts()
+            await self.load_scripts()
             await self.call(move_to_current_layout(self.client, self.names))
         except BaseException:
             await self.shutdown()  # a store that could not start holds no connection
@@ -400,7 +401,7 @@ class RedisStore(Store):
                 raise StoreError(f"redis store: {exc}") from exc
             results, waits = replies[:staged], replies[staged:]
             if any(isinstance(result, NoScriptError) for result in results):
-                await self._load_scripts()
+                await self.load_scripts()
                 continue
             for result in results:
                 if isinstance(result, Exception):
@@ -462,7 +463,8 @@ class RedisStore(Store):
         (answer,) = await self.write(stage, keys)
         return answer
 
-    async def _load_scripts(self) -> None:
+    async def load_scripts(self) -> None:
+        """Load every script on every master (at start, and after one of them lost them)."""
         for script in self._scripts:
             # A cluster client loads it on every master.
             await self.call(self.client.script_load(script.script))

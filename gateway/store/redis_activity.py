@@ -1,24 +1,34 @@
 """The activity store on Redis: the request log in capped streams, usage counts in hashes with
 an expiry, the audit log in one stream.
 
-The request log has ``REQUEST_LOG_SHARDS`` streams; an org's entries all go to the one its id
-picks, so reading one org's log reads one stream, and the streams spread over a cluster's
-masters. A listing of several streams merges them newest first by stream id (the request's
-own microsecond, see ``_add_in_time_order``), and a query that filters reads a bounded number of
-entries per call: a page can come back short, with a cursor to read on from.
+The request log has ``REQUEST_LOG_SHARDS`` streams for orgs (an org's entries all go to the one
+its id picks) and one for entries of no org, so reading one org's log reads one stream, and the
+streams spread over a cluster's masters. A listing of several streams merges them newest first
+by stream id (the request's own microsecond, see ``request_log_append.lua``), and a query that
+filters reads a bounded number of entries per call: a page can come back short, with a cursor
+to read on from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from redis.exceptions import ResponseError
+import structlog
+from redis.exceptions import NoScriptError, ResponseError
 
-from gateway.store.activity_base import ActivityStore, BadCursor, bucket_starts, usage_counts
+from gateway.store.activity_base import (
+    ActivityStore,
+    BadCursor,
+    PartlyWritten,
+    anonymous_share,
+    bucket_starts,
+    usage_counts,
+)
 from gateway.store.activity_models import (
     BUCKET_SECONDS,
     AuditEntry,
@@ -31,12 +41,13 @@ from gateway.store.activity_models import (
     UsageBucket,
 )
 from gateway.store.base import StoreError
-from gateway.store.redis_keyspace import REQUEST_LOG_SHARDS
+from gateway.store.redis_keyspace import REQUEST_LOG_STREAMS
 
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
 
 T = TypeVar("T")
+log = structlog.get_logger("gateway.store")
 
 _FIELD = b"e"  # each stream entry has one field, the encoded entry
 _SCAN_BUDGET = 5_000  # entries read at most per listing call
@@ -47,7 +58,7 @@ _BATCH = 200  # entries read from a stream at a time
 # found without `until`.
 _LATE_US = 5 * 60_000_000
 _ADD_TRIES = 5
-_CURSOR = re.compile(r"([0-9]{1,2})\.([0-9]{1,19})-([0-9]{1,19})")
+_CURSOR = re.compile(r"([0-9]{1,2})\.([0-9]{1,18})-([0-9]{1,18})")
 
 
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
@@ -87,17 +98,20 @@ class RedisActivityStore(ActivityStore):
         self._store = store
         self._names = store.names
         self._retention = Retention(7 * 86400.0, 1_000_000, 400 * 86400.0)
-        self._cap = 1_000_000 // REQUEST_LOG_SHARDS
+        self._cap = 1_000_000 // REQUEST_LOG_STREAMS
 
     def set_retention(self, retention: Retention) -> None:
         """As configured; each stream keeps about its share of the most entries kept in all."""
         self._retention = retention
-        self._cap = max(1, retention.requests_max_entries // REQUEST_LOG_SHARDS)
+        self._cap = anonymous_share(retention.requests_max_entries)
 
     def _bucket_ttl(self, size: int) -> int:
         retention = self._retention
         max_age = retention.minute_buckets_max_age if size == 60 else retention.hour_buckets_max_age
         return int(max_age) + size
+
+    def register_scripts(self) -> None:
+        self._append = self._store.register_script("request_log_append.lua")
 
     async def startup(self) -> None:
         """Nothing to open: the store's own clients serve."""
@@ -108,11 +122,35 @@ class RedisActivityStore(ActivityStore):
     # -- the request log and its usage counts ----------------------------------------------
 
     async def append_requests(self, entries: Sequence[RequestEntry]) -> None:
+        """The entries, then their usage counts. A stream that fails (its master away) fails
+        alone: the entries of the others are kept and counted, and PartlyWritten names the
+        rest, so that no entry is kept or counted twice when the caller tries again."""
+        names = self._names
+        by_stream: dict[str, list[RequestEntry]] = defaultdict(list)
+        for entry in sorted(entries, key=lambda e: e.time):
+            stream = names.request_log(names.request_log_shard(entry.org_id))
+            by_stream[stream].append(entry)
+        failed = await self._append_streams(by_stream)
+        written = [e for stream, part in by_stream.items() if stream not in failed for e in part]
+        try:
+            await self._count_usage(written)
+        except StoreError as exc:
+            # Counting again would count twice what did arrive: these counts are lost.
+            log.warning("request_usage_uncounted", entries=len(written), error=str(exc))
+        if failed:
+            unwritten = [e for stream in failed for e in by_stream[stream]]
+            unwritten.sort(key=lambda e: e.time)
+            error = next(iter(failed.values()))
+            raise PartlyWritten(f"redis store: {error}", unwritten)
+
+    async def _count_usage(self, entries: Sequence[RequestEntry]) -> None:
         names = self._names
         hashes: dict[str, dict[str, list[int]]] = defaultdict(dict)
         for ((org_id, key_id), size, start), row in usage_counts(entries).items():
             name = names.usage(org_id, size, start)
             hashes[name]["" if key_id is None else f":{key_id}"] = row
+        if not hashes:
+            return
 
         def stage(pipe: Any) -> None:
             for name, fields in hashes.items():
@@ -125,72 +163,68 @@ class RedisActivityStore(ActivityStore):
                 size = int(name.rsplit(":", 2)[1])
                 pipe.expire(name, self._bucket_ttl(size))
 
-        items = [
-            (
-                names.request_log(names.request_log_shard(e.org_id, e.request_id)),
-                _us(e.time),
-                e.encode(),
-            )
-            for e in sorted(entries, key=lambda e: e.time)
-        ]
-        await self._add_in_time_order(items, self._cap)
         await self._store.pipelined(stage)
 
-    async def _add_in_time_order(
-        self, items: Sequence[tuple[str, int, bytes]], cap: int | None
-    ) -> None:
-        """XADD each (stream, time in us, data) with its time as id, so that streams merge in
-        time order. An entry older than its stream's newest (another instance wrote a later
-        one first) takes the newest's time instead: it stays after everything already there.
-        MAXLEN ~ lets Redis trim whole nodes of a stream, cheaply."""
-        pending = list(items)
-        for _ in range(_ADD_TRIES):
+    async def _append_streams(
+        self, by_stream: dict[str, list[RequestEntry]]
+    ) -> dict[str, Exception]:
+        """One script call per stream (request_log_append.lua adds its batch in time order),
+        in one pipeline per server, all at once: a master that is away costs its own streams
+        only. The streams that failed, with why."""
+        args = {
+            stream: [x for e in part for x in (_us(e.time), e.encode())]
+            for stream, part in by_stream.items()
+        }
+        groups = self._store.by_server(list(by_stream))
+        results = await asyncio.gather(*(self._append_group(group, args) for group in groups))
+        return {stream: exc for failed in results for stream, exc in failed.items()}
 
-            def stage(pipe: Any, pending: list[tuple[str, int, bytes]] = pending) -> None:
-                for stream, at, data in pending:
-                    pipe.xadd(
-                        stream,
-                        {_FIELD: data},
-                        id=f"{at}-*",
-                        maxlen=cap,
-                        approximate=cap is not None,
-                    )
+    async def _append_group(
+        self, streams: list[str], args: dict[str, list[bytes | int]]
+    ) -> dict[str, Exception]:
+        """The calls of one server. One that lost the script (a restart, a failover) ran none
+        of them, and they are sent again once it is loaded; a call that fails adds nothing (a
+        script's error comes before its first XADD)."""
+        sha = self._append.sha
+        pending = streams
+        failed: dict[str, Exception] = {}
+        for _ in range(2):
 
-            replies = await self._store.pipelined(stage, raise_on_error=False)
-            late = []
-            for item, reply in zip(pending, replies, strict=True):
-                if isinstance(reply, Exception):
-                    if not _id_too_small(reply):
-                        raise StoreError(f"redis store: {reply}") from reply
-                    late.append(item)
-            if not late:
-                return
-            streams = sorted({stream for stream, _, _ in late})
+            def stage(pipe: Any, pending: list[str] = pending) -> None:
+                for stream in pending:
+                    pipe.evalsha(sha, 1, stream, self._cap, *args[stream])
 
-            def read_tops(pipe: Any, streams: list[str] = streams) -> None:
-                for stream in streams:
-                    pipe.xrevrange(stream, count=1)
-
-            tops = await self._store.pipelined(read_tops)
-            newest = {
-                stream: _stream_id(top[0][0])[0] if top else 0
-                for stream, top in zip(streams, tops, strict=True)
-            }
-            pending = [(stream, max(at, newest[stream]), data) for stream, at, data in late]
-        raise StoreError("redis store: the request log kept moving under a write; try again")
+            try:
+                replies = await self._store.pipelined(stage, raise_on_error=False)
+            except StoreError as exc:  # the server did not answer
+                return failed | {stream: exc for stream in pending}
+            missing = []
+            for stream, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    missing.append(stream)
+                elif isinstance(reply, Exception):
+                    failed[stream] = reply
+            if not missing:
+                return failed
+            try:
+                await self._store.load_scripts()
+            except StoreError as exc:
+                return failed | {stream: exc for stream in missing}
+            pending = missing
+        return failed | {stream: StoreError("the script could not be loaded") for stream in pending}
 
     async def query_requests(
         self, where: RequestFilter, limit: int, cursor: str | None = None
     ) -> Page[RequestEntry]:
         names = self._names
         if where.org_id is not None:
-            numbers = [names.request_log_shard(where.org_id, "")]
+            numbers = [names.request_log_shard(where.org_id)]
         else:
-            numbers = list(range(REQUEST_LOG_SHARDS))
+            numbers = list(range(REQUEST_LOG_STREAMS))
         streams = [(n, names.request_log(n)) for n in numbers]
         return await self._scan(
             streams,
-            REQUEST_LOG_SHARDS,
+            REQUEST_LOG_STREAMS,
             RequestEntry.decode,
             where.matches,
             since=where.since,
@@ -268,9 +302,14 @@ class RedisActivityStore(ActivityStore):
         oldest_request = _us(now - retention.requests_max_age)
         oldest_audit = _us(now - retention.audit_max_age)
 
+        cap = anonymous_share(retention.requests_max_entries)  # each stream's share
+
         def stage(pipe: Any) -> None:
-            for n in range(REQUEST_LOG_SHARDS):
-                pipe.xtrim(names.request_log(n), minid=oldest_request, approximate=False)
+            for n in range(REQUEST_LOG_STREAMS):
+                stream = names.request_log(n)
+                pipe.xtrim(stream, minid=oldest_request, approximate=False)
+                # Exactly, here: the writes' MAXLEN ~ trims near the cap, cheaply.
+                pipe.xtrim(stream, maxlen=cap, approximate=False)
             pipe.xtrim(names.audit(), minid=oldest_audit, approximate=False)
 
         await self._store.pipelined(stage)  # usage buckets go by their expiry
@@ -305,8 +344,13 @@ class RedisActivityStore(ActivityStore):
             if after is not None:
                 (ms, seq), cursor_stream = after
                 # Past the cursor: ids below its id, and its id itself in lower-numbered streams.
-                bound = f"{ms}-{seq}" if number < cursor_stream else f"({ms}-{seq}"
-                start = bound if upper == "+" or (ms, seq) < _stream_id(upper + "-0") else upper
+                inclusive = number < cursor_stream
+                if not inclusive and (ms, seq) == (0, 0):
+                    continue  # nothing in this stream lies before the first id there is
+                bound = f"{ms}-{seq}" if inclusive else f"({ms}-{seq}"
+                # upper is a bare time (every seq of it): the cursor's bound is the tighter
+                # one whenever the cursor lies at or before that time.
+                start = bound if upper == "+" or ms <= int(upper) else upper
             readers.append(_Stream(number, name, start, lower))
         items: list[T] = []
         scanned = 0

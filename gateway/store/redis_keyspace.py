@@ -16,8 +16,11 @@ import zlib
 # Fixed: a delivery queue can only be found where its shard number says. 16 shards spread
 # over up to 16 masters.
 WEBHOOK_SHARDS = 16
-# The request log's streams, likewise fixed: an org's entries are in the stream its id picks.
+# The request log's streams, likewise fixed: an org's entries are in the stream its id picks,
+# and those of no org (no key, a bad key) in one more of their own: a flood of requests without
+# a key must not push any org's history out.
 REQUEST_LOG_SHARDS = 16
+REQUEST_LOG_STREAMS = REQUEST_LOG_SHARDS + 1
 
 
 class Keyspace:
@@ -71,9 +74,11 @@ class Keyspace:
 
     # -- activity: the request log, usage counts, the audit log -------------------------------
 
-    def request_log_shard(self, org_id: str | None, request_id: str) -> int:
-        """An org's entries share a stream; those of no org are spread by request id."""
-        return zlib.crc32((org_id or request_id).encode()) % REQUEST_LOG_SHARDS
+    def request_log_shard(self, org_id: str | None) -> int:
+        """The stream of an org's entries; the last one for those of no org."""
+        if org_id is None:
+            return REQUEST_LOG_SHARDS
+        return zlib.crc32(org_id.encode()) % REQUEST_LOG_SHARDS
 
     def request_log(self, shard: int) -> str:
         return f"{self.prefix}:{{rl{shard}}}:requests"

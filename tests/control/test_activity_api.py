@@ -278,6 +278,7 @@ async def test_keys_with_the_scope_read_their_own_orgs_log_on_the_data_plane(
 
     entries = await eventually(own_log)
     assert [e["keyId"] for e in entries] == [plain["id"]]  # never globex's
+    assert entries[0]["upstream"] is None  # the backends' addresses are not the clients' business
     assert await call(gw, "/v1/requests", plain["secret"]) == 403  # no logs:read
     async with gw.session.get(
         f"{gw.url}/v1/requests?org=globex", headers={"Authorization": f"Bearer {reader['secret']}"}

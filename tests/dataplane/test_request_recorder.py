@@ -17,7 +17,7 @@ from tests.helpers import eventually
 
 
 def row(n: int) -> Row:
-    return (
+    return Row(
         time.time(),
         f"req-{n}",
         "org_a",

@@ -196,3 +196,18 @@ async def test_trim_drops_what_is_too_old_or_too_many(store: Store) -> None:
     assert [e.action for e in (await store.activity.query_audit(AuditFilter(), 10)).items] == [
         "key.revoke"
     ]
+
+
+async def test_entries_of_no_org_cannot_push_an_orgs_history_out(store: Store) -> None:
+    now = time.time()
+    kept = [entry(now - 100 + i * 0.01) for i in range(50)]
+    flood = [entry(now - 50 + i * 0.01, org_id=None, key_id=None) for i in range(500)]
+    await store.activity.append_requests(kept)
+    await store.activity.append_requests(flood)
+    # 1,700 in all: 100 (a seventeenth) for entries of no org.
+    await store.activity.trim(now, Retention(86400, 1700, 86400))
+    assert ids(await read_all(store, RequestFilter(org_id="org_a"), 1000)) == ids(kept[::-1])
+    left = await read_all(store, RequestFilter(), 1000)
+    anonymous = [e for e in left if e.org_id is None]
+    assert 100 <= len(anonymous) <= 200  # Redis trims near its cap (MAXLEN ~), SQLite to it
+    assert ids(anonymous) == ids(flood[::-1][: len(anonymous)])
