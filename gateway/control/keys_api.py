@@ -9,13 +9,13 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import Field, field_validator
 
+from gateway.api.audit import AuditTrail
 from gateway.api.bodies import B, Body, parse_body
 from gateway.api.bounds import Grace, KeyExpiry, RateLimitOverride
 from gateway.api.views import NotFound, find_org, key_view
 from gateway.config import GatewayConfig
 from gateway.config.types import check_scope, parse_network
-from gateway.control.audit import AuditTrail
-from gateway.control.listener import json_response
+from gateway.control.listener import actor_of, json_response
 from gateway.errors import ApiAccessDisabled, BadRequest, GatewayError
 from gateway.keys.secrets import KeyFormat
 from gateway.store import ApiKey, Org, Store, new_id
@@ -88,7 +88,12 @@ class KeysApi:
     ) -> None:
         if self.audit is not None:
             await self.audit.record(
-                request, action, target=key.id, org_id=key.org_id, before=before, after=after
+                actor_of(request),
+                action,
+                target=key.id,
+                org_id=key.org_id,
+                before=before,
+                after=after,
             )
 
     async def _key_event(self, kind: str, key: ApiKey) -> None:
@@ -255,8 +260,11 @@ class KeysApi:
         # working keys, never none.
         await self.store.create_key(new)
         grace_end = now + body.grace
+        before = old
 
         def shorten(current: ApiKey) -> ApiKey:
+            nonlocal before  # the key as it was in the atomic step, for the audit log
+            before = current
             # Checked again on the key as stored now: a revoke that won the race stays.
             if not current.usable_at(now):
                 raise KeyNotRotatable()
@@ -270,13 +278,18 @@ class KeysApi:
         except KeyNotRotatable:
             await self.store.update_key(new.id, self._revoke)  # the replacement must not outlive it
             raise
+        except BaseException:
+            # The old key could not be shortened (the store failed): the new one works all the
+            # same, and is on record.
+            await self._audit(request, "key.create", new, after=key_view(new))
+            raise
         if shortened is not None:
             await self._key_event("rotated", shortened)
             await self._audit(
                 request,
                 "key.rotate",
                 shortened,
-                before=key_view(old),
+                before=key_view(before),
                 after={"old": key_view(shortened), "new": key_view(new)},
             )
         return json_response(key_view(new, secret), 201)

@@ -10,11 +10,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, ValidationInfo, field_validator
 
+from gateway.api.audit import AuditTrail
 from gateway.api.bodies import B, Body, parse_body
 from gateway.api.views import NotFound, find_org, org_view
 from gateway.config import GatewayConfig
-from gateway.control.audit import AuditTrail
-from gateway.control.listener import json_response
+from gateway.control.listener import actor_of, json_response
 from gateway.store import Org, Store, new_id
 
 Clock = Callable[[], float]
@@ -82,7 +82,9 @@ class OrgsApi:
         org = Org(new_id("org"), body.slug, body.name, body.plan, self.clock())
         await self.store.create_org(org)
         view = org_view(org)
-        await self.audit.record(request, "org.create", target=org.id, org_id=org.id, after=view)
+        await self.audit.record(
+            actor_of(request), "org.create", target=org.id, org_id=org.id, after=view
+        )
         return json_response(view, 201)
 
     async def list_orgs(self, request: web.Request) -> web.Response:
@@ -117,7 +119,7 @@ class OrgsApi:
             raise NotFound(f"No org {org.id!r}.")
         view = org_view(changed)
         await self.audit.record(
-            request,
+            actor_of(request),
             "org.update",
             target=org.id,
             org_id=org.id,

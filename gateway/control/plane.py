@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.api.audit import AuditTrail
 from gateway.config import GatewayConfig
 from gateway.control.activity_api import ActivityApi
-from gateway.control.audit import AuditTrail
 from gateway.control.keys_api import KeysApi
 from gateway.control.openapi import OpenApiDocument
 from gateway.control.orgs_api import OrgsApi

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.api.audit import AuditTrail
 from gateway.api.views import find_org
-from gateway.control.audit import AuditTrail
-from gateway.control.listener import json_response
+from gateway.control.listener import actor_of, json_response
 from gateway.store import Store
 from gateway.webhooks.service import WebhookService
 
@@ -50,7 +50,9 @@ class WebhookAdmin:
             "/admin/webhooks/{id}/rotate",
             self._by_id_body(s.rotate_secret, 201, audit=("webhook.rotate", None)),
         )
-        r.add_post("/admin/webhooks/{id}/ping", self._by_id(s.ping, 202))
+        r.add_post(
+            "/admin/webhooks/{id}/ping", self._by_id(s.ping, 202, audit=("webhook.ping", endpoint))
+        )
         r.add_get("/admin/webhooks/{id}/deliveries", self._by_id(s.deliveries))
         r.add_get("/admin/deliveries/{id}", self._by_id(s.get_delivery))
         r.add_post(
@@ -69,8 +71,16 @@ class WebhookAdmin:
     ) -> None:
         after_view = after if isinstance(after, dict) else None
         org_id = (after_view or {}).get("orgId") or (before or {}).get("orgId")
+        if org_id is None and action.startswith("delivery."):
+            delivery = await self.store.webhooks.get_delivery(target)  # its view has no org
+            org_id = delivery.org_id if delivery is not None else None
         await self.audit.record(
-            request, action, target=target, org_id=org_id, before=before, after=after_view
+            actor_of(request),
+            action,
+            target=target,
+            org_id=org_id,
+            before=before,
+            after=after_view,
         )
 
     def _with_org(

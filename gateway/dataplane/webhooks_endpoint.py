@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.api.audit import AuditTrail
 from gateway.dataplane.chain import RequestContext
 from gateway.dataplane.request_body import read_body
 from gateway.errors import MethodNotAllowed, RouteNotFound, Unauthorized, Unavailable
@@ -25,10 +26,17 @@ _MAX_BODY = 64 * 1024  # endpoint bodies are small; events have their own, large
 class WebhookEndpointsApi:
     """Terminal handler of the data-plane webhook routes; auth has checked the key and scope."""
 
-    def __init__(self, service: WebhookService, base_path: str, body_timeout: float) -> None:
+    def __init__(
+        self,
+        service: WebhookService,
+        base_path: str,
+        body_timeout: float,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self.service = service
         self.base = base_path
         self.body_timeout = body_timeout
+        self.audit = audit  # a key's changes are on record like an admin's
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         identity = ctx.identity
@@ -39,7 +47,9 @@ class WebhookEndpointsApi:
         method = ctx.method
         s = self.service
         try:
+            before = await self._before(s, org, parts, method)
             status, data = await self._route(s, org, parts, method, ctx)
+            await self._audit(identity.key.id, org, parts, method, before, data)
         except StoreError:
             raise Unavailable("The state store is unavailable; try again shortly.") from None
         meta: dict[str, Any] = {"request_id": ctx.request_id}
@@ -51,6 +61,46 @@ class WebhookEndpointsApi:
         response.headers["Cache-Control"] = "no-store"
         stamp(response.headers, ctx.request_id, ctx.response_headers)
         return response
+
+    async def _before(
+        self, s: WebhookService, org: Org, parts: list[str], method: str
+    ) -> dict[str, Any] | None:
+        """The endpoint before a change to it or a delete, for the audit log."""
+        if self.audit is None or len(parts) != 1 or method not in ("PATCH", "DELETE"):
+            return None
+        return await s.get_endpoint(parts[0], org.id)
+
+    async def _audit(
+        self,
+        key_id: str,
+        org: Org,
+        parts: list[str],
+        method: str,
+        before: dict[str, Any] | None,
+        after: Any,
+    ) -> None:
+        if self.audit is None or method == "GET":
+            return
+        match parts:
+            case []:
+                action, target = "webhook.create", after["id"]
+            case [endpoint_id]:
+                action = "webhook.update" if method == "PATCH" else "webhook.delete"
+                target = endpoint_id
+            case [endpoint_id, verb]:  # rotate, ping
+                action, target = f"webhook.{verb}", endpoint_id
+            case [_, "deliveries", delivery_id, "retry"]:
+                action, target = "delivery.retry", delivery_id
+            case _:
+                return
+        await self.audit.record(
+            f"key:{key_id}",
+            action,
+            target=target,
+            org_id=org.id,
+            before=before,
+            after=after if isinstance(after, dict) else None,
+        )
 
     async def _read(self, ctx: RequestContext) -> bytes:
         return await read_body(ctx, _MAX_BODY, self.body_timeout)

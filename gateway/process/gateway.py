@@ -86,7 +86,10 @@ class GatewayProcess:
         self.webhooks = self.control.webhooks
         self.key_events = self.control.key_events
         self.webhook_api = WebhookEndpointsApi(
-            self.webhooks, config.webhooks.api_path or "", config.server.body_timeout
+            self.webhooks,
+            config.webhooks.api_path or "",
+            config.server.body_timeout,
+            audit=self.control.audit,
         )
         self.request_log_api = RequestLogEndpoint(self.store)
         self.dispatcher: Dispatcher | None = None
@@ -245,8 +248,8 @@ class GatewayProcess:
         running one keeps serving. Requests in flight finish on the snapshot they started on.
         ``actor``: who asked (an admin token's name, sighup, file-watch), for the audit log.
         """
-        before = self.loaded.digest
         async with self._reload_lock:
+            before = self.loaded.digest  # under the lock: another reload may be finishing
             problems = await self._reload()
         self.metrics.config_reloads.labels("error" if problems else "ok").inc()
         if problems:

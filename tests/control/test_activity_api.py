@@ -339,3 +339,34 @@ async def test_webhook_changes_are_audited_without_their_secrets(
     text = repr(entries)
     assert created["secret"] not in text
     assert rotated["secret"] not in text
+
+
+async def test_a_keys_own_webhook_changes_are_audited_with_the_key_as_actor(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Any
+) -> None:
+    gw, admin = await start(
+        gateway_factory,
+        upstream,
+        {"path": str(tmp_path / "s.db")},
+        webhooks={"allow_private_targets": True},
+    )
+    await admin.org("acme", plan="pro")
+    key = await admin.key("acme", scopes=["webhooks:write"])
+    auth = {"Authorization": f"Bearer {key['secret']}"}
+    body = {"url": upstream.url, "events": ["a.b"]}
+    async with gw.session.post(f"{gw.url}/v1/webhooks", json=body, headers=auth) as r:
+        assert r.status == 201, await r.text()
+        endpoint = (await r.json())["data"]
+    async with gw.session.post(f"{gw.url}/v1/webhooks/{endpoint['id']}/ping", headers=auth) as r:
+        assert r.status == 202
+    async with gw.session.delete(f"{gw.url}/v1/webhooks/{endpoint['id']}", headers=auth) as r:
+        assert r.status == 200
+    _status, body = await admin.call("GET", "/admin/audit?org=acme")
+    entries = [(e["actor"], e["action"], e["target"]) for e in body["data"]]
+    assert entries[:3] == [
+        (f"key:{key['id']}", "webhook.delete", endpoint["id"]),
+        (f"key:{key['id']}", "webhook.ping", endpoint["id"]),
+        (f"key:{key['id']}", "webhook.create", endpoint["id"]),
+    ]
+    assert body["data"][0]["before"]["url"] == upstream.url
+    assert endpoint["secret"] not in repr(body)

@@ -8,9 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
 
-from gateway.control.listener import actor_of
 from gateway.observability.metrics import Metrics
 from gateway.store.activity_base import ActivityStore
 from gateway.store.activity_models import AuditEntry
@@ -36,7 +34,7 @@ class AuditTrail:
 
     async def record(
         self,
-        request: web.Request | str,
+        actor: str,
         action: str,
         *,
         target: str | None,
@@ -44,8 +42,9 @@ class AuditTrail:
         before: View | None = None,
         after: View | None = None,
     ) -> None:
-        """Keep one entry; ``request`` is the admin call (its actor is read from it) or the
-        name of what acted on its own (``sighup``, ``file-watch``).
+        """Keep one entry. ``actor``: the admin token's name, ``key:<id>`` for a key that
+        manages its org's webhooks on the data plane, or what acted on its own (``sighup``,
+        ``file-watch``).
 
         SECURITY: views only, never a secret: callers pass what the API itself shows.
 
@@ -53,7 +52,6 @@ class AuditTrail:
         into an error the caller would retry: the entry goes to the log in full instead, and
         is counted.
         """
-        actor = request if isinstance(request, str) else actor_of(request)
         entry = AuditEntry(
             id=new_id("aud"),
             time=self._clock(),
