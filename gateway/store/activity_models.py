@@ -47,11 +47,6 @@ class RequestEntry(NamedTuple):
     def decode(cls, data: bytes | str) -> RequestEntry:
         return cls(*orjson.loads(data))
 
-    @property
-    def counts_as_error(self) -> bool:
-        """What the usage counts call an error: any 4xx or 5xx but 429 (counted apart)."""
-        return self.status >= 400 and self.status != 429
-
 
 @dataclass(frozen=True, slots=True)
 class RequestFilter:
