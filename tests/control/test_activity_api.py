@@ -3,14 +3,14 @@ real requests through a real gateway, found again by their filters."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 from unittest.mock import ANY
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, GatewayFactory, Upstream, make_config
+from tests.conftest import ADMIN_TOKEN, FakeClock, GatewayFactory, Upstream, make_config
 from tests.helpers import Admin, eventually
 
 PLANS = {
@@ -286,24 +286,49 @@ async def test_keys_with_the_scope_read_their_own_orgs_log_on_the_data_plane(
         assert r.status == 400  # the org is the caller's: no parameter to widen it
 
 
-async def test_retention_keeps_the_newest_within_the_configured_size(
+async def test_the_configured_max_age_is_applied_by_the_gateway(
     gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
 ) -> None:
-    gw, admin = await start(gateway_factory, upstream, store_config)
+    clock = FakeClock()
+    config = make_config(
+        {"app": {"targets": [upstream.url]}},
+        [{"path": "/v1/items", "upstream": "app", "auth": "key", "name": "items"}],
+        store=store_config,
+        plans=PLANS,
+        request_log={"flush_interval": "20ms", "max_age": "1m"},
+    )
+    gw = await gateway_factory(config, clock=clock)
+    admin = Admin(gw)
     await admin.org("acme", plan="pro")
     key = await admin.key("acme")
     for _ in range(5):
         await call(gw, "/v1/items", key["secret"])
-    recorder = gw.process.recorder
-    assert recorder is not None
     await eventually(lambda: logged(admin, 5))
-    from gateway.store.activity_models import Retention
+    clock.now += 120  # the recorder's next retention pass finds them all past 1m
 
-    # Older than the max age: all of them go.
-    await gw.process.store.activity.trim(
-        time.time() + 3 * 86400, Retention(86400, 1000, 86400 * 400)
+    async def emptied() -> bool:
+        return (await requests(admin))[0] == []
+
+    await eventually(emptied)
+
+
+async def test_with_the_request_log_off_nothing_is_kept(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Any
+) -> None:
+    gw, admin = await start(gateway_factory, upstream, {"path": str(tmp_path / "s.db")})
+    await admin.org("acme", plan="pro")
+    key = await admin.key("acme")
+    await call(gw, "/v1/items", key["secret"])
+    await eventually(lambda: logged(admin, 1))
+    config = {**gw.process.loaded.config.request_log.model_dump(), "enabled": False}
+    assert gw.process.recorder is not None
+    gw.process.recorder.configure(
+        type(gw.process.loaded.config.request_log).model_validate(config),
+        gw.process.loaded.config.audit,
     )
-    assert (await requests(admin))[0] == []
+    await call(gw, "/v1/items", key["secret"])
+    await asyncio.sleep(0.2)  # ten flush intervals: nothing comes
+    assert len((await requests(admin))[0]) == 1
 
 
 async def test_webhook_changes_are_audited_without_their_secrets(
