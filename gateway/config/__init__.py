@@ -22,6 +22,7 @@ from gateway.config.routes import HeaderRulesConfig, HeaderRuleSet, RouteConfig,
 from gateway.config.section import Section
 from gateway.config.server import (
     AdminConfig,
+    AdminTokenConfig,
     ListenConfig,
     LogConfig,
     ReloadConfig,
@@ -41,6 +42,7 @@ __all__ = [
     "MAX_QUOTA",
     "MAX_REQUESTS",
     "AdminConfig",
+    "AdminTokenConfig",
     "ConfigError",
     "DemoConfig",
     "GatewayConfig",

@@ -3,6 +3,7 @@ reload."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,15 +20,65 @@ class ListenConfig(Section):
     port: int = Field(8080, ge=0, le=65535, description="Port of the data listener.")
 
 
+# An admin token's name: the actor the audit log shows for what was done with it.
+_TOKEN_NAME = re.compile(r"[a-z0-9._-]{1,32}")
+# Actors the gateway itself writes to the audit log: admin.token's, and reloads nobody asked for.
+RESERVED_ACTORS = ("admin", "sighup", "file-watch")
+_MAX_TOKEN = 256  # the longest bearer token the admin listener reads
+
+
+class AdminTokenConfig(Section):
+    name: str = Field(
+        description="Who holds the token (1-32 of a-z 0-9 . _ -): the actor in the audit log.",
+        json_schema_extra={"pattern": f"^{_TOKEN_NAME.pattern}$"},
+    )
+    token: str = Field(
+        description="The bearer token, 16 to 256 printable characters; use ${ENV}.",
+        json_schema_extra={"minLength": 16, "maxLength": _MAX_TOKEN},
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TOKEN_NAME.fullmatch(value):
+            raise ValueError(f"must be 1-32 of a-z, 0-9, '.', '_', '-' (got {shown(value)})")
+        if value in RESERVED_ACTORS:
+            raise ValueError(
+                f"{value!r} is reserved (the gateway's own actors: admin, sighup, file-watch)"
+            )
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        # SECURITY: the value is never quoted back: it is a secret, or meant to be one.
+        if len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        if len(value) > _MAX_TOKEN:
+            raise ValueError(f"must be at most {_MAX_TOKEN} characters")
+        if not (value.isascii() and value.isprintable()) or " " in value:
+            raise ValueError("must be printable ASCII without spaces")
+        return value
+
+
 class AdminConfig(Section):
     host: str = Field("127.0.0.1", description="Address of the admin listener (keep it private).")
     port: int = Field(9090, ge=0, le=65535, description="Port of the admin listener.")
     token: str | None = Field(
-        None, description="Bearer token for /admin/*; use ${GATEWAY_ADMIN_TOKEN}."
+        None,
+        description="Bearer token for /admin/* and the console, acting as 'admin' in the audit"
+        " log; use ${GATEWAY_ADMIN_TOKEN}.",
+    )
+    tokens: tuple[AdminTokenConfig, ...] = Field(
+        (),
+        description="Named admin tokens, [{name, token}]: each works like token, and the audit"
+        " log names who acted. With tokens and no token, no token is made or read from"
+        " token_file.",
     )
     token_file: str = Field(
         ".gateway/admin-token",
-        description="Without token: the token is read from here, or made and saved here (0600).",
+        description="Without token or tokens: the token is read from here, or made and saved"
+        " here (0600).",
     )
 
     @field_validator("token")
@@ -36,6 +87,26 @@ class AdminConfig(Section):
         if value is not None and value != "" and len(value) < 16:
             raise ValueError("must be at least 16 characters")
         return value or None
+
+    @model_validator(mode="after")
+    def _tokens_distinct(self) -> AdminConfig:
+        names: dict[str, int] = {}
+        tokens: dict[str, str] = {} if self.token is None else {self.token: "token"}
+        for index, entry in enumerate(self.tokens):
+            if entry.name in names:
+                raise ValueError(
+                    f"tokens: the name {entry.name!r} is given twice"
+                    f" (tokens[{names[entry.name]}] and tokens[{index}])"
+                )
+            names[entry.name] = index
+            if entry.token in tokens:
+                # SECURITY: the places are named, never the token.
+                raise ValueError(
+                    f"tokens: tokens[{index}].token is the same as {tokens[entry.token]}:"
+                    " each holder needs a token of their own"
+                )
+            tokens[entry.token] = f"tokens[{index}].token"
+        return self
 
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})

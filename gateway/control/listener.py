@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.config import AdminConfig, LoadedConfig
 from gateway.config.validation import REDACTED, redact_url
+from gateway.console.app import Console
+from gateway.control.admin_tokens import AdminTokens
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -54,9 +55,15 @@ class ConfigInvalid(GatewayError):
 
 
 def saved_admin_token(config: AdminConfig) -> str | None:
-    """admin.token, else the token saved in admin.token_file, if any (what the CLI uses)."""
+    """admin.token, else the token saved in admin.token_file, if any (what the CLI uses).
+
+    With named tokens (admin.tokens) and no admin.token, the file is not used: the CLI is
+    given one of them (GATEWAY_ADMIN_TOKEN), so the audit log names its holder.
+    """
     if config.token:
         return config.token
+    if config.tokens:
+        return None
     try:
         token = Path(config.token_file).read_text().strip()
     except FileNotFoundError:
@@ -82,6 +89,15 @@ def admin_token(config: AdminConfig) -> str:
     return token
 
 
+def admin_tokens(config: AdminConfig) -> AdminTokens:
+    """The tokens the admin listener takes: admin.tokens by name, and admin.token as
+    ``admin``; without either, the saved (or a newly made) token as ``admin``."""
+    named = [(entry.name, entry.token) for entry in config.tokens]
+    if config.token or not named:
+        named.insert(0, (DEFAULT_ACTOR, admin_token(config)))
+    return AdminTokens(named)
+
+
 def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
     """The config in force as JSON, secrets replaced, with the hash of its file."""
     data = loaded.config.model_dump(mode="json")
@@ -89,6 +105,9 @@ def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
     for section, field in (*secrets, ("store", "password")):
         if data[section].get(field):
             data[section][field] = REDACTED
+    data["admin"]["tokens"] = [
+        {**entry, "token": REDACTED} for entry in data["admin"].get("tokens") or ()
+    ]
     url = data["store"].get("url")
     if url:
         data["store"]["url"] = redact_url(url)
@@ -116,7 +135,7 @@ async def start_admin_listener(
     """The admin app on its own listener: its runner, and the address it got."""
     app = build_admin_app(
         registry=registry,
-        token=admin_token(config),
+        tokens=admin_tokens(config),
         readiness=readiness,
         config_view=config_view,
         install=install,
@@ -143,13 +162,14 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 def build_admin_app(
     *,
     registry: CollectorRegistry,
-    token: str,
+    tokens: AdminTokens,
     readiness: Readiness,
     config_view: ConfigView,
     install: RouteInstaller | None = None,
     reload: Reload | None = None,
 ) -> web.Application:
     """The admin application; later issues add their /admin routes to it."""
+    console = Console(tokens.resolve)
 
     @web.middleware
     async def envelope(
@@ -158,8 +178,7 @@ def build_admin_app(
         request_id = accept_request_id(request.headers.getall("X-Request-Id", []))
         try:
             if request.path.startswith("/admin/") or request.path == "/admin":
-                _check_token(request, token)
-                request[ACTOR] = DEFAULT_ACTOR
+                request[ACTOR] = _authenticate(request, tokens, console)
             response = await handler(request)
         except GatewayError as exc:
             return exc.render(request_id)
@@ -212,13 +231,23 @@ def build_admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/config", config)
     app.router.add_post("/admin/reload", reload_config)
+    console.add_routes(app)
     if install is not None:
         install(app)
     return app
 
 
-def _check_token(request: web.Request, token: str) -> None:
-    presented = bearer_token(request.headers)
-    # SECURITY: constant-time comparison; the token is never logged.
-    if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
+def _authenticate(request: web.Request, tokens: AdminTokens, console: Console) -> str:
+    """Who makes this admin call: the name of the Bearer token presented, or without an
+    Authorization header the console session's; 401 for neither.
+
+    SECURITY: a Bearer token is checked as ever (constant time, never logged) and needs no
+    CSRF token: a browser never sends it on its own. A wrong one is not helped by a cookie.
+    """
+    if "Authorization" in request.headers:
+        actor = tokens.resolve(bearer_token(request.headers))
+    else:
+        actor = console.api_actor(request)
+    if actor is None:
         raise AdminUnauthorized()
+    return actor

@@ -1,0 +1,1 @@
+"""The operator console on the admin listener: login, sessions, CSRF and the static app."""

@@ -1,0 +1,1 @@
+"""The operator console: login, sessions, CSRF, and the pages in a real browser."""
