@@ -144,4 +144,8 @@ async def ensure_demo(
         text += "\nTry it:\n\n" + "".join(
             f'  curl -H "Authorization: Bearer {secret}" {target}\n' for target in tries
         )
+    text += (
+        f"\nThe console (orgs, keys, the request log, usage, audit): {_admin_url(admin_address)}/"
+        "\nLog in with the admin token (admin.token, or the file admin.token_file names).\n"
+    )
     print(text, file=out, flush=True)
