@@ -529,8 +529,9 @@ async def test_a_config_without_a_fitting_route_prints_no_example(
     )
     banner = capfd.readouterr().err
     assert "Try it:" in banner
-    [url] = re.findall(r"http://\S+", banner)  # the identity endpoint only
+    [url] = re.findall(r"curl .* (http://\S+)", banner)  # the identity endpoint only
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1/me", url)
+    assert re.search(r"The console .*: http://127\.0\.0\.1:\d+/\n", banner)
 
 
 # ---------------------------------------------------------------------------------------------
