@@ -44,6 +44,7 @@ class RedisWebhookStore(WebhookStore):
         # the clock claims are given).
         self._heads: dict[str, float] = {}
         self._scanned_at = -math.inf
+        self._noted: dict[str, float] | None = None
 
     def register_scripts(self) -> None:
         register = self._store.register_script
@@ -221,11 +222,20 @@ class RedisWebhookStore(WebhookStore):
         # asking all shards each time costs more than the claims; a shard this process
         # enqueues to is known at once (see _due_now).
         if not 0 <= now - self._scanned_at < _RESCAN_AFTER:
-            heads = await self._each_shard(
-                lambda pipe, p: pipe.zrange(p + "ready", 0, 0, withscores=True)
-            )
+            # What this process enqueues while the read is out may be missing from its answer:
+            # it is noted apart and kept, or it would wait for the next read.
+            noted: dict[str, float] = {}
+            self._noted = noted
+            try:
+                heads = await self._each_shard(
+                    lambda pipe, p: pipe.zrange(p + "ready", 0, 0, withscores=True)
+                )
+            finally:
+                self._noted = None
             self._scanned_at = now
             self._heads = {p: head[0][1] for p, head in heads if head}
+            for p, at in noted.items():
+                self._heads[p] = min(at, self._heads.get(p, at))
         waiting = sorted((at, p) for p, at in self._heads.items() if at <= now)
         claimed: list[Delivery] = []
         for _, p in waiting:
@@ -254,6 +264,8 @@ class RedisWebhookStore(WebhookStore):
 
     def _due_now(self, p: str, at: float) -> None:
         self._heads[p] = min(at, self._heads.get(p, at))
+        if self._noted is not None:  # a read of the heads is out (see claim)
+            self._noted[p] = min(at, self._noted.get(p, at))
 
     async def finish(
         self, delivery: Delivery, token: str, outcome: Outcome, now: float, keep: float
