@@ -17,6 +17,7 @@ from gateway.console.guard import (
 )
 from gateway.console.login_limit import LoginLimit
 from gateway.console.sessions import SessionStore
+from gateway.errors import BadRequest
 
 log = structlog.get_logger("gateway.console")
 
@@ -27,6 +28,17 @@ Resolve = Callable[[str | None], str | None]
 
 def _see_other(location: str) -> web.Response:
     return secure(web.Response(status=303, headers={"Location": location}))
+
+
+async def _form_field(request: web.Request, name: str) -> str | None:
+    """A text field of a posted form; a body that is no form (a bad charset, a part without a
+    name or boundary) is a 400, not a failure of the gateway."""
+    try:
+        form = await request.post()
+    except (ValueError, LookupError):  # UnicodeDecodeError is a ValueError
+        raise BadRequest("The body is not a form.") from None
+    value = form.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _client(request: web.Request) -> str:
@@ -88,6 +100,9 @@ class Console:
     async def login(self, request: web.Request) -> web.Response:
         check_same_origin(request)  # SECURITY: no logging a browser in from another site
         client = _client(request)
+        # SECURITY: the body is read before the limit is asked, with no await between the
+        # asking and the counting: logins sent at once cannot all pass one check.
+        token = await _form_field(request, "token")
         wait = self._limit.retry_after(client)
         if wait is not None:
             log.warning("console_login_refused", client_ip=client, reason="rate_limited")
@@ -98,10 +113,8 @@ class Console:
             )
             response.headers["Retry-After"] = str(wait)
             return response
-        form = await request.post()
-        token = form.get("token")
         # SECURITY: the token is compared, never logged nor shown back.
-        actor = self._resolve(token if isinstance(token, str) else None)
+        actor = self._resolve(token)
         if actor is None:
             self._limit.failed(client)
             log.warning("console_login_refused", client_ip=client, reason="unknown_token")
@@ -127,9 +140,8 @@ class Console:
         session_id = request.cookies.get(SESSION_COOKIE)
         session = self.sessions.find(session_id)
         if session is not None:
-            form = await request.post()
-            presented = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
-            check_csrf(presented if isinstance(presented, str) else None, session.csrf_token)
+            presented = await _form_field(request, CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+            check_csrf(presented, session.csrf_token)
             self.sessions.close(session_id)
             log.info("console_logout", actor=session.actor, client_ip=_client(request))
         response = _see_other("/login")

@@ -107,6 +107,7 @@ class RedisStore(Store):
         self._client: aioredis.Redis | None = None
         self._limits_client: aioredis.Redis | None = None
         self._acked_client: aioredis.Redis | None = None
+        self._once_client: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
         # False while the invalidation channel is down: caches must then not be trusted long.
         self._invalidation_live = False
@@ -140,6 +141,14 @@ class RedisStore(Store):
             socket_connect_timeout=0.5,
             socket_timeout=None,  # not redis-py's default (5 s on 8.x): none at all
         )  # and no health checks: a clock read per command
+        # Writes that must not run twice and have no way to tell (the request log's appends
+        # and counts): sent once, never re-sent by the client library after a lost reply.
+        self._once_client = self._connect(
+            socket_connect_timeout=0.5,
+            socket_timeout=2.0,
+            health_check_interval=15,
+            retry=Retry(NoBackoff(), 0),
+        )
         if self._replica_acks:
             # Writes that wait for replicas: never re-sent by the client library (a re-sent
             # write would run twice, and after a retry or a redirect its WAIT would count
@@ -207,6 +216,9 @@ class RedisStore(Store):
         if self._acked_client is not None:
             await self._acked_client.aclose()
             self._acked_client = None
+        if self._once_client is not None:
+            await self._once_client.aclose()
+            self._once_client = None
 
     @property
     def invalidation_live(self) -> bool:
@@ -285,14 +297,16 @@ class RedisStore(Store):
             raise StoreError(f"redis store: {exc}") from exc
 
     async def pipelined(
-        self, stage: Callable[[Any], object], *, raise_on_error: bool = True
+        self, stage: Callable[[Any], object], *, raise_on_error: bool = True, once: bool = False
     ) -> list[Any]:
         """Send the commands ``stage`` puts in one pipeline; their replies. Any Redis failure,
         the pipeline's own setup included (a cluster's may ask where slots are), is a
-        StoreError."""
+        StoreError. ``once``: never re-sent after a lost reply (for writes that must not run
+        twice); a lost reply is then a StoreError."""
+        client = self._once_client if once and self._once_client is not None else self.client
 
         async def send() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
+            async with client.pipeline(transaction=False) as pipe:
                 stage(pipe)
                 return list(await pipe.execute(raise_on_error=raise_on_error))
 

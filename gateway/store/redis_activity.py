@@ -163,7 +163,7 @@ class RedisActivityStore(ActivityStore):
                 size = int(name.rsplit(":", 2)[1])
                 pipe.expire(name, self._bucket_ttl(size))
 
-        await self._store.pipelined(stage)
+        await self._store.pipelined(stage, once=True)
 
     async def _append_streams(
         self, by_stream: dict[str, list[RequestEntry]]
@@ -195,7 +195,7 @@ class RedisActivityStore(ActivityStore):
                     pipe.evalsha(sha, 1, stream, self._cap, *args[stream])
 
             try:
-                replies = await self._store.pipelined(stage, raise_on_error=False)
+                replies = await self._store.pipelined(stage, raise_on_error=False, once=True)
             except StoreError as exc:  # the server did not answer
                 return failed | {stream: exc for stream in pending}
             missing = []

@@ -5,11 +5,16 @@
 --
 -- KEYS[1] the stream; ARGV[1] the cap (MAXLEN ~: Redis trims whole nodes, cheaply); then
 -- pairs: the time in us (decimal digits), the encoded entry. Returns how many were added.
-local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+-- The newest id the stream ever gave, which a trim that emptied it leaves in place.
 local last_text, last = nil, -1
-if #top > 0 then
-  last_text = string.match(top[1][1], '^(%d+)')
-  last = tonumber(last_text)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      last_text = string.match(info[i + 1], '^(%d+)')
+      last = tonumber(last_text)
+    end
+  end
 end
 for i = 2, #ARGV, 2 do
   local text = ARGV[i]

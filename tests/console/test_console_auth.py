@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -329,6 +330,51 @@ async def test_bearer_tokens_work_as_before_without_csrf_and_name_their_actor(
     ) as r:
         assert r.status == 401
         assert r.headers["WWW-Authenticate"] == 'Bearer realm="admin"'
+
+
+async def test_a_login_body_that_is_no_form_is_a_400(
+    gw: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    origin = {"Origin": gw.admin_url}
+    bodies = [
+        ("application/x-www-form-urlencoded; charset=bogus", b"token=x"),
+        ("application/x-www-form-urlencoded", b"token=\xff\xfe"),
+        ("multipart/form-data", b"--x\r\n"),  # no boundary
+    ]
+    for content_type, body in bodies:
+        headers = {**origin, "Content-Type": content_type}
+        async with http.post(
+            f"{gw.admin_url}/login", data=body, headers=headers, allow_redirects=False
+        ) as r:
+            assert r.status == 400, (content_type, r.status, await r.text())
+            assert (await r.json())["error"]["code"] == "bad_request"
+
+
+async def test_failed_logins_sent_at_once_are_limited_like_others(
+    gw: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """Twelve logins whose heads arrive first and whose bodies arrive together: each is
+    counted against the limit, none slips through while the others wait for their bodies."""
+    host, port = gw.admin_url.removeprefix("http://").split(":")
+    body = b"token=guess-0123456789abcdef"
+    head = (
+        f"POST /login HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: {gw.admin_url}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    streams = [await asyncio.open_connection(host, int(port)) for _ in range(12)]
+    for _, writer in streams:
+        writer.write(head)
+        await writer.drain()
+    await asyncio.sleep(0.2)  # every head is in, every handler waits for its body
+    for _, writer in streams:
+        writer.write(body)
+    statuses = []
+    for reader, writer in streams:
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        statuses.append(int(status_line.split()[1]))
+        writer.close()
+    assert sorted(statuses) == [401] * 5 + [429] * 7
 
 
 async def test_failed_logins_are_limited_per_address(

@@ -211,3 +211,12 @@ async def test_entries_of_no_org_cannot_push_an_orgs_history_out(store: Store) -
     anonymous = [e for e in left if e.org_id is None]
     assert 100 <= len(anonymous) <= 200  # Redis trims near its cap (MAXLEN ~), SQLite to it
     assert ids(anonymous) == ids(flood[::-1][: len(anonymous)])
+
+
+async def test_a_stream_emptied_by_retention_still_takes_older_entries(store: Store) -> None:
+    now = time.time()
+    await store.activity.append_requests([entry(now - 10)])
+    await store.activity.trim(now + 7200, Retention(3600, 1000, 86400))  # empties the log
+    late = entry(now - 20)  # older than the newest the stream ever held
+    await store.activity.append_requests([late])
+    assert ids(await read_all(store, RequestFilter(), 10)) == [late.request_id]
