@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from gateway.store.activity_base import (
     ActivityStore,
@@ -57,7 +57,6 @@ _BATCH = 200  # entries read from a stream at a time
 # may be after it. Entries written this much after their time (held through a store outage) are
 # found without `until`.
 _LATE_US = 5 * 60_000_000
-_ADD_TRIES = 5
 _CURSOR = re.compile(r"([0-9]{1,2})\.([0-9]{1,18})-([0-9]{1,18})")
 
 
@@ -261,23 +260,9 @@ class RedisActivityStore(ActivityStore):
 
     async def append_audit(self, entry: AuditEntry) -> None:
         name = self._names.audit()
-        data = {_FIELD: entry.encode()}
-        at = _us(entry.time)
-        for _ in range(_ADD_TRIES):
-            # An acknowledged write: with replica_acks, a failover does not lose it.
-            try:
-
-                def add(pipe: Any, at: int = at) -> None:
-                    pipe.xadd(name, data, id=f"{at}-*")
-
-                await self._store.write(add, [name])
-                return
-            except StoreError as exc:
-                if not _id_too_small(exc.__cause__):
-                    raise
-            top = await self._store.call(self._store.client.xrevrange(name, count=1))
-            at = max(at, _stream_id(top[0][0])[0]) if top else at
-        raise StoreError("redis store: the audit log kept moving under a write; try again")
+        # The same script as the request log's, uncapped, as an acknowledged write: with
+        # replica_acks, a failover does not lose it.
+        await self._store.write_script(self._append, [name], ["", _us(entry.time), entry.encode()])
 
     async def query_audit(
         self, where: AuditFilter, limit: int, cursor: str | None = None
@@ -391,10 +376,6 @@ class RedisActivityStore(ActivityStore):
 
 def _us(seconds: float) -> int:
     return max(0, round(seconds * 1_000_000))
-
-
-def _id_too_small(reply: object) -> bool:
-    return isinstance(reply, ResponseError) and "equal or smaller" in str(reply)
 
 
 def _only_time(where: RequestFilter) -> bool:

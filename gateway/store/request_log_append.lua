@@ -3,8 +3,9 @@
 -- older than the stream's newest (another instance wrote a later one first) takes the
 -- newest's time: it goes after everything already there, and never before its own time.
 --
--- KEYS[1] the stream; ARGV[1] the cap (MAXLEN ~: Redis trims whole nodes, cheaply); then
--- pairs: the time in us (decimal digits), the encoded entry. Returns how many were added.
+-- KEYS[1] the stream; ARGV[1] the cap (MAXLEN ~: Redis trims whole nodes, cheaply), or '' for
+-- none (the audit log, kept by age alone); then pairs: the time in us (decimal digits), the
+-- encoded entry. Returns how many were added.
 -- The newest id the stream ever gave, which a trim that emptied it leaves in place.
 local last_text, last = nil, -1
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -24,6 +25,10 @@ for i = 2, #ARGV, 2 do
   else
     last_text, last = text, at
   end
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], text .. '-*', 'e', ARGV[i + 1])
+  if ARGV[1] == '' then
+    redis.call('XADD', KEYS[1], text .. '-*', 'e', ARGV[i + 1])
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], text .. '-*', 'e', ARGV[i + 1])
+  end
 end
 return (#ARGV - 1) / 2
