@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
 
 from gateway.http.headers import stamp
+
+_CHALLENGE = "WWW-Authenticate"
 
 
 class GatewayError(Exception):
@@ -33,21 +36,78 @@ class GatewayError(Exception):
             self.close_connection = close_connection
         super().__init__(self.message)
 
+    # The codes this error is looked up by in an error map, first match wins.
+    @property
+    def mapped_by(self) -> tuple[str, ...]:
+        return (self.code,)
+
     def render(
-        self, request_id: str, extra_headers: Iterable[tuple[str, str]] = ()
+        self,
+        request_id: str,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        error_map: ErrorMap | None = None,
     ) -> web.Response:
-        body = orjson.dumps(
-            {"error": {"code": self.code, "message": self.message, "request_id": request_id}}
-        )
-        response = web.Response(status=self.status, body=body, content_type="application/json")
+        status, code, message, own_headers = self.status, self.code, self.message, self.headers
+        answer = error_map.answer_for(self) if error_map is not None else None
+        if answer is not None:
+            status = answer.status or status
+            code = answer.code or code
+            message = answer.message or message
+            own_headers = _challenge_for(status, own_headers)
+        body = orjson.dumps({"error": {"code": code, "message": message, "request_id": request_id}})
+        response = web.Response(status=status, body=body, content_type="application/json")
         headers = response.headers
         headers["Cache-Control"] = "no-store"
-        for name, value in self.headers:
+        for name, value in own_headers:
             headers[name] = value
         stamp(headers, request_id, extra_headers)
         if self.close_connection:
             response.force_close()
         return response
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How one of our codes is answered instead (None: as ours)."""
+
+    status: int | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class ErrorMap:
+    """The config's ``errors:``: our codes answered with other statuses, codes and messages."""
+
+    def __init__(self, answers: Mapping[str, Answer], own_status: Mapping[str, int]) -> None:
+        self._answers = dict(answers)
+        self._own_status = own_status  # each mappable code's status when unmapped
+
+    def answer_for(self, error: GatewayError) -> Answer | None:
+        for code in error.mapped_by:
+            answer = self._answers.get(code)
+            if answer is not None:
+                # A status is mapped only where it is the code's own: the 431 that says
+                # bad_request keeps its status whatever bad_request is answered with.
+                if answer.status is not None and error.status != self._own_status.get(code):
+                    return Answer(None, answer.code, answer.message)
+                return answer
+        return None
+
+
+def _challenge_for(
+    status: int, headers: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    """Keep WWW-Authenticate true to the status an error is answered with.
+
+    A 401 must carry a challenge (RFC 9110), so one is added where our error had none; a Bearer
+    challenge means nothing on a status other than 401 or 403 (RFC 6750), so it goes there.
+    """
+    has = any(name == _CHALLENGE for name, _ in headers)
+    if status == 401 and not has:
+        return (*headers, (_CHALLENGE, 'Bearer realm="api"'))
+    if status not in (401, 403) and has:
+        return tuple((name, value) for name, value in headers if name != _CHALLENGE)
+    return headers
 
 
 class BadRequest(GatewayError):
@@ -93,6 +153,15 @@ class InsufficientScope(GatewayError):
                 )
             ],
         )
+
+
+class NoScopes(InsufficientScope):
+    """A key with no scopes at all, on a route that needs some: its own code in an error map
+    (a seed answers it 403 no-scope), else answered as insufficient_scope."""
+
+    @property
+    def mapped_by(self) -> tuple[str, ...]:
+        return ("no_scopes", "insufficient_scope")
 
 
 class IpNotAllowed(GatewayError):

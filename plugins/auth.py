@@ -14,6 +14,7 @@ from gateway.errors import (
     ApiAccessDisabled,
     InsufficientScope,
     IpNotAllowed,
+    NoScopes,
     Unauthorized,
     Unavailable,
 )
@@ -92,7 +93,7 @@ class AuthPlugin:
         if self.required:
             missing = self.policy.missing(identity.scopes, self.required)
             if missing:
-                raise InsufficientScope(missing)
+                raise NoScopes(missing) if not identity.key.scopes else InsufficientScope(missing)
         ctx.identity = identity
         ctx.upstream_headers.update(identity.headers)
         return await call_next(ctx)

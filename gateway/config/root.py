@@ -8,6 +8,8 @@ from typing import ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.activity import AuditConfig, RequestLogConfig
+from gateway.config.errors import ErrorAnswer, check_error_map
+from gateway.config.ids import IdsConfig
 from gateway.config.keys import DemoConfig, IdentityConfig, KeysConfig, ScopesConfig
 from gateway.config.plans import PlanConfig, RateLimitsConfig
 from gateway.config.routes import RouteConfig
@@ -49,9 +51,20 @@ class GatewaySettings(Section):
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    ids: IdsConfig = Field(default_factory=IdsConfig)
+    errors: dict[str, ErrorAnswer] = Field(
+        default_factory=dict,
+        description="Our error codes answered with another status, code or message, e.g."
+        " insufficient_scope: {status: 401, code: unauthorized}; no_scopes for a key with none.",
+    )
     demo: DemoConfig | None = Field(
         None, description="Make a demo org and key on first start and print the key (development)."
     )
+
+    @field_validator("errors")
+    @classmethod
+    def _error_map(cls, value: dict[str, ErrorAnswer]) -> dict[str, ErrorAnswer]:
+        return check_error_map(value)
 
 
 class GatewayConfig(GatewaySettings):

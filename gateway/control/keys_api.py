@@ -18,7 +18,7 @@ from gateway.config.types import check_scope, parse_network
 from gateway.control.listener import actor_of, json_response
 from gateway.errors import ApiAccessDisabled, BadRequest, GatewayError
 from gateway.keys.secrets import KeyFormat
-from gateway.store import ApiKey, Org, Store, new_id
+from gateway.store import ApiKey, Org, Store, prefixed_id
 
 Clock = Callable[[], float]
 # Called after a key is created, revoked or rotated (key.created, ...), for webhooks.
@@ -169,7 +169,7 @@ class KeysApi:
         if parsed is None:  # the generator and the parser disagree: a bug, not bad input
             raise RuntimeError("generated key does not parse")
         key = ApiKey(
-            id=new_id("key"),
+            id=prefixed_id(self.config.ids.key),
             org_id=org.id,
             name=name,
             scopes=scopes,

@@ -15,7 +15,7 @@ from gateway.api.bodies import B, Body, parse_body
 from gateway.api.views import NotFound, find_org, org_view
 from gateway.config import GatewayConfig
 from gateway.control.listener import actor_of, json_response
-from gateway.store import Org, Store, new_id
+from gateway.store import Org, Store, prefixed_id
 
 Clock = Callable[[], float]
 _SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch: "acme\n" is no slug
@@ -36,7 +36,7 @@ class CreateOrg(Body):
     @field_validator("slug")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not _SLUG.fullmatch(value) or value.startswith("org_"):
+        if not _SLUG.fullmatch(value):
             raise ValueError(
                 f"must be 1-63 lower-case letters, digits or '-', not at the ends (got {value!r})"
             )
@@ -79,7 +79,7 @@ class OrgsApi:
 
     async def create_org(self, request: web.Request) -> web.Response:
         body = await self._body(request, CreateOrg)
-        org = Org(new_id("org"), body.slug, body.name, body.plan, self.clock())
+        org = Org(prefixed_id(self.config.ids.org), body.slug, body.name, body.plan, self.clock())
         await self.store.create_org(org)
         view = org_view(org)
         await self.audit.record(

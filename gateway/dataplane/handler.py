@@ -14,7 +14,7 @@ from gateway.errors import BadRequest, GatewayError, InternalError
 from gateway.http.headers import REQUEST_ID, field_text, is_preflight
 from gateway.http.paths import split_target
 from gateway.http.request import Request
-from gateway.http.request_id import accept_request_id, current_request_id
+from gateway.http.request_id import accept_request_id, current_request_id, new_request_id
 from gateway.observability.log import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.store.activity_models import RequestEntry
@@ -55,7 +55,9 @@ class DataPlane:
     async def handle(self, request: Request) -> web.StreamResponse:
         snapshot = self.snapshot  # one reference for the whole request, whatever reloads do
         started = time.perf_counter()
-        request_id = accept_request_id(request.headers.getall(REQUEST_ID, []))
+        request_id = accept_request_id(
+            request.headers.getall(REQUEST_ID, []), snapshot.request_id_prefix
+        )
         current_request_id.set(request_id)
         ctx = RequestContext(
             request=request,
@@ -85,6 +87,11 @@ class DataPlane:
             self._record(recorder, ctx, response.status, duration)
         return response
 
+    def render_error(self, error: GatewayError) -> web.Response:
+        """An error answered below the handler (a malformed request), as the config says."""
+        snapshot = self.snapshot
+        return error.render(new_request_id(snapshot.request_id_prefix), (), snapshot.error_map)
+
     async def _dispatch(self, snapshot: Snapshot, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
         try:
@@ -104,10 +111,10 @@ class DataPlane:
             ctx.params = match.params
             return await match.target.handler(ctx)
         except GatewayError as exc:
-            response = exc.render(ctx.request_id, ctx.response_headers)
+            response = exc.render(ctx.request_id, ctx.response_headers, snapshot.error_map)
         except Exception:
             log.exception("unhandled_error", path=ctx.path or None)
-            response = InternalError().render(ctx.request_id)
+            response = InternalError().render(ctx.request_id, (), snapshot.error_map)
         ctx.bytes_out = response.content_length or 0
         return response
 

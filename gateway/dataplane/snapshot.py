@@ -9,7 +9,8 @@ from typing import Any
 
 import structlog
 
-from gateway.config import LoadedConfig, RouteConfig, UpstreamConfig
+from gateway.config import GatewayConfig, LoadedConfig, RouteConfig, UpstreamConfig
+from gateway.config.errors import ERROR_CODES
 from gateway.dataplane.chain import Handler, Plugin, build_chain
 from gateway.dataplane.identity_endpoint import IdentityEndpoint
 from gateway.dataplane.plugins import PluginServices, plugins_for
@@ -17,6 +18,7 @@ from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.router import Router
 from gateway.dataplane.upstream import UpstreamPool
 from gateway.dataplane.websocket import WebSocketMetrics, WebSocketProxy
+from gateway.errors import Answer, ErrorMap
 from gateway.http.forwarded import ForwardedResolver
 from gateway.observability.metrics import Metrics, RouteMetrics, UpstreamMetrics
 
@@ -54,6 +56,8 @@ class Snapshot:
         self.loaded = loaded
         self.config = config
         self.resolver = ForwardedResolver(config.trusted_proxies)
+        self.error_map = error_map_of(config)
+        self.request_id_prefix = config.ids.request
         self.upstreams: dict[str, UpstreamPool] = {}
         self.sandboxes: dict[str, UpstreamPool] = {}
         for name, upstream in config.upstreams.items():
@@ -173,6 +177,17 @@ class Snapshot:
             await plugin.shutdown()
         for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
             await pool.shutdown()
+
+
+def error_map_of(config: GatewayConfig) -> ErrorMap | None:
+    """The config's error map, or None when every error is answered as ours."""
+    if not config.errors:
+        return None
+    answers = {
+        code: Answer(answer.status, answer.code, answer.message)
+        for code, answer in config.errors.items()
+    }
+    return ErrorMap(answers, ERROR_CODES)
 
 
 def _pool(

@@ -46,6 +46,14 @@ from gateway.http.request_id import new_request_id
 log = structlog.get_logger("gateway.http")
 
 Handler = Callable[[Request], Awaitable[web.StreamResponse]]
+# How an error found below the handler (a malformed request, a handler that failed) is
+# answered: by default as ours; the data plane answers it with its config's error map.
+RenderError = Callable[[GatewayError], web.Response]
+
+
+def _render_as_ours(error: GatewayError) -> web.Response:
+    return error.render(new_request_id())
+
 
 # Pipelined requests parsed ahead of the one being answered; past this, reading pauses.
 _QUEUE_LIMIT = 16
@@ -376,7 +384,7 @@ class HttpConnection(BaseProtocol):
                 response = await handler(request)
             except Exception:
                 log.exception("unhandled_error")
-                response = InternalError().render(new_request_id())
+                response = self._server.render_error(InternalError())
             if not request.started:
                 try:
                     self._answer(request, response)
@@ -435,7 +443,7 @@ class HttpConnection(BaseProtocol):
             )
         except ValueError:
             log.exception("unsendable_response", status=response.status)
-            self._answer(request, InternalError().render(new_request_id()))
+            self._answer(request, self._server.render_error(InternalError()))
 
     def send_interim(self, request: Request, head: bytes) -> None:
         """An interim answer (``100 Continue``): not the response, which is still to come."""
@@ -592,7 +600,7 @@ class HttpConnection(BaseProtocol):
         if refusal is None or transport is None or transport.is_closing():
             return
         refusal.close_connection = True
-        response = refusal.render(new_request_id())
+        response = self._server.render_error(refusal)
         request = Request(
             self,
             "GET",
@@ -706,8 +714,10 @@ class HttpServer:
         idle_timeout: float,
         max_field_size: int,
         max_headers: int,
+        render_error: RenderError = _render_as_ours,
     ) -> None:
         self.handler = handler
+        self.render_error = render_error
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.max_field_size = max_field_size

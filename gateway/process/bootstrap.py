@@ -16,7 +16,7 @@ from gateway.errors import GatewayError
 from gateway.http.paths import _PARAM as TEMPLATE_PARAM  # the one definition of a {param}
 from gateway.http.paths import check_path, compile_template
 from gateway.keys.scopes import ScopePolicy
-from gateway.store import Conflict, Org, Store, new_id
+from gateway.store import Conflict, Org, Store, prefixed_id
 
 log = structlog.get_logger("gateway")
 
@@ -123,7 +123,7 @@ async def ensure_demo(
         print("\n".join(lines), file=out, flush=True)
         return
     plan = demo.plan or next(iter(config.plans))
-    org = existing or Org(new_id("org"), demo.org, "Demo Org", plan, api.clock())
+    org = existing or Org(prefixed_id(config.ids.org), demo.org, "Demo Org", plan, api.clock())
     if existing is None:
         try:
             await store.create_org(org)

@@ -197,6 +197,7 @@ class GatewayProcess:
             idle_timeout=server.idle_timeout,
             max_field_size=server.max_header_size,
             max_headers=server.max_headers,
+            render_error=self.plane.render_error,
         )
         # Its shutdown stops accepting, then lets requests in flight finish, up to drain_timeout.
         stack.push_async_callback(data_server.shutdown, server.drain_timeout)

@@ -2,7 +2,7 @@
 
 from gateway.config import StoreConfig
 from gateway.store.base import Conflict, IdempotencyBegin, Invalidation, Store, StoreError
-from gateway.store.models import ApiKey, Org, new_id
+from gateway.store.models import ApiKey, Org, new_id, prefixed_id
 
 __all__ = [
     "ApiKey",
@@ -14,6 +14,7 @@ __all__ = [
     "StoreError",
     "new_id",
     "open_store",
+    "prefixed_id",
 ]
 
 

@@ -170,7 +170,8 @@ class LocalStore(Store):
             raise Conflict(f"An org with slug {org.slug!r} already exists.") from None
 
     async def get_org(self, ref: str) -> Org | None:
-        column = "id" if ref.startswith("org_") else "slug"
+        # Slugs never hold "_"; ids always do (ids.org ends in one).
+        column = "id" if "_" in ref else "slug"
         row = await self._run(
             lambda db: db.execute(f"SELECT data FROM orgs WHERE {column} = ?", (ref,)).fetchone()  # noqa: S608 - column is one of two literals
         )

@@ -10,9 +10,15 @@ from typing import Any
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 
+def prefixed_id(prefix: str) -> str:
+    """The prefix (``key_``, or as ids: configures it), then 20 random base62 characters
+    (119 bits)."""
+    return prefix + "".join(secrets.choice(_BASE62) for _ in range(20))
+
+
 def new_id(kind: str) -> str:
-    """``org_…``/``key_…``: a kind prefix and 20 random base62 characters (119 bits)."""
-    return f"{kind}_" + "".join(secrets.choice(_BASE62) for _ in range(20))
+    """An id of one of the gateway's own kinds: ``wh_…``, ``evt_…``, ``aud_…``."""
+    return prefixed_id(f"{kind}_")
 
 
 @dataclass(frozen=True, slots=True)

@@ -541,7 +541,7 @@ class RedisStore(Store):
 
     async def get_org(self, ref: str) -> Org | None:
         org_id = ref
-        if not ref.startswith("org_"):
+        if "_" not in ref:  # slugs never hold one; ids always do (ids.org ends in _)
             found = await self.call(self.client.get(self.names.slug(ref)))
             if found is None or found.startswith(b"pending "):
                 return None
