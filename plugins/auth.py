@@ -49,6 +49,7 @@ class AuthPlugin:
             plans_with_api_keys=frozenset(
                 name for name, plan in config.plans.items() if plan.api_keys
             ),
+            attribute_headers=tuple(config.identity.attribute_headers.items()),
         )
 
     def __init__(
@@ -58,11 +59,13 @@ class AuthPlugin:
         *,
         required_scopes: tuple[str, ...],
         plans_with_api_keys: frozenset[str],
+        attribute_headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.keyring = keyring
         self.policy = policy
         self.required = required_scopes
         self.plans_with_api_keys = plans_with_api_keys
+        self.attribute_headers = attribute_headers  # (attribute, header); the proxy strips them
 
     async def startup(self) -> None:
         """The key ring is shared by every route and owned by the process."""
@@ -96,4 +99,8 @@ class AuthPlugin:
                 raise NoScopes(missing) if not identity.key.scopes else InsufficientScope(missing)
         ctx.identity = identity
         ctx.upstream_headers.update(identity.headers)
+        for attribute, header in self.attribute_headers:
+            value = identity.attributes.get(attribute)
+            if value is not None:
+                ctx.upstream_headers[header] = value
         return await call_next(ctx)

@@ -61,7 +61,7 @@ _REPLAYED_HEADERS = frozenset(
         "vary",
     }
 )
-_OURS = strip_set([REQUEST_ID, *IDENTITY_HEADERS, *RATE_LIMIT_HEADERS])
+_OURS = (REQUEST_ID, *IDENTITY_HEADERS, *RATE_LIMIT_HEADERS)
 
 
 class IdempotencyConfig(Section):
@@ -135,10 +135,10 @@ class IdempotencyOutcomeUnknown(GatewayError):
     )
 
 
-def _record(capture: ResponseCapture, *, incomplete: bool = False) -> bytes:
+def _record(capture: ResponseCapture, ours: frozenset[str], *, incomplete: bool = False) -> bytes:
     head = {
         "status": capture.status,
-        "headers": [[k, v] for k, v in capture.headers if _keep_header(k)],
+        "headers": [[k, v] for k, v in capture.headers if _keep_header(k, ours)],
         "too_large": capture.overflow,
         "incomplete": incomplete,
     }
@@ -162,11 +162,11 @@ def parse_key(values: list[str]) -> str:
     return key
 
 
-def _keep_header(name: str) -> bool:
+def _keep_header(name: str, ours: frozenset[str]) -> bool:
     lower = name.lower()
     if lower in _REPLAYED_HEADERS:
         return True
-    return lower.startswith("x-") and normalize(lower) not in _OURS
+    return lower.startswith("x-") and normalize(lower) not in ours
 
 
 @register
@@ -193,6 +193,7 @@ class IdempotencyPlugin:
             services.metrics,
             body_timeout=config.server.body_timeout,
             clock=services.clock,
+            attribute_headers=tuple(config.identity.attribute_headers.values()),
         )
 
     def __init__(
@@ -204,8 +205,11 @@ class IdempotencyPlugin:
         *,
         body_timeout: float,
         clock: Callable[[], float] = time.time,
+        attribute_headers: tuple[str, ...] = (),
     ) -> None:
         self.store = store
+        # Headers that describe one request's caller, never replayed to another's.
+        self._ours = strip_set([*_OURS, *attribute_headers])
         self.required = route.idempotency == "required"
         self.route_label = route.label
         self.keep_5xx = route.idempotency_keep_5xx
@@ -313,14 +317,18 @@ class IdempotencyPlugin:
             if capture.status >= 500 and not self.keep_5xx:
                 await self._finish(ctx, scope, token, None, "released")
             else:
-                await self._finish(ctx, scope, token, _record(capture), _outcome(capture))
+                await self._finish(
+                    ctx, scope, token, _record(capture, self._ours), _outcome(capture)
+                )
         elif not ctx.upstream_reached:
             # The request never left (a connect failure): nothing happened, the retry runs.
             await self._finish(ctx, scope, token, None, "released")
         else:
             # The upstream may have acted, but its answer is not whole in hand (cut off, timed
             # out, the client gone mid-stream): a retry must not run the write a second time.
-            await self._finish(ctx, scope, token, _record(capture, incomplete=True), "not_stored")
+            await self._finish(
+                ctx, scope, token, _record(capture, self._ours, incomplete=True), "not_stored"
+            )
 
     async def _renew(self, scope: str, token: str) -> None:
         """Keep the lock while the request is in flight. A gateway that crashes stops renewing,

@@ -56,6 +56,7 @@ def org_view(org: Org) -> dict[str, Any]:
         "name": org.name,
         "plan": org.plan,
         "createdAt": iso(org.created_at),
+        "attributes": dict(org.attributes),
     }
 
 
@@ -78,6 +79,7 @@ def key_view(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
             "revokedAt": iso(key.revoked_at),
             "rotatedTo": key.rotated_to,
             "rateLimit": key.rate_limit,
+            "attributes": dict(key.attributes),
         }
     )
     return view

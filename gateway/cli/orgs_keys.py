@@ -73,21 +73,29 @@ def _rate_limit(value: dict[str, Any]) -> str:
     return f"{text}+{value['burst']}" if value.get("burst") else text
 
 
-def cell(value: Any) -> str:
+def _attributes(value: dict[str, Any]) -> str:
+    """{"role": "sales-manager", "team": "north"} as role=sales-manager,team=north."""
+    return ",".join(f"{name}={text}" for name, text in value.items())
+
+
+_OBJECTS: dict[str, Callable[[dict[str, Any]], str]] = {"attributes": _attributes}
+
+
+def cell(value: Any, column: str = "") -> str:
     """A value as people read it: yes/no, '-' for nothing, lists joined by commas."""
-    if value is None or value == "" or value == []:
+    if value is None or value == "" or value == [] or value == {}:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
         return ",".join(cell(v) for v in value)
     if isinstance(value, dict):
-        return _rate_limit(value)
+        return _OBJECTS.get(column, _rate_limit)(value)
     return str(value)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[cell(row.get(c), c) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
@@ -97,10 +105,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 def details(record: dict[str, Any], fields: Sequence[str]) -> str:
     """One record, a field per line: for records too wide for a table row."""
     width = max(len(f) for f in fields)
-    return "\n".join(f"{f.ljust(width)}  {cell(record.get(f))}".rstrip() for f in fields)
+    return "\n".join(f"{f.ljust(width)}  {cell(record.get(f), f)}".rstrip() for f in fields)
 
 
-ORG_COLUMNS = ("id", "slug", "name", "plan", "createdAt")
+ORG_COLUMNS = ("id", "slug", "name", "plan", "createdAt", "attributes")
 KEY_COLUMNS = (
     "id",
     "name",
@@ -111,6 +119,7 @@ KEY_COLUMNS = (
     "expiresAt",
     "lastUsedAt",
     "revokedAt",
+    "attributes",
 )
 KEY_FIELDS = (
     "id",
@@ -122,6 +131,7 @@ KEY_FIELDS = (
     "scopes",
     "allowedIps",
     "rateLimit",
+    "attributes",
     "createdAt",
     "expiresAt",
     "lastUsedAt",
@@ -173,8 +183,31 @@ def rate_limit_body(value: str) -> dict[str, Any]:
     return body
 
 
+def attributes_body(values: Sequence[str]) -> dict[str, str]:
+    """``--attr role=sales-manager`` options as the admin API's attributes object."""
+    attributes: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise CliError(f"--attr: write NAME=VALUE, e.g. role=sales-manager (got {value!r})")
+        if name in attributes:
+            raise CliError(f"--attr: {name} is given twice")
+        attributes[name] = text
+    return attributes
+
+
+def _attributes_change(args: argparse.Namespace, body: dict[str, Any]) -> None:
+    """--attr (the new set, replacing the old) or --clear-attrs into an update's body."""
+    if args.attr:
+        body["attributes"] = attributes_body(args.attr)
+    elif args.clear_attrs:
+        body["attributes"] = {}
+
+
 def orgs_create(args: argparse.Namespace) -> None:
-    body = {"slug": args.slug, "name": args.name or args.slug, "plan": args.plan}
+    body: dict[str, Any] = {"slug": args.slug, "name": args.name or args.slug, "plan": args.plan}
+    if args.attr:
+        body["attributes"] = attributes_body(args.attr)
     show(args, client_from(args).call("POST", "/admin/orgs", body), ORG_COLUMNS)
 
 
@@ -187,9 +220,12 @@ def orgs_show(args: argparse.Namespace) -> None:
 
 
 def orgs_update(args: argparse.Namespace) -> None:
-    body = {k: v for k, v in (("name", args.name), ("plan", args.plan)) if v is not None}
+    body: dict[str, Any] = {
+        k: v for k, v in (("name", args.name), ("plan", args.plan)) if v is not None
+    }
+    _attributes_change(args, body)
     if not body:
-        raise CliError("nothing to change: give --name or --plan")
+        raise CliError("nothing to change: give --name, --plan, --attr or --clear-attrs")
     show(
         args, client_from(args).call("PATCH", f"/admin/orgs/{segment(args.org)}", body), ORG_COLUMNS
     )
@@ -205,6 +241,8 @@ def keys_create(args: argparse.Namespace) -> None:
     }
     if args.rate_limit is not None:
         body["rateLimit"] = rate_limit_body(args.rate_limit)
+    if args.attr:
+        body["attributes"] = attributes_body(args.attr)
     result = client_from(args).call("POST", f"/admin/orgs/{segment(args.org)}/keys", body)
     show(args, result, KEY_COLUMNS)
 
@@ -233,10 +271,11 @@ def keys_update(args: argparse.Namespace) -> None:
         body["rateLimit"] = rate_limit_body(args.rate_limit)
     if args.plan_rate_limit:
         body["rateLimit"] = None  # the admin API's way to drop the override
+    _attributes_change(args, body)
     if not body:
         raise CliError(
-            f"nothing to change: give --name, --rate-limit or --plan-rate-limit"
-            f" ({_FIXED_AT_CREATION})"
+            f"nothing to change: give --name, --rate-limit, --plan-rate-limit, --attr or"
+            f" --clear-attrs ({_FIXED_AT_CREATION})"
         )
     result = client_from(args).call("PATCH", f"/admin/keys/{segment(args.key)}", body)
     show_details(args, result, KEY_FIELDS)
@@ -309,18 +348,38 @@ def _add_rate_limit_option(p: argparse._ActionsContainer, what: str) -> argparse
     )
 
 
+def _add_attr_option(p: argparse._ActionsContainer, what: str) -> argparse.Action:
+    return p.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"an attribute, e.g. role=sales-manager; repeat for more{what}",
+    )
+
+
+def _add_attr_options(p: argparse.ArgumentParser, whose: str) -> None:
+    given = p.add_mutually_exclusive_group()
+    _add_attr_option(given, f" (they replace all of the {whose}'s attributes)")
+    given.add_argument(
+        "--clear-attrs", action="store_true", help=f"remove all of the {whose}'s attributes"
+    )
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     orgs = sub.add_parser("orgs", help="manage orgs").add_subparsers(dest="action", required=True)
     p = add_command(orgs, "create", orgs_create, "create an org")
     p.add_argument("slug")
     p.add_argument("--name", help="display name (default: the slug)")
     p.add_argument("--plan", required=True, help="a plan from gateway.yaml")
+    _add_attr_option(p, " (the org's keys inherit them)")
     add_command(orgs, "list", orgs_list, "list orgs")
     add_command(orgs, "show", orgs_show, "show an org").add_argument("org", help="org id or slug")
-    p = add_command(orgs, "update", orgs_update, "rename an org or change its plan")
+    p = add_command(orgs, "update", orgs_update, "rename an org, change its plan or attributes")
     p.add_argument("org", help="org id or slug")
     p.add_argument("--name", help="a new display name")
     p.add_argument("--plan", help="a plan from gateway.yaml")
+    _add_attr_options(p, "org")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True
@@ -333,6 +392,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--expires", help="expiry, ISO 8601 with a zone: 2027-01-01T00:00:00Z")
     p.add_argument("--allow-ip", action="append", default=[], help="allowed CIDR; repeat for more")
     _add_rate_limit_option(p, "this key's own limit instead of its plan's")
+    _add_attr_option(p, " (each in place of the org's of that name)")
     p = add_command(keys, "list", keys_list, "list an org's keys")
     p.add_argument("org", help="org id or slug")
     add_command(keys, "show", keys_show, "show a key").add_argument("key", help="key id (key_…)")
@@ -340,8 +400,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         keys,
         "update",
         keys_update,
-        "rename a key or change its rate limit",
-        description=f"Rename a key or change its rate limit ({_FIXED_AT_CREATION}).",
+        "rename a key or change its rate limit or attributes",
+        description=f"Rename a key or change its rate limit or attributes ({_FIXED_AT_CREATION}).",
     )
     p.add_argument("key", help="key id (key_…)")
     p.add_argument("--name", help="a new name")
@@ -352,6 +412,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="store_true",
         help="drop the key's own limit: its plan's applies again",
     )
+    _add_attr_options(p, "key")
     add_command(keys, "revoke", keys_revoke, "revoke a key now").add_argument(
         "key", help="key id (key_…)"
     )

@@ -1,4 +1,5 @@
-"""API keys and who they are: the key format, scopes, the identity endpoint, the demo key."""
+"""API keys and who they are: the key format, scopes, the identity endpoint and the
+attributes it shows and sends upstream, the demo key."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from pydantic import Field, field_validator
 
 from gateway.config.section import Section
 from gateway.config.types import DAY, DurationRange, Interval, check_scope
+from gateway.http.headers import (
+    GATEWAY_OWNED,
+    HOP_BY_HOP,
+    normalize,
+    strip_set,
+)
 from gateway.http.paths import compile_template
 
 
@@ -66,14 +73,46 @@ IDENTITY_FIELDS = (
     "scopes",
     "environment",
     "rateLimit",
+    "attributes",
 )
+# An org's or key's attribute name: a JSON key, a config key and part of "attributes.<name>".
+ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_ATTRIBUTE_NAME_RULE = "a lower-case letter, then up to 63 of a-z, 0-9 and _"
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
+# SECURITY: headers the gateway sets, strips or acts on between client and upstream, and the
+# client's credentials. An attribute sent under one of these names would pass for ours (or
+# for the client's), or be dropped with them.
+_RESERVED_HEADERS = GATEWAY_OWNED | strip_set(
+    [
+        *HOP_BY_HOP,
+        "Authorization",
+        "Cookie",
+        "Expect",
+        "Idempotency-Key",
+        "Idempotent-Replayed",
+    ]
+)
+
+
+def check_attribute_name(name: str) -> str:
+    if not ATTRIBUTE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not an attribute name ({_ATTRIBUTE_NAME_RULE})")
+    return name
 
 
 class IdentityConfig(Section):
     enabled: bool = Field(True, description="Answer the identity endpoint at path.")
     path: str = Field("/v1/me", description="Where the gateway answers who a key belongs to.")
-    fields: dict[str, str] = Field(
-        default_factory=dict, description="Rename fields of the answer, e.g. {orgId: tenantId}."
+    fields: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Rename fields of the answer ({orgId: tenantId}), hide them ({plan: null}),"
+        " or show an attribute at the top level ({attributes.role: role}).",
+    )
+    attribute_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Send attributes to the upstream as headers, e.g. {role: X-Crm-Role};"
+        " clients' copies are stripped on every route.",
     )
 
     @field_validator("path")
@@ -86,13 +125,54 @@ class IdentityConfig(Section):
 
     @field_validator("fields")
     @classmethod
-    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, renamed in value.items():
-            if name not in IDENTITY_FIELDS:
-                raise ValueError(f"unknown field {name!r} (known: {', '.join(IDENTITY_FIELDS)})")
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", renamed):
-                raise ValueError(f"{renamed!r} is not a usable field name")
+    def _known_fields(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        for name, shown_as in value.items():
+            attribute = name.startswith("attributes.")
+            if attribute:
+                check_attribute_name(name.removeprefix("attributes."))
+            elif name not in IDENTITY_FIELDS:
+                raise ValueError(
+                    f"unknown field {name!r} (known: {', '.join(IDENTITY_FIELDS)},"
+                    " attributes.<name>)"
+                )
+            if shown_as is None:
+                if attribute:
+                    raise ValueError(f"{name}: null shows nothing; remove it instead")
+            elif not _FIELD_NAME.fullmatch(shown_as):
+                raise ValueError(f"{shown_as!r} is not a usable field name")
+        shown: dict[str, str] = {}
+        for name, shown_as in cls.layout_of(value):
+            if shown_as in shown:
+                raise ValueError(f"{shown[shown_as]} and {name} would both be {shown_as!r}")
+            shown[shown_as] = name
         return value
+
+    @field_validator("attribute_headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for name, header in value.items():
+            check_attribute_name(name)
+            if not _HEADER_NAME.fullmatch(header):
+                raise ValueError(f"{name}: not a header name: {header!r}")
+            key = normalize(header)
+            if key in _RESERVED_HEADERS or key.startswith("content-"):
+                raise ValueError(f"{name}: {header} is the gateway's own; choose another name")
+            if key in seen:
+                raise ValueError(f"{seen[key]} and {name} would both be sent as {header}")
+            seen[key] = name
+        return value
+
+    @staticmethod
+    def layout_of(fields: dict[str, str | None]) -> list[tuple[str, str]]:
+        """(field, its name in the answer) for what the answer shows, in order: the known
+        fields but hidden ones, then the attributes shown at the top level."""
+        shown = [(name, fields.get(name, name)) for name in IDENTITY_FIELDS]
+        shown += [(name, as_) for name, as_ in fields.items() if name.startswith("attributes.")]
+        return [(name, as_) for name, as_ in shown if as_ is not None]
+
+    def layout(self) -> list[tuple[str, str]]:
+        return self.layout_of(self.fields)
 
 
 class DemoConfig(Section):

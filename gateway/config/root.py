@@ -25,6 +25,7 @@ from gateway.config.server import (
 from gateway.config.types import Network
 from gateway.config.upstreams import UpstreamConfig
 from gateway.config.webhooks import WebhooksConfig
+from gateway.http.headers import normalize, strip_set
 
 
 class GatewaySettings(Section):
@@ -115,6 +116,15 @@ class GatewayConfig(GatewaySettings):
                     raise ValueError(
                         f"routes: routes[{i}] takes GET {route.path}, which identity.path answers;"
                         " move one of them or set identity.enabled: false"
+                    )
+        sent = strip_set(self.identity.attribute_headers.values())
+        for i, route in enumerate(self.routes):
+            rules = route.headers.request
+            for name in [*rules.set, *rules.add, *rules.remove]:
+                if normalize(name) in sent:
+                    raise ValueError(
+                        f"routes: routes[{i}].headers.request names {name}, which"
+                        " identity.attribute_headers sends; it cannot be changed by a rule"
                     )
         own = (("webhooks", self.webhooks.api_path), ("request_log", self.request_log.api_path))
         for section, api_path in own:

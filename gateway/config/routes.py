@@ -18,47 +18,12 @@ from gateway.config.types import (
     Timeout,
     check_scope,
 )
+from gateway.http.headers import GATEWAY_OWNED, normalize
 from gateway.http.paths import compile_template
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:/{}*-]{1,100}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-
-# What the gateway sets itself: rules may not touch these (they would re-open spoofing).
-_OWNED = frozenset(
-    n.lower().replace("_", "-")
-    for n in (
-        "X-Request-Id",
-        "X-Forwarded-For",
-        "X-Forwarded-Proto",
-        "X-Forwarded-Host",
-        "Forwarded",
-        "X-Real-Ip",
-        "X-Org-Id",
-        "X-Org-Slug",
-        "X-Api-Key-Id",
-        "X-Scopes",
-        "X-Key-Environment",
-        "Host",
-        "Content-Length",
-        "Transfer-Encoding",
-        "Connection",
-        "RateLimit",
-        "RateLimit-Policy",
-        "X-RateLimit-Limit",
-        "X-RateLimit-Remaining",
-        "X-RateLimit-Reset",
-        "Idempotent-Replayed",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Upgrade",
-        "Expect",
-    )
-)
 
 
 class HeaderRuleSet(Section):
@@ -71,8 +36,8 @@ class HeaderRuleSet(Section):
         for name in [*self.set, *self.add, *self.remove]:
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"not a header name: {name!r}")
-            normalized = name.lower().replace("_", "-")
-            if normalized in _OWNED or normalized.startswith("access-control-"):
+            normalized = normalize(name)
+            if normalized in GATEWAY_OWNED or normalized.startswith("access-control-"):
                 raise ValueError(f"{name} is set by the gateway itself and cannot be changed")
         for value in [*self.set.values(), *self.add.values()]:
             if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):

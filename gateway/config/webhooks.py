@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from gateway.config.section import Section
 from gateway.config.types import (
@@ -24,6 +24,76 @@ _SIGNATURE_HEADER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
 _STANDARD_WEBHOOK_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature"}
 
+# What an event type may be called, published or as an alias (fullmatch: no trailing "\n").
+EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+# The events the gateway publishes itself; only these may be renamed by event_aliases, since a
+# published event's type is already whatever its backend chose.
+GATEWAY_EVENTS = ("webhook.ping", "key.created", "key.revoked", "key.rotated", "key.expiring")
+# A name in the delivery body: plain enough for any receiver's JSON binding.
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_MAX_LIFTED = 20
+
+LegacyKey = Literal["secret", "decoded"]
+
+
+def _field_name(value: str) -> str:
+    if not isinstance(value, str) or not _FIELD_NAME.fullmatch(value):
+        raise ValueError(
+            f"must be a field name of 1-64 letters, digits or _, not starting with a digit"
+            f" (got {value!r})"
+        )
+    return value
+
+
+FieldName = Annotated[str, AfterValidator(_field_name)]
+
+
+class PayloadConfig(Section):
+    """How the delivery body names our envelope's fields; the default is the envelope itself."""
+
+    id: FieldName | None = Field(
+        "id", description="The field holding the event id (also webhook-id); null: left out."
+    )
+    type: FieldName = Field("type", description="The field holding the event type.")
+    timestamp: FieldName | None = Field(
+        "timestamp", description="The field holding when the event was accepted; null: left out."
+    )
+    data: FieldName = Field("data", description="The field holding the published data.")
+    lift: tuple[FieldName, ...] = Field(
+        (),
+        description="Fields of the published data (an object) moved out of it to the top level,"
+        " after type; absent in the data: absent in the body.",
+    )
+    timestamp_format: Literal["iso", "iso_offset", "unix"] = Field(
+        "iso",
+        description="iso: 2026-06-12T10:30:00.000Z; iso_offset: 2026-06-12T10:30:00+00:00;"
+        " unix: 1781260200 (seconds).",
+    )
+
+    @field_validator("type", "data", mode="before")
+    @classmethod
+    def _required(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must name a field (a body always carries the event's type and data)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PayloadConfig:
+        if len(self.lift) > _MAX_LIFTED:
+            raise ValueError(f"lift: at most {_MAX_LIFTED} fields")
+        seen: dict[str, str] = {}
+        named = [("id", self.id), ("type", self.type), ("timestamp", self.timestamp)]
+        named += [("data", self.data), *(("lift", name) for name in self.lift)]
+        for field, name in named:
+            if name is None:
+                continue
+            if name in seen and seen[name] == field:
+                raise ValueError(f"{field}: {name!r} is listed twice")
+            if name in seen:
+                raise ValueError(f"{field}: {name!r} is already the body's name for {seen[name]}")
+            seen[name] = field
+        return self
+
 
 class WebhooksConfig(Section):
     signature: Literal["standard"] = Field(
@@ -33,6 +103,21 @@ class WebhooksConfig(Section):
         None,
         description="Also send this header with sha256=<hex HMAC of the body>,"
         " e.g. X-Finite-Signature.",
+    )
+    legacy_key: LegacyKey = Field(
+        "secret",
+        description="The legacy header's HMAC key. secret: the whsec_... string as shown, as"
+        " receivers of such headers expect; decoded: the bytes it encodes, like"
+        " webhook-signature (the behaviour before this option).",
+    )
+    payload: PayloadConfig = Field(
+        default_factory=PayloadConfig,
+        description="The delivery body's field names; the default is {id, type, timestamp, data}.",
+    )
+    event_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names for the gateway's own events in the body, e.g. {webhook.ping: ping};"
+        " endpoints may subscribe to either name.",
     )
     allow_private_targets: bool = Field(
         False, description="Let endpoints reach private and loopback addresses (development only)."
@@ -100,6 +185,28 @@ class WebhooksConfig(Section):
             return None
         if not _SIGNATURE_HEADER.match(value) or value.lower() in _STANDARD_WEBHOOK_HEADERS:
             raise ValueError(f"must be a header name like X-Acme-Signature (got {value!r})")
+        return value
+
+    @field_validator("event_aliases")
+    @classmethod
+    def _aliases(cls, value: dict[str, str]) -> dict[str, str]:
+        targets: dict[str, str] = {}
+        for event, alias in value.items():
+            if event not in GATEWAY_EVENTS:
+                raise ValueError(
+                    f"{event!r} is not an event of the gateway's own"
+                    f" (those are {', '.join(GATEWAY_EVENTS)})"
+                )
+            if not EVENT_TYPE.fullmatch(alias):
+                raise ValueError(
+                    f"{event}: must be 1-100 letters, digits or _.:- starting with a letter or"
+                    f" digit (got {alias!r})"
+                )
+            if alias in GATEWAY_EVENTS and alias != event:
+                raise ValueError(f"{event}: {alias!r} is the name of another event")
+            if alias in targets:
+                raise ValueError(f"{event}: {alias!r} is already the alias of {targets[alias]}")
+            targets[alias] = event
         return value
 
     @field_validator("secret_key")

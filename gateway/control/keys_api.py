@@ -9,6 +9,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import Field, field_validator
 
+from gateway.api.attributes import Attributes
 from gateway.api.audit import AuditTrail
 from gateway.api.bodies import B, Body, parse_body
 from gateway.api.bounds import Grace, KeyExpiry, RateLimitOverride
@@ -36,6 +37,7 @@ class CreateKey(Body):
     expiresAt: KeyExpiry | None = None
     allowedIps: tuple[str, ...] = ()
     rateLimit: RateLimitOverride | None = None  # overrides the plan's per-key limit
+    attributes: Attributes = Field(default_factory=dict)
 
     @field_validator("scopes")
     @classmethod
@@ -51,6 +53,9 @@ class CreateKey(Body):
 class UpdateKey(Body):
     name: str | None = Field(None, min_length=1, max_length=200)
     rateLimit: RateLimitOverride | None = None  # null removes the override
+    attributes: Attributes | None = Field(
+        None, description="Replaces all of the key's attributes; {} or null removes them."
+    )
 
 
 class RotateKey(Body):
@@ -143,6 +148,7 @@ class KeysApi:
             expires_at=body.expiresAt.timestamp() if body.expiresAt else None,
             allowed_ips=body.allowedIps,
             rate_limit=body.rateLimit.model_dump() if body.rateLimit else None,
+            attributes=dict(body.attributes),
         )
         await self.store.create_key(key)
         await self._key_event("created", key)
@@ -159,6 +165,7 @@ class KeysApi:
         expires_at: float | None,
         allowed_ips: tuple[str, ...],
         rate_limit: dict[str, Any] | None = None,
+        attributes: dict[str, str] | None = None,
     ) -> tuple[ApiKey, str]:
         if not self.config.plans[org.plan].api_keys:
             raise ApiAccessDisabled(
@@ -181,6 +188,7 @@ class KeysApi:
             expires_at=expires_at,
             allowed_ips=allowed_ips,
             rate_limit=rate_limit,
+            attributes=dict(attributes or {}),
         )
         return key, secret
 
@@ -200,6 +208,8 @@ class KeysApi:
             changes["name"] = body.name
         if "rateLimit" in body.model_fields_set:
             changes["rate_limit"] = body.rateLimit.model_dump() if body.rateLimit else None
+        if "attributes" in body.model_fields_set:
+            changes["attributes"] = dict(body.attributes or {})
         before = key
 
         def update(current: ApiKey) -> ApiKey:
@@ -255,6 +265,7 @@ class KeysApi:
             expires_at=old.expires_at,
             allowed_ips=old.allowed_ips,
             rate_limit=old.rate_limit,
+            attributes=old.attributes,
         )
         # The new key exists before the old one is shortened: a failure in between leaves two
         # working keys, never none.

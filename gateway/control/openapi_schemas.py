@@ -124,11 +124,29 @@ def body_schemas(config: GatewayConfig) -> dict[str, Schema]:
 
 # -- records -----------------------------------------------------------------------------------
 
-_ORG = {"id": STRING, "slug": STRING, "name": STRING, "plan": STRING, "createdAt": TIME}
+_ATTRIBUTES: Schema = {
+    "type": "object",
+    "additionalProperties": STRING,
+    "description": 'Free-form metadata, e.g. {"role": "sales-manager"}.',
+}
+_ORG = {
+    "id": STRING,
+    "slug": STRING,
+    "name": STRING,
+    "plan": STRING,
+    "createdAt": TIME,
+    "attributes": _ATTRIBUTES,
+}
 _KEY_LIMIT = {
     "type": "object",
-    "properties": {"requests": INTEGER, "per": NUMBER, "burst": INTEGER},
-    "description": "The key's own rate limit (per in seconds); null: its plan's.",
+    "properties": {
+        "requests": INTEGER,
+        "per": NUMBER,
+        "burst": INTEGER,
+        "algorithm": {"enum": ["token_bucket", "sliding_window"]},
+    },
+    "description": "The key's own rate limit (per in seconds; algorithm shown when it is"
+    " sliding_window); null: its plan's.",
 }
 _KEY = {
     "name": STRING,
@@ -144,6 +162,7 @@ _KEY = {
     "revokedAt": nullable(TIME),
     "rotatedTo": nullable(STRING),
     "rateLimit": nullable(_KEY_LIMIT),
+    "attributes": _ATTRIBUTES,
 }
 _ENDPOINT = {
     "orgId": STRING,
@@ -217,6 +236,10 @@ _IDENTITY = {
     "scopes": listing(STRING),
     "environment": STRING,
     "rateLimit": nullable(record({"policies": listing(record({**_POLICY, "reset": INTEGER}))})),
+    "attributes": {
+        **_ATTRIBUTES,
+        "description": "The org's attributes, and the key's own in their place.",
+    },
 }
 _CONFIG = {"hash": STRING, "source": STRING, "config": {"type": "object"}}
 _LIMITS: Schema = {**OBJECT_OR_NULL, "description": "The caller's limits (free-form for now)."}
@@ -244,7 +267,10 @@ _USAGE_LIMITS: Schema = nullable(
 
 def record_schemas(config: GatewayConfig) -> dict[str, Schema]:
     """The answers' records, and the metas and errors around them."""
-    identity = {config.identity.fields.get(name, name): s for name, s in _IDENTITY.items()}
+    identity = {
+        shown_as: _IDENTITY[field] if field in _IDENTITY else nullable(STRING)
+        for field, shown_as in config.identity.layout()
+    }
     status = {"enum": ["ready", "draining", "degraded"]}
     return {
         "Error": record(

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, ValidationInfo, field_validator
 
+from gateway.api.attributes import Attributes
 from gateway.api.audit import AuditTrail
 from gateway.api.bodies import B, Body, parse_body
 from gateway.api.views import NotFound, find_org, org_view
@@ -32,6 +33,7 @@ class CreateOrg(Body):
     slug: str = Field(description="Lower-case letters, digits and '-'; used in URLs.")
     name: str = Field(min_length=1, max_length=200)
     plan: str
+    attributes: Attributes = Field(default_factory=dict)
 
     @field_validator("slug")
     @classmethod
@@ -48,6 +50,9 @@ class CreateOrg(Body):
 class UpdateOrg(Body):
     name: str | None = Field(None, min_length=1, max_length=200)
     plan: str | None = None
+    attributes: Attributes | None = Field(
+        None, description="Replaces all of the org's attributes; {} or null removes them."
+    )
 
     @field_validator("plan")
     @classmethod
@@ -79,7 +84,14 @@ class OrgsApi:
 
     async def create_org(self, request: web.Request) -> web.Response:
         body = await self._body(request, CreateOrg)
-        org = Org(prefixed_id(self.config.ids.org), body.slug, body.name, body.plan, self.clock())
+        org = Org(
+            prefixed_id(self.config.ids.org),
+            body.slug,
+            body.name,
+            body.plan,
+            self.clock(),
+            attributes=dict(body.attributes),
+        )
         await self.store.create_org(org)
         view = org_view(org)
         await self.audit.record(
@@ -98,14 +110,16 @@ class OrgsApi:
         org = await find_org(self.store, request.match_info["org"])
         body = await self._body(request, UpdateOrg)
 
+        changes: dict[str, Any] = {}
+        if body.name is not None:
+            changes["name"] = body.name
+        if body.plan is not None:
+            changes["plan"] = body.plan
+        if "attributes" in body.model_fields_set:
+            changes["attributes"] = dict(body.attributes or {})
+
         def change(current: Org) -> Org:
-            return Org(
-                current.id,
-                current.slug,
-                body.name or current.name,
-                body.plan or current.plan,
-                current.created_at,
-            )
+            return current.with_changes(**changes)
 
         before: Org | None = None
 

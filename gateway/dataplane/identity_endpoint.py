@@ -37,14 +37,18 @@ class IdentityEndpoint:
     """Terminal handler of the identity route; its chain's auth plugin has set ctx.identity."""
 
     def __init__(self, config: IdentityConfig) -> None:
-        self._rename = dict(config.fields)
+        # (name in the answer, field, or the attribute shown at the top level), bound once.
+        self._layout = tuple(
+            (shown_as, field, field.removeprefix("attributes.") if "." in field else None)
+            for field, shown_as in config.layout()
+        )
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         identity = ctx.identity
         if identity is None:
             raise Unauthorized()
         key, org = identity.key, identity.org
-        data: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "apiKeyId": key.id,
             "keyName": key.name,
             "orgId": org.id,
@@ -54,9 +58,12 @@ class IdentityEndpoint:
             "scopes": list(key.scopes),
             "environment": key.environment,
             "rateLimit": _limits(ctx.rate_limit),
+            "attributes": dict(identity.attributes),
         }
-        if self._rename:
-            data = {self._rename.get(k, k): v for k, v in data.items()}
+        data = {
+            shown_as: fields[field] if attribute is None else identity.attributes.get(attribute)
+            for shown_as, field, attribute in self._layout
+        }
         body = orjson.dumps({"data": data, "meta": {"request_id": ctx.request_id}})
         ctx.bytes_out = len(body)
         response = web.Response(body=body, content_type="application/json")

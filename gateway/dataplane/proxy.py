@@ -27,6 +27,7 @@ from gateway.http.headers import (
     FORWARDED_FOR,
     FORWARDED_HOST,
     FORWARDED_PROTO,
+    FORWARDING_HEADERS,
     IDENTITY_HEADERS,
     REQUEST_ID,
     Field,
@@ -42,21 +43,8 @@ log = structlog.get_logger("gateway.proxy")
 _RETRYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # SECURITY: what the client sent under any of these names (any case, '_' for '-', duplicates)
-# is dropped; the gateway sets the ones it owns. Forwarded and X-Real-IP are dropped because a
-# backend might believe them instead of our X-Forwarded-For.
-_ALWAYS_STRIPPED = wire_set(
-    [
-        "Host",
-        "Content-Length",
-        "Expect",
-        REQUEST_ID,
-        FORWARDED_FOR,
-        FORWARDED_PROTO,
-        FORWARDED_HOST,
-        "Forwarded",
-        "X-Real-Ip",
-    ]
-)
+# is dropped; the gateway sets the ones it owns.
+_ALWAYS_STRIPPED = wire_set(["Host", "Content-Length", "Expect", *FORWARDING_HEADERS])
 
 
 class Proxy:
@@ -72,6 +60,7 @@ class Proxy:
         max_body_size: int,
         sandbox: UpstreamPool | None = None,
         forward_authorization: bool = False,
+        identity_headers: Sequence[str] = IDENTITY_HEADERS,
         injected_headers: Sequence[str] = (),
         rules: HeaderRulesConfig | None = None,
     ) -> None:
@@ -81,11 +70,12 @@ class Proxy:
         self.body_timeout = body_timeout
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        # SECURITY: identity headers are ours on every route, authenticated or not; the client's
-        # credentials stay at the edge unless the route asks for them.
+        # SECURITY: identity headers (the attribute headers the config names among them) are
+        # ours on every route, authenticated or not; the client's credentials stay at the edge
+        # unless the route asks for them.
         # Plugins declare the headers they inject: every client-sent variant of them goes too.
         stripped = [
-            *IDENTITY_HEADERS,
+            *identity_headers,
             *injected_headers,
             *([] if forward_authorization else ["Authorization"]),
         ]

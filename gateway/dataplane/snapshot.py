@@ -20,6 +20,7 @@ from gateway.dataplane.upstream import UpstreamPool
 from gateway.dataplane.websocket import WebSocketMetrics, WebSocketProxy
 from gateway.errors import Answer, ErrorMap
 from gateway.http.forwarded import ForwardedResolver
+from gateway.http.headers import IDENTITY_HEADERS
 from gateway.observability.metrics import Metrics, RouteMetrics, UpstreamMetrics
 
 WEBHOOKS_SCOPE = "webhooks:write"  # what a key needs to manage its org's webhook endpoints
@@ -67,6 +68,7 @@ class Snapshot:
                 sandbox = f"{name}:sandbox"
                 self.sandboxes[name] = _pool(sandbox, upstream.sandbox, upstream, metrics)
         self.plugins: list[Plugin] = []
+        identity_headers = (*IDENTITY_HEADERS, *config.identity.attribute_headers.values())
         entries: list[tuple[str, Sequence[str] | None, str | None, CompiledRoute]] = []
         # Routes the gateway answers itself, behind the same plugins as any other.
         builtin: list[tuple[dict[str, Any], Handler]] = []
@@ -117,6 +119,7 @@ class Snapshot:
                 max_body_size=route.max_body_size,
                 sandbox=self.sandboxes.get(route.upstream),
                 forward_authorization=route.forward_authorization,
+                identity_headers=identity_headers,
                 injected_headers=[name for p in route_plugins for name in p.upstream_headers],
                 rules=route.headers,
             )

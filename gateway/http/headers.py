@@ -65,6 +65,33 @@ def strip_set(names: Iterable[str]) -> frozenset[str]:
     return frozenset(normalize(n) for n in names)
 
 
+# What the gateway tells the upstream about where a request came from: whatever a client sends
+# under these names is dropped, and Forwarded and X-Real-IP too (a backend might believe them
+# instead of our X-Forwarded-For).
+FORWARDING_HEADERS = (
+    REQUEST_ID,
+    FORWARDED_FOR,
+    FORWARDED_PROTO,
+    FORWARDED_HOST,
+    "Forwarded",
+    "X-Real-Ip",
+)
+# SECURITY: every header the gateway sets or strips between client and upstream, normalized.
+# Config may not name one (a route's header rules, an attribute's header): that would re-open
+# spoofing, or be dropped with ours.
+GATEWAY_OWNED = strip_set(
+    [
+        *FORWARDING_HEADERS,
+        *IDENTITY_HEADERS,
+        *RATE_LIMIT_HEADERS,
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+    ]
+)
+
+
 def copy_end_to_end(source: Iterable[Field], dropped: frozenset[bytes]) -> list[Field]:
     """Headers from one hop for the next, without hop-by-hop headers, the ones named in
     Connection, and the ones in ``dropped`` (see ``wire_set``).

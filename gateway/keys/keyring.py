@@ -33,6 +33,8 @@ class Identity:
     scopes: frozenset[str]  # implications applied
     networks: tuple[IPNetwork, ...]  # the key's allowed_ips, parsed
     headers: Mapping[str, str]  # what the backend is told about the caller
+    # The org's attributes, overridden name by name by the key's own: a key inherits the org's.
+    attributes: Mapping[str, str]
 
 
 def _identity(key: ApiKey, org: Org, scopes: frozenset[str]) -> Identity:
@@ -44,7 +46,8 @@ def _identity(key: ApiKey, org: Org, scopes: frozenset[str]) -> Identity:
         KEY_ENVIRONMENT: key.environment,
     }
     networks = tuple(ipaddress.ip_network(n, strict=False) for n in key.allowed_ips)
-    return Identity(key, org, scopes, networks, headers)
+    attributes = {**org.attributes, **key.attributes}
+    return Identity(key, org, scopes, networks, headers, attributes)
 
 
 @dataclass(slots=True)

@@ -28,6 +28,8 @@ class Org:
     name: str
     plan: str
     created_at: float
+    # Free-form metadata ({"role": "sales-manager"}); its keys inherit what they do not set.
+    attributes: dict[str, str] = field(default_factory=dict, hash=False)
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,6 +37,9 @@ class Org:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Org:
         return cls(**record)
+
+    def with_changes(self, **changes: Any) -> Org:
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,8 @@ class ApiKey:
     # Per-key overrides of the plan's limits, e.g. {"requests": 300, "per": 60, "burst": 50}.
     rate_limit: dict[str, Any] | None = field(default=None, hash=False)
     rotated_to: str | None = None  # the key that replaced this one, after a rotation
+    # Free-form metadata; a name set here overrides the org's.
+    attributes: dict[str, str] = field(default_factory=dict, hash=False)
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)

@@ -62,7 +62,9 @@ class Event:
     org_id: str
     type: str
     created_at: float
-    payload: bytes  # the body every attempt sends: {"id", "type", "timestamp", "data"}
+    # The body every attempt sends, made once as webhooks.payload shaped it when the event was
+    # accepted (by default {"id", "type", "timestamp", "data"}).
+    payload: bytes
 
     def to_record(self) -> dict[str, Any]:
         return {

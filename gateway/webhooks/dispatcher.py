@@ -220,6 +220,7 @@ class Dispatcher:
             payload=delivery.payload,
             time_limit=config.timeout,
             legacy_header=config.legacy_header,
+            legacy_key=config.legacy_key,
             clock=started,
         )
         self.metrics.webhook_attempt_duration.observe(result.duration)

@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from gateway.config.webhooks import LegacyKey
 from gateway.webhooks.signing import legacy_signature, signed_headers
 from gateway.webhooks.targets import UnsafeTarget, address_refusal, check_url
 
@@ -90,6 +91,7 @@ class Sender:
         payload: bytes,
         time_limit: float,
         legacy_header: str | None,
+        legacy_key: LegacyKey,
         clock: float,
     ) -> Result:
         if self._session is None:
@@ -110,7 +112,9 @@ class Sender:
         headers["User-Agent"] = USER_AGENT
         if legacy_header is not None:
             # Like webhook-signature: during a secret rotation, one value per secret.
-            headers[legacy_header] = " ".join(legacy_signature(s, payload) for s in secrets)
+            headers[legacy_header] = " ".join(
+                legacy_signature(s, payload, legacy_key) for s in secrets
+            )
         try:
             async with self._session.post(
                 target,

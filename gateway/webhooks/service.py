@@ -7,12 +7,10 @@ caller's org, so a key can never see or touch another org's endpoints.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import structlog
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -20,11 +18,13 @@ from gateway.api.bodies import Body, parse_body
 from gateway.api.bounds import SecretOverlap
 from gateway.api.views import NotFound, find_org, iso
 from gateway.config import GatewayConfig
+from gateway.config.webhooks import EVENT_TYPE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.keys.secrets import ALPHABET
 from gateway.observability.metrics import Metrics
 from gateway.store import Conflict, Org, Store, new_id
 from gateway.store.webhook_models import PING, Delivery, Endpoint, Event, Secret
+from gateway.webhooks.payload import PayloadShape
 from gateway.webhooks.secret_box import SecretBox
 from gateway.webhooks.signing import new_secret
 from gateway.webhooks.targets import UnsafeTarget, check_registration, check_url
@@ -32,7 +32,6 @@ from gateway.webhooks.targets import UnsafeTarget, check_registration, check_url
 log = structlog.get_logger("gateway.webhooks")
 
 Clock = Callable[[], float]
-_EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")  # fullmatch: no trailing "\n"
 MAX_EVENT_BYTES = 256 * 1024
 # Nesting allowed in an event's data; the encoder of the delivery body stops at 254 levels.
 MAX_EVENT_DEPTH = 100
@@ -44,7 +43,7 @@ class PlanLimitReached(GatewayError):
 
 
 def check_event_type(value: str) -> str:
-    if not isinstance(value, str) or not _EVENT_TYPE.fullmatch(value):
+    if not isinstance(value, str) or not EVENT_TYPE.fullmatch(value):
         raise ValueError(
             f"must be 1-100 letters, digits or _.:- starting with a letter or digit (got {value!r})"
         )
@@ -199,7 +198,9 @@ class WebhookService:
         self.metrics = metrics
         self.clock = clock
         self.on_enqueue: Callable[[], None] | None = None  # wakes this process's dispatcher
-        self.box = SecretBox(config.webhooks.secret_key)  # webhooks is restart-only: fixed
+        # webhooks is restart-only: these are fixed for the life of the process.
+        self.box = SecretBox(config.webhooks.secret_key)
+        self.shape = PayloadShape(config.webhooks)
 
     async def _check_resolves(self, url: str) -> None:
         try:
@@ -363,9 +364,13 @@ class WebhookService:
     async def publish(
         self, org_id: str, event_type: str, data: Any, *, source: str, event_id: str | None = None
     ) -> str:
-        """Queue the event for every enabled endpoint of the org that subscribes to its type."""
+        """Queue the event for every enabled endpoint of the org that subscribes to its type
+        (by the gateway's name for one of its own events, or by the alias the body carries)."""
+        alias = self.shape.type_name(event_type)
         endpoints = [
-            e for e in await self.store.webhooks.list_endpoints(org_id) if e.wants(event_type)
+            e
+            for e in await self.store.webhooks.list_endpoints(org_id)
+            if e.wants(event_type) or e.wants(alias)
         ]
         return await self._publish(org_id, event_type, data, endpoints, source, event_id)
 
@@ -382,9 +387,7 @@ class WebhookService:
         event_id = event_id or new_id("evt")
         if not endpoints:
             return event_id  # nobody listens: nothing to keep
-        payload = orjson.dumps(
-            {"id": event_id, "type": event_type, "timestamp": iso(now), "data": data}
-        )
+        payload = self.shape.body(event_id, event_type, now, data)
         event = Event(event_id, org_id, event_type, now, payload)
         deliveries = [
             Delivery(new_id("dlv"), e.id, org_id, event_id, event_type, payload, now, next_at=now)

@@ -8,6 +8,8 @@ import hmac
 import secrets
 from collections.abc import Sequence
 
+from gateway.config.webhooks import LegacyKey
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the marker of secrets, not a secret
 
 
@@ -41,6 +43,12 @@ def signed_headers(
     }
 
 
-def legacy_signature(secret: str, body: bytes) -> str:
-    """The seeds' older style, ``sha256=<hex HMAC-SHA256 of the body>``."""
-    return "sha256=" + hmac.new(_key(secret), body, hashlib.sha256).hexdigest()
+def legacy_signature(secret: str, body: bytes, key: LegacyKey) -> str:
+    """The older style, ``sha256=<hex HMAC-SHA256 of the body>``.
+
+    key "secret": keyed with the secret string as shown (``whsec_...``), which is how receivers
+    of such headers (GitHub, Stripe and the APIs modelled on them) verify; "decoded": with the
+    bytes the secret encodes, like the standard signature.
+    """
+    raw = secret.encode() if key == "secret" else _key(secret)
+    return "sha256=" + hmac.new(raw, body, hashlib.sha256).hexdigest()

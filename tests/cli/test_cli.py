@@ -303,7 +303,7 @@ async def test_orgs_show_and_update(gw: RunningGateway, cli: InProcess) -> None:
     shown = await cli("orgs", "show", "acme", *admin)
     assert shown.code == 0, shown.err
     header, row = shown.out.splitlines()
-    assert header.split() == ["ID", "SLUG", "NAME", "PLAN", "CREATEDAT"]
+    assert header.split() == ["ID", "SLUG", "NAME", "PLAN", "CREATEDAT", "ATTRIBUTES"]
     assert row.split()[1:4] == ["acme", "acme", "free"]
 
     updated = (
@@ -315,7 +315,7 @@ async def test_orgs_show_and_update(gw: RunningGateway, cli: InProcess) -> None:
     assert (await cli("orgs", "show", updated["id"], "--json", *admin)).json == updated
 
     nothing = await cli("orgs", "update", "acme", *admin)
-    nothing.assert_one_error_line("nothing to change: give --name or --plan")
+    nothing.assert_one_error_line("nothing to change: give --name, --plan, --attr or --clear-attrs")
     unknown = await cli("orgs", "update", "acme", "--plan", "gold", *admin)
     unknown.assert_one_error_line("plan: unknown plan 'gold'")
     missing = await cli("orgs", "show", "nobody", *admin)
@@ -384,6 +384,53 @@ async def test_keys_update_sets_and_drops_a_rate_limit_override(
     bad.assert_one_error_line("--rate-limit: write REQUESTS/PERIOD[+BURST]")
     refused = await cli("keys", "update", key["id"], "--rate-limit", "5/1m", "--name", "", *admin)
     refused.assert_one_error_line("bad_request: ")
+
+
+async def test_attr_options_set_replace_and_clear_attributes(
+    gw: RunningGateway, cli: InProcess
+) -> None:
+    """--attr NAME=VALUE on create and update (an update replaces them all), --clear-attrs,
+    and attributes in show, list and --json."""
+    admin = ("--admin-url", gw.admin_url)
+    org = await cli("orgs", "create", "acme", "--plan", "free", "--attr", "role=viewer", *admin)
+    assert org.code == 0, org.err
+    assert org.out.splitlines()[1].split()[-1] == "role=viewer"
+    key = (
+        await cli(
+            "keys",
+            "create",
+            "acme",
+            "--name",
+            "crm",
+            *("--attr", "role=sales-manager", "--attr", "note=a=b c"),
+            "--json",
+            *admin,
+        )
+    ).json
+    assert key["attributes"] == {"role": "sales-manager", "note": "a=b c"}
+    shown = await cli("keys", "show", key["id"], *admin)
+    fields = dict(line.split(None, 1) for line in shown.out.splitlines())
+    assert fields["attributes"] == "role=sales-manager,note=a=b c"
+    listed = await cli("keys", "list", "acme", *admin)
+    assert listed.out.splitlines()[0].split()[-1] == "ATTRIBUTES"
+    assert listed.out.splitlines()[1].endswith("role=sales-manager,note=a=b c")
+
+    updated = await cli("keys", "update", key["id"], "--attr", "role=admin", "--json", *admin)
+    assert updated.json["attributes"] == {"role": "admin"}
+    cleared = await cli("keys", "update", key["id"], "--clear-attrs", "--json", *admin)
+    assert cleared.json["attributes"] == {}
+    org_updated = await cli("orgs", "update", "acme", "--attr", "team=north", "--json", *admin)
+    assert org_updated.json["attributes"] == {"team": "north"}
+    assert (await cli("orgs", "update", "acme", "--clear-attrs", "--json", *admin)).json[
+        "attributes"
+    ] == {}
+
+    no_equals = await cli("keys", "update", key["id"], "--attr", "role", *admin)
+    no_equals.assert_one_error_line("--attr: write NAME=VALUE, e.g. role=sales-manager")
+    twice = await cli("orgs", "update", "acme", "--attr", "a=1", "--attr", "a=2", *admin)
+    twice.assert_one_error_line("--attr: a is given twice")
+    bad_name = await cli("keys", "create", "acme", "--name", "k", "--attr", "Role=x", *admin)
+    bad_name.assert_one_error_line("attributes: 'Role' is not an attribute name")
 
 
 async def test_keys_rotate_says_when_the_old_key_stops(gw: RunningGateway, cli: InProcess) -> None:

@@ -90,6 +90,7 @@ async def test_identity_endpoint_describes_the_key(
             "scopes": ["contacts:read"],
             "environment": "test",
             "rateLimit": None,
+            "attributes": {},
         },
         "meta": {"request_id": "me-1"},
     }

@@ -220,8 +220,8 @@ async def test_a_malformed_request_is_answered_with_the_map_and_the_request_id_p
 async def test_generated_ids_carry_the_configured_prefixes(
     gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
 ) -> None:
-    """Keys as akey_…, orgs as tnt_…, request ids as req_…; a client's own X-Request-Id is kept as sent, and an
-    org is found by its id and by its slug."""
+    """Keys as akey_…, orgs as tnt_…, request ids as req_…; a client's own X-Request-Id is
+    kept as sent, and an org is found by its id and by its slug."""
     config = make_config(
         {"app": {"targets": [upstream.url]}},
         [{"path": "/status", "upstream": "app"}],

@@ -45,13 +45,14 @@ def test_during_a_rotation_both_secrets_sign() -> None:
     assert verify_standard_webhooks(new, headers, b"{}")
 
 
-def test_legacy_signature_is_hex_hmac_of_the_body() -> None:
+def test_legacy_signature_is_hex_hmac_of_the_body_keyed_as_configured() -> None:
     secret = new_secret()
-    key = base64.b64decode(secret[6:])
-    assert (
-        legacy_signature(secret, b"abc")
-        == "sha256=" + hmac.new(key, b"abc", hashlib.sha256).hexdigest()
-    )
+    as_shown = "sha256=" + hmac.new(secret.encode(), b"abc", hashlib.sha256).hexdigest()
+    decoded = base64.b64decode(secret[6:])
+    as_decoded = "sha256=" + hmac.new(decoded, b"abc", hashlib.sha256).hexdigest()
+    assert legacy_signature(secret, b"abc", "secret") == as_shown
+    assert legacy_signature(secret, b"abc", "decoded") == as_decoded
+    assert as_shown != as_decoded
 
 
 @pytest.mark.parametrize(
