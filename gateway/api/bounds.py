@@ -6,8 +6,9 @@ Every bound is here, so the API, its error messages and the README agree:
 - a key's ``expiresAt``: an RFC 3339 time with a zone, in the future, at most 3650d (10 years)
   ahead;
 - a per-key ``rateLimit``: ``per`` 1s to 365d, ``requests`` 1 to 1,000,000,000, ``burst`` 0 to
-  1,000,000,000, and a full bucket refills within 365d (the limiter counts in integer
-  microseconds, exact in Lua doubles only up to 2**53, about 285 years).
+  1,000,000,000 (0 with ``algorithm: sliding_window``), and a full bucket refills within 365d
+  (the limiter counts in integer microseconds, exact in Lua doubles only up to 2**53, about 285
+  years).
 
 A value out of bounds is a 400 naming the field, e.g. ``grace: must be at most 30d (got '99d')``.
 """
@@ -28,6 +29,7 @@ from pydantic import (
 )
 
 from gateway.config import MAX_REQUESTS, RateLimitConfig
+from gateway.config.plans import Algorithm
 from gateway.config.types import DAY, YEAR, DurationRange, format_duration
 from gateway.config.validation import shown
 
@@ -90,4 +92,12 @@ class RateLimitOverride(RateLimitConfig):
     per: LimitWindow = Field(description="The period of the sustained rate, 1s to 365d.")
     burst: StrictInt = Field(
         0, ge=0, le=MAX_REQUESTS, description="Extra requests a fresh bucket allows."
+    )
+    # Stored and shown only when it is not the default, so the overrides saved before there
+    # was a choice read exactly like the ones saved since.
+    algorithm: Algorithm = Field(
+        "token_bucket",
+        exclude_if=lambda value: value == "token_bucket",
+        description="token_bucket (with burst) or sliding_window (any `per` holds at most"
+        " `requests`; no burst).",
     )

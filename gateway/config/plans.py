@@ -15,6 +15,9 @@ MAX_REQUESTS = 1_000_000_000
 MAX_QUOTA = 1_000_000_000_000
 
 
+Algorithm = Literal["token_bucket", "sliding_window"]
+
+
 class RateLimitConfig(Section):
     requests: int = Field(
         gt=0, le=MAX_REQUESTS, description="Sustained rate: this many requests per `per`."
@@ -25,6 +28,22 @@ class RateLimitConfig(Section):
     burst: int = Field(
         0, ge=0, le=MAX_REQUESTS, description="Extra requests a fresh bucket allows at once."
     )
+    algorithm: Algorithm = Field(
+        "token_bucket",
+        description=(
+            "token_bucket: `requests` per `per` sustained, plus `burst` at once; sliding_window:"
+            " at most `requests` in any interval of length `per` (no burst)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _window_has_no_burst(self) -> RateLimitConfig:
+        if self.algorithm == "sliding_window" and self.burst:
+            raise ValueError(
+                f"burst: a sliding window allows `requests` in any `per` and no burst (got"
+                f" {self.burst}); raise requests, or use algorithm: token_bucket"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refills_in_time(self) -> RateLimitConfig:

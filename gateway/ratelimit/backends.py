@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError
 
-from gateway.ratelimit.policy import US, Decision, Limit, Outcome, evaluate
+from gateway.ratelimit.policy import US, Decision, Limit, Outcome, State, evaluate
+from gateway.ratelimit.window import SlidingWindow
 from gateway.store.redis import REDIS_FAILURES
 
 log = structlog.get_logger("gateway.ratelimit")
@@ -23,6 +24,9 @@ log = structlog.get_logger("gateway.ratelimit")
 _TTL_MARGIN_MS = 60_000
 # How long one batch of decisions may take in Redis before its requests see a store error.
 BATCH_TIMEOUT = 1.0
+# A sliding window is saved as one row per sub-bucket, "<limit key>#<end in us>", which
+# expires on its own when the sub-bucket stops counting.
+_SUB_BUCKET = "#"
 
 Entry = tuple[list[str], list[Any], "asyncio.Future[list[bytes]]"]
 
@@ -32,9 +36,12 @@ class LimiterError(Exception):
 
 
 def _ttl_ms(limit: Limit, now_us: int) -> int:
-    """How long state must live: until a bucket is full again, or the window is over."""
+    """How long state must live: until a bucket is full again, the newest sub-bucket of a
+    sliding window (at most a granule ahead) stops counting, or the window is over."""
     if limit.kind == "gcra":
         return math.ceil(limit.capacity * limit.interval_us / 1000) + _TTL_MARGIN_MS
+    if limit.kind == "sliding":
+        return math.ceil((limit.per_us + limit.granule_us) / 1000) + _TTL_MARGIN_MS
     return math.ceil(max(0, limit.window_end_us - now_us) / 1000) + _TTL_MARGIN_MS
 
 
@@ -44,17 +51,25 @@ class LocalLimits:
     SWEEP_EVERY = 10_000
 
     def __init__(self) -> None:
-        self._state: dict[str, int] = {}
+        self._state: dict[str, State] = {}
         self._expires: dict[str, int] = {}  # epoch microseconds
         self._dirty: set[str] = set()  # changed since the last export
+        self._sub_buckets: dict[str, tuple[int, int]] = {}  # saved rows changed since then
         self._decisions = 0
 
     async def decide(self, limits: Sequence[Limit], cost: int, now_us: int) -> Decision:
         decision, updates = evaluate(limits, self._state, cost, now_us)
         for limit in limits:
-            if limit.key in updates:
-                self._state[limit.key] = updates[limit.key]
-                self._expires[limit.key] = now_us + _ttl_ms(limit, now_us) * 1000
+            value = updates.get(limit.key)
+            if value is None:
+                continue
+            self._state[limit.key] = value
+            self._expires[limit.key] = now_us + _ttl_ms(limit, now_us) * 1000
+            if isinstance(value, SlidingWindow):
+                end, units = value.buckets[-1]  # the sub-bucket this request was counted in
+                row = f"{limit.key}{_SUB_BUCKET}{end}"
+                self._sub_buckets[row] = (units, end + limit.per_us)
+            else:
                 self._dirty.add(limit.key)
         self._decisions += 1
         if self._decisions % self.SWEEP_EVERY == 0:
@@ -64,21 +79,42 @@ class LocalLimits:
     def export_changes(self) -> dict[str, tuple[int, int]]:
         """What changed since the last call, key -> (value, expires at in us), to be saved."""
         changed = {
-            key: (self._state[key], self._expires[key]) for key in self._dirty if key in self._state
+            key: (value, self._expires[key])
+            for key in self._dirty
+            if isinstance(value := self._state.get(key), int)
         }
+        changed.update(self._sub_buckets)
         self._dirty.clear()
+        self._sub_buckets = {}
         return changed
 
     def restore(self, saved: dict[str, tuple[int, int]]) -> None:
+        sub_buckets = []
         for key, (value, expires) in saved.items():
-            self._state[key] = value
-            self._expires[key] = expires
+            limit_key, mark, ends_at = key.rpartition(_SUB_BUCKET)
+            if mark and ends_at.isdigit():
+                sub_buckets.append((int(ends_at), limit_key, value, expires))
+            else:
+                self._state[key] = value
+                self._expires[key] = expires
+        for end, limit_key, units, expires in sorted(sub_buckets):  # oldest first
+            window = self._state.get(limit_key)
+            if not isinstance(window, SlidingWindow):
+                window = self._state[limit_key] = SlidingWindow()
+            window.add(end, units)
+            kept = expires + _TTL_MARGIN_MS * 1000
+            self._expires[limit_key] = max(self._expires.get(limit_key, 0), kept)
 
     def _sweep(self, now_us: int) -> None:
         # Idle buckets are full and ended windows are over: their state means nothing now.
         for key in [k for k, at in self._expires.items() if at < now_us]:
             del self._expires[key]
             self._state.pop(key, None)
+        # Nothing may ever export these (the outage fallback is never saved): keep only rows
+        # that still count, so they stay as bounded as the windows themselves.
+        rows = self._sub_buckets
+        for row in [r for r, (_, until) in rows.items() if until <= now_us]:
+            del rows[row]
 
 
 class RedisLimits:
@@ -102,10 +138,13 @@ class RedisLimits:
         keys = [limit.key for limit in limits]
         args: list[Any] = [now_us, cost]
         for limit in limits:
+            ttl = _ttl_ms(limit, now_us)
             if limit.kind == "gcra":
-                args += ["g", limit.capacity, limit.interval_us, _ttl_ms(limit, now_us)]
+                args += ["g", limit.capacity, limit.interval_us, 0, ttl]
+            elif limit.kind == "sliding":
+                args += ["s", limit.capacity, limit.per_us, limit.granule_us, ttl]
             else:
-                args += ["w", limit.capacity, limit.window_end_us, _ttl_ms(limit, now_us)]
+                args += ["w", limit.capacity, limit.window_end_us, 0, ttl]
         loop = self._loop
         if loop is None:
             # Once: on Python 3.11 each asyncio.get_running_loop() is a getpid() system call.

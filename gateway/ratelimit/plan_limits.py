@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.config import PlanConfig, RateLimitConfig
 from gateway.ratelimit.policy import US, Limit, calendar_window
+from gateway.ratelimit.window import granule_us
 
 
 def prefix_of(key_prefix: str) -> str:
@@ -21,9 +22,20 @@ def org_tag(prefix: str, org_id: str) -> str:
 
 
 def bucket(policy: str, key: str, config: RateLimitConfig) -> Limit:
-    # The bucket's shape is part of its state key: a changed limit (a plan change, a per-key
-    # override set or removed) starts with a full bucket instead of inheriting a debt measured
-    # in another rate. Quota windows keep their count across changes: usage is usage.
+    # The bucket's shape and algorithm are part of its state key: a changed limit (a plan
+    # change, a per-key override set or removed) starts with a full bucket instead of inheriting
+    # a debt measured in another rate, and no algorithm ever reads another's state. Quota
+    # windows keep their count across changes: usage is usage.
+    if config.algorithm == "sliding_window":
+        per_us = max(1, round(config.per * US))
+        return Limit(
+            policy,
+            f"{key}:sw:{config.requests}:{per_us}",
+            "sliding",
+            config.requests,
+            per_us=per_us,
+            granule_us=granule_us(per_us),
+        )
     capacity = config.requests + config.burst
     interval_us = max(1, round(config.per * US / config.requests))
     return Limit(policy, f"{key}:{capacity}:{interval_us}", "gcra", capacity, interval_us)
