@@ -65,11 +65,14 @@ def _seconds(seconds: float) -> str:
 
 
 def _rate_limit(value: dict[str, Any]) -> str:
-    """{"requests": 300, "per": 60.0, "burst": 50} as 300/1m+50, the --rate-limit form."""
+    """{"requests": 300, "per": 60.0, "burst": 50} as 300/1m+50, the --rate-limit form (and
+    "300/1m sliding window" for a window)."""
     try:
         text = f"{value['requests']}/{_seconds(float(value['per']))}"
     except (KeyError, TypeError, ValueError):
         return json.dumps(value, separators=(",", ":"))
+    if value.get("algorithm") == "sliding_window":
+        return f"{text} sliding window"
     return f"{text}+{value['burst']}" if value.get("burst") else text
 
 
@@ -170,8 +173,9 @@ def segment(value: str) -> str:
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+?)\s*(?:\+\s*(\d+)\s*)?$")
 
 
-def rate_limit_body(value: str) -> dict[str, Any]:
-    """``300/1m`` or ``300/1m+50`` (50 more at once) as the admin API's rateLimit object."""
+def rate_limit_body(value: str, *, sliding_window: bool = False) -> dict[str, Any]:
+    """``300/1m`` or ``300/1m+50`` (50 more at once) as the admin API's rateLimit object; with
+    ``sliding_window``, at most 300 in any minute (no burst)."""
     m = _RATE.match(value)
     if m is None:
         raise CliError(
@@ -180,7 +184,20 @@ def rate_limit_body(value: str) -> dict[str, Any]:
     body: dict[str, Any] = {"requests": int(m.group(1)), "per": m.group(2)}
     if m.group(3) is not None:
         body["burst"] = int(m.group(3))
+    if sliding_window:
+        if m.group(3) is not None:
+            raise CliError("--sliding-window: a window has no burst; write REQUESTS/PERIOD")
+        body["algorithm"] = "sliding_window"
     return body
+
+
+def _rate_limit_of(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The --rate-limit (and --sliding-window) options as the admin API's rateLimit object."""
+    if args.rate_limit is None:
+        if args.sliding_window:
+            raise CliError("--sliding-window: give the limit with --rate-limit N/PERIOD")
+        return None
+    return rate_limit_body(args.rate_limit, sliding_window=args.sliding_window)
 
 
 def attributes_body(values: Sequence[str]) -> dict[str, str]:
@@ -239,8 +256,9 @@ def keys_create(args: argparse.Namespace) -> None:
         "expiresAt": args.expires,
         "allowedIps": args.allow_ip,
     }
-    if args.rate_limit is not None:
-        body["rateLimit"] = rate_limit_body(args.rate_limit)
+    rate_limit = _rate_limit_of(args)
+    if rate_limit is not None:
+        body["rateLimit"] = rate_limit
     if args.attr:
         body["attributes"] = attributes_body(args.attr)
     result = client_from(args).call("POST", f"/admin/orgs/{segment(args.org)}/keys", body)
@@ -267,8 +285,9 @@ def keys_update(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {}
     if args.name is not None:
         body["name"] = args.name
-    if args.rate_limit is not None:
-        body["rateLimit"] = rate_limit_body(args.rate_limit)
+    rate_limit = _rate_limit_of(args)
+    if rate_limit is not None:
+        body["rateLimit"] = rate_limit
     if args.plan_rate_limit:
         body["rateLimit"] = None  # the admin API's way to drop the override
     _attributes_change(args, body)
@@ -348,6 +367,14 @@ def _add_rate_limit_option(p: argparse._ActionsContainer, what: str) -> argparse
     )
 
 
+def _add_sliding_window_option(p: argparse._ActionsContainer) -> argparse.Action:
+    return p.add_argument(
+        "--sliding-window",
+        action="store_true",
+        help="--rate-limit N/PERIOD is a sliding window: at most N in any PERIOD",
+    )
+
+
 def _add_attr_option(p: argparse._ActionsContainer, what: str) -> argparse.Action:
     return p.add_argument(
         "--attr",
@@ -392,6 +419,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--expires", help="expiry, ISO 8601 with a zone: 2027-01-01T00:00:00Z")
     p.add_argument("--allow-ip", action="append", default=[], help="allowed CIDR; repeat for more")
     _add_rate_limit_option(p, "this key's own limit instead of its plan's")
+    _add_sliding_window_option(p)
     _add_attr_option(p, " (each in place of the org's of that name)")
     p = add_command(keys, "list", keys_list, "list an org's keys")
     p.add_argument("org", help="org id or slug")
@@ -412,6 +440,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="store_true",
         help="drop the key's own limit: its plan's applies again",
     )
+    _add_sliding_window_option(p)
     _add_attr_options(p, "key")
     add_command(keys, "revoke", keys_revoke, "revoke a key now").add_argument(
         "key", help="key id (key_…)"

@@ -385,6 +385,22 @@ async def test_keys_update_sets_and_drops_a_rate_limit_override(
     refused = await cli("keys", "update", key["id"], "--rate-limit", "5/1m", "--name", "", *admin)
     refused.assert_one_error_line("bad_request: ")
 
+    window = await cli(
+        "keys", "update", key["id"], "--rate-limit", "5/1m", "--sliding-window", "--json", *admin
+    )
+    assert window.json["rateLimit"] == {
+        "requests": 5,
+        "per": 60.0,
+        "burst": 0,
+        "algorithm": "sliding_window",
+    }
+    shown = await cli("keys", "show", key["id"], *admin)
+    assert re.search(r"^rateLimit\s+5/1m sliding window$", shown.out, re.MULTILINE)
+    bursty = await cli("keys", "update", key["id"], "--rate-limit", "5/1m+2", "--sliding-window")
+    bursty.assert_one_error_line("--sliding-window: a window has no burst")
+    alone = await cli("keys", "update", key["id"], "--sliding-window", *admin)
+    alone.assert_one_error_line("--sliding-window: give the limit with --rate-limit")
+
 
 async def test_attr_options_set_replace_and_clear_attributes(
     gw: RunningGateway, cli: InProcess
