@@ -248,6 +248,10 @@ class IdempotencyPlugin:
         # upstream sees anything. The route's max_body_size bounds it.
         body = await read_body(ctx, self.max_body, self.body_timeout)
         ctx.body = body
+        # Who asks is part of the request: the backend is told the caller's scopes and
+        # attributes (a role), so a key of the org with others must not get this one's answer.
+        # A rotated key keeps both, and still replays.
+        caller = orjson.dumps([sorted(identity.scopes), sorted(identity.attributes.items())])
         fingerprint = hashlib.sha256(
             b"\n".join(
                 [
@@ -255,6 +259,7 @@ class IdempotencyPlugin:
                     ctx.path.encode(),
                     ctx.query.encode(),
                     hashlib.sha256(body).hexdigest().encode(),
+                    hashlib.sha256(caller).hexdigest().encode(),
                 ]
             )
         ).hexdigest()

@@ -48,10 +48,13 @@ ERROR_CODES: dict[str, int] = {
     "gateway_timeout": 504,
 }
 
-# Statuses that promise something beyond "client error": a header (Allow, Retry-After,
-# Proxy-Authenticate, Upgrade), a closed connection, or a limit the client can act on. Only the
+# Statuses that promise something beyond "client error" or "server error": a header (Allow,
+# Retry-After, Proxy-Authenticate, Upgrade), a closed connection, a limit the client can act on,
+# or a meaning of their own (501 an unknown method, 505 a version, 511 a captive portal). Only the
 # error that keeps that promise may be answered with one.
-PROTOCOL_STATUSES = frozenset({405, 407, 408, 411, 413, 414, 416, 417, 421, 426, 429, 431})
+PROTOCOL_STATUSES = frozenset(
+    {405, 407, 408, 411, 413, 414, 416, 417, 421, 426, 429, 431, 501, 505, 511}
+)
 
 _CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
 _MESSAGE_MAX = 500

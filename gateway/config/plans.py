@@ -80,6 +80,12 @@ class PlanConfig(Section):
         le=10_000,
         description="Most webhook endpoints an org may have (at most 10000); null: no cap.",
     )
+    key_ttl: Annotated[float, DurationRange(most=10 * YEAR, positive=True)] | None = Field(
+        None,
+        description="How long a key lives: created without expiresAt, it expires this long"
+        " after; a later expiresAt is refused; a rotation renews it (e.g. 90d; at most 3650d)."
+        " null: keys live until revoked.",
+    )
 
     def capacities(self) -> list[tuple[str, int]]:
         """The most each of the plan's limits lets through at once."""

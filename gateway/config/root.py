@@ -126,22 +126,36 @@ class GatewayConfig(GatewaySettings):
                         f"routes: routes[{i}].headers.request names {name}, which"
                         " identity.attribute_headers sends; it cannot be changed by a rule"
                     )
-        own = (("webhooks", self.webhooks.api_path), ("request_log", self.request_log.api_path))
-        for section, api_path in own:
+        self_service = self.keys.self_service
+        own = (
+            ("webhooks.api_path", self.webhooks.api_path),
+            ("request_log.api_path", self.request_log.api_path),
+            ("keys.self_service.path", self_service.path if self_service else None),
+        )
+        for field, api_path in own:
             if api_path is None:
                 continue
+            off = f"{field}: null" if field.endswith("api_path") else "keys.self_service: null"
             for i, route in enumerate(self.routes):
                 if route.path == api_path or route.path.startswith(api_path + "/"):
                     raise ValueError(
-                        f"routes: routes[{i}] path {route.path} is under {section}.api_path"
-                        f" ({api_path}); move one of them or set {section}.api_path: null"
+                        f"routes: routes[{i}] path {route.path} is under {field}"
+                        f" ({api_path}); move one of them or set {off}"
                     )
-        if self.request_log.api_path is not None and (
-            self.request_log.api_path == self.webhooks.api_path
-        ):
-            raise ValueError(
-                "request_log.api_path: the same path as webhooks.api_path; give each its own"
-            )
+        # The identity endpoint is one path; the others take every path under theirs too.
+        taken: list[tuple[str, str, bool]] = []
+        if self.identity.enabled:
+            taken.append(("identity.path", self.identity.path, False))
+        for field, api_path in own:
+            if api_path is None:
+                continue
+            for other, path, has_subpaths in taken:
+                nested = api_path.startswith(path + "/") and has_subpaths
+                if api_path == path or nested or path.startswith(api_path + "/"):
+                    raise ValueError(
+                        f"{field}: {api_path} overlaps {other} ({path}); give each its own"
+                    )
+            taken.append((field, api_path, True))
         return self
 
     @field_validator("upstreams")

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from gateway.config.section import Section
 from gateway.config.types import (
     DAY,
+    HEADER_NAME,
     MINUTE,
     WEEK,
     ByteSize,
@@ -23,7 +24,6 @@ from gateway.http.paths import compile_template
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:/{}*-]{1,100}$")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
 class HeaderRuleSet(Section):
@@ -34,7 +34,7 @@ class HeaderRuleSet(Section):
     @model_validator(mode="after")
     def _names(self) -> HeaderRuleSet:
         for name in [*self.set, *self.add, *self.remove]:
-            if not _HEADER_NAME.match(name):
+            if not HEADER_NAME.fullmatch(name):
                 raise ValueError(f"not a header name: {name!r}")
             normalized = normalize(name)
             if normalized in GATEWAY_OWNED or normalized.startswith("access-control-"):

@@ -278,6 +278,28 @@ UtcDateTime = Annotated[
 SCOPE = re.compile(r"^(?:\*|[A-Za-z0-9_.-]+(?::(?:[A-Za-z0-9_.-]+|\*))*)$")
 
 
+# A name in a JSON answer or a delivery body that config chooses: plain for any client's binding.
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# An HTTP field name (RFC 9110 token), as config may name one.
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
+
+# An org's slug: it names the org in URLs beside its id, and never holds "_" as every id does.
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch: "acme\n" is no slug
+
+
+def check_slug(value: str) -> str:
+    if not isinstance(value, str) or not _SLUG.fullmatch(value):
+        raise ValueError(
+            f"must be 1-63 lower-case letters, digits or '-', not at the ends (got {value!r})"
+        )
+    return value
+
+
+def is_org_id(ref: str) -> bool:
+    """Whether an org reference (an id or a slug) is an id: ids hold "_", slugs never do."""
+    return "_" in ref
+
+
 def check_scope(scope: str) -> str:
     # fullmatch: "$" alone would let "read\n" through, into the X-Scopes header.
     if not isinstance(scope, str) or not SCOPE.fullmatch(scope) or len(scope) > 100:

@@ -63,10 +63,11 @@ def _describe(err: Any, root: type[BaseModel]) -> str:
         return f"{_loc_path(loc)}: required"
     if kind == "value_error":
         message = str(ctx.get("error", err["msg"]))
-        # A model-level check names its own field first: "url: required when ..."
+        # A model-level check names its own field first: "url: required when ...", or a
+        # field further down: "keys.self_service.path: overlaps ...".
         field, sep, rest = message.partition(": ")
-        if sep and field in _fields_at(root, loc):
-            return f"{_loc_path((*loc, field))}: {rest}"
+        if sep and re.split(r"[.\[]", field, maxsplit=1)[0] in _fields_at(root, loc):
+            return f"{join_path(_loc_path(loc) if loc else '', field)}: {rest}"
         return f"{_loc_path(loc)}: {message}"
     bounds = {
         "greater_than": (">", "gt"),

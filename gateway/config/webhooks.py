@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from gateway.config.section import Section
 from gateway.config.types import (
     DAY,
+    FIELD_NAME,
     WEEK,
     YEAR,
     Duration,
@@ -30,14 +31,13 @@ EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 # published event's type is already whatever its backend chose.
 GATEWAY_EVENTS = ("webhook.ping", "key.created", "key.revoked", "key.rotated", "key.expiring")
 # A name in the delivery body: plain enough for any receiver's JSON binding.
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_LIFTED = 20
 
 LegacyKey = Literal["secret", "decoded"]
 
 
 def _field_name(value: str) -> str:
-    if not isinstance(value, str) or not _FIELD_NAME.fullmatch(value):
+    if not isinstance(value, str) or not FIELD_NAME.fullmatch(value):
         raise ValueError(
             f"must be a field name of 1-64 letters, digits or _, not starting with a digit"
             f" (got {value!r})"

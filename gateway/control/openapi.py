@@ -10,8 +10,8 @@ import orjson
 from aiohttp import web
 
 from gateway.api.bodies import Body
+from gateway.api.keys_service import CreateKey, RotateKey, UpdateKey
 from gateway.config import GatewayConfig
-from gateway.control.keys_api import CreateKey, RotateKey, UpdateKey
 from gateway.control.openapi_schemas import (
     PATH_PARAMETERS,
     QUERY,
@@ -29,7 +29,7 @@ from gateway.webhooks.service import CreateEndpoint, PublishEvent, RotateSecret,
 OPENAPI_PATH = "/admin/openapi.json"
 DATA_PLANE_TAG = "data plane"  # served on the data listener, for an API key
 # Stand-ins in the routes below for the data plane's configurable paths.
-IDENTITY, WEBHOOKS, REQUEST_LOG = "IDENTITY", "WEBHOOKS", "REQUEST_LOG"
+IDENTITY, WEBHOOKS, REQUEST_LOG, KEYS = "IDENTITY", "WEBHOOKS", "REQUEST_LOG", "KEYS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,7 @@ class Op:
     optional_body: bool = False  # no body reads as {}: every field has a default
     query: tuple[str, ...] = ()  # names in QUERY
     meta: str | None = None  # the record in meta, if any
+    limits: bool = False  # the answer carries the caller's limits beside data
 
 
 _ADMIN = "401 503"  # every admin call that reads the store
@@ -142,21 +143,30 @@ OPERATIONS: dict[str, dict[str, dict[str, Op]]] = {
             ),
         },
         WEBHOOKS: {
-            "get": Op("listOwnWebhooks", "200 [Endpoint]", "401 403 429 503", meta="ListMeta"),
+            "get": Op(
+                "listOwnWebhooks", "200 [Endpoint]", "401 403 429 503", meta="ListMeta", limits=True
+            ),
             "post": Op(
                 "createOwnWebhook",
                 "201 NewEndpoint",
                 "401 403 429 503",
                 CreateEndpoint,
                 meta=_OWN_META,
+                limits=True,
             ),
         },
         WEBHOOKS + "/{id}": {
-            "get": Op("getOwnWebhook", "200 Endpoint", _OWN, meta=_OWN_META),
+            "get": Op("getOwnWebhook", "200 Endpoint", _OWN, meta=_OWN_META, limits=True),
             "patch": Op(
-                "updateOwnWebhook", "200 Endpoint", _OWN, UpdateEndpoint, True, meta=_OWN_META
+                "updateOwnWebhook",
+                "200 Endpoint",
+                _OWN,
+                UpdateEndpoint,
+                True,
+                meta=_OWN_META,
+                limits=True,
             ),
-            "delete": Op("deleteOwnWebhook", "200 Deleted", _OWN, meta=_OWN_META),
+            "delete": Op("deleteOwnWebhook", "200 Deleted", _OWN, meta=_OWN_META, limits=True),
         },
         WEBHOOKS + "/{id}/rotate": {
             "post": Op(
@@ -166,19 +176,48 @@ OPERATIONS: dict[str, dict[str, dict[str, Op]]] = {
                 RotateSecret,
                 True,
                 meta=_OWN_META,
+                limits=True,
             ),
         },
         WEBHOOKS + "/{id}/ping": {
-            "post": Op("pingOwnWebhook", "202 Pinged", "409 " + _OWN, meta=_OWN_META),
+            "post": Op("pingOwnWebhook", "202 Pinged", "409 " + _OWN, meta=_OWN_META, limits=True),
         },
         WEBHOOKS + "/{id}/deliveries": {
-            "get": Op("listOwnDeliveries", "200 [Delivery]", _OWN, meta=_OWN_META),
+            "get": Op("listOwnDeliveries", "200 [Delivery]", _OWN, meta=_OWN_META, limits=True),
         },
         WEBHOOKS + "/{id}/deliveries/{delivery}": {
-            "get": Op("getOwnDelivery", "200 Delivery", _OWN, meta=_OWN_META),
+            "get": Op("getOwnDelivery", "200 Delivery", _OWN, meta=_OWN_META, limits=True),
         },
         WEBHOOKS + "/{id}/deliveries/{delivery}/retry": {
-            "post": Op("retryOwnDelivery", "202 Delivery", "409 " + _OWN, meta=_OWN_META),
+            "post": Op(
+                "retryOwnDelivery", "202 Delivery", "409 " + _OWN, meta=_OWN_META, limits=True
+            ),
+        },
+        KEYS: {
+            "get": Op("listOwnKeys", "200 [Key]", "401 403 429 503", meta=_OWN_META, limits=True),
+            "post": Op(
+                "createOwnKey",
+                "201 NewKey",
+                "401 403 429 503",
+                CreateKey,
+                meta=_OWN_META,
+                limits=True,
+            ),
+        },
+        KEYS + "/{id}": {
+            "get": Op("getOwnKey", "200 Key", _OWN, meta=_OWN_META, limits=True),
+            "patch": Op(
+                "renameOwnKey", "200 Key", _OWN, UpdateKey, True, meta=_OWN_META, limits=True
+            ),
+            "delete": Op("deleteOwnKey", "200 Key", _OWN, meta=_OWN_META, limits=True),
+        },
+        KEYS + "/{id}/revoke": {
+            "post": Op("revokeOwnKey", "200 Key", _OWN, meta=_OWN_META, limits=True),
+        },
+        KEYS + "/{id}/rotate": {
+            "post": Op(
+                "rotateOwnKey", "201 NewKey", _OWN, RotateKey, True, meta=_OWN_META, limits=True
+            ),
         },
     },
 }
@@ -213,6 +252,8 @@ SUMMARIES = {
     "listRequests": "The request log, newest first",
     "getUsage": "Requests, errors and refusals per minute or hour",
     "listAudit": "The audit log, newest first: who changed what",
+    "renameOwnKey": "Rename a key of the key's org (limits and attributes are an admin's)",
+    "deleteOwnKey": "Revoke a key of the key's org (as POST …/revoke)",
     "getIdentity": "Who the key belongs to, and its limits after this request",
     "listOwnWebhooks": "The key's org's webhook endpoints",
 }
@@ -241,6 +282,10 @@ WHY = {
     ("rotateKey", 403): "api_access_disabled: the org's plan includes no API keys.",
     ("rotateKey", 409): "conflict: the key is revoked or expired.",
     ("createWebhook", 403): "plan_limit_reached: the plan's webhook_endpoints are used up.",
+    ("createOwnKey", 403): "insufficient_scope: the caller lacks a scope it asked to grant;"
+    " api_access_disabled: the org's plan includes no API keys.",
+    ("rotateOwnKey", 403): "insufficient_scope: the key has a scope the caller lacks.",
+    ("rotateOwnKey", 409): "conflict: the key is revoked or expired.",
     ("createOwnWebhook", 403): "insufficient_scope, ...; plan_limit_reached: the plan's"
     " webhook_endpoints are used up.",
     ("pingWebhook", 409): "conflict: the endpoint is disabled.",
@@ -272,6 +317,8 @@ def _operation(tag: str, path: str, op: Op) -> Schema:
     status, name = op.answer.split()
     data = listing(ref(name[1:-1])) if name.startswith("[") else ref(name)
     envelope = {"data": data} if op.meta is None else {"data": data, "meta": ref(op.meta)}
+    if op.limits:
+        envelope["limits"] = ref("Limits")
     answer = _json(record(envelope))
     if name == "text":
         answer = {"text/plain": {"schema": STRING}}
@@ -324,6 +371,7 @@ def build_openapi(config: GatewayConfig) -> dict[str, Any]:
         IDENTITY: config.identity.path if config.identity.enabled else None,
         WEBHOOKS: config.webhooks.api_path,
         REQUEST_LOG: config.request_log.api_path,
+        KEYS: None if config.keys.self_service is None else config.keys.self_service.path,
     }
     paths: dict[str, dict[str, Any]] = {}
     for tag, items in OPERATIONS.items():

@@ -12,9 +12,9 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from gateway.api.bodies import Body
+from gateway.api.keys_service import CreateKey, RotateKey, UpdateKey
 from gateway.config import GatewayConfig
 from gateway.config.types import SCOPE
-from gateway.control.keys_api import CreateKey, RotateKey, UpdateKey
 from gateway.control.orgs_api import CreateOrg, UpdateOrg
 from gateway.webhooks.service import CreateEndpoint, PublishEvent, RotateSecret, UpdateEndpoint
 
@@ -300,6 +300,16 @@ def record_schemas(config: GatewayConfig) -> dict[str, Schema]:
         # metas
         "RequestMeta": record({"request_id": STRING}),
         "ListMeta": record({"request_id": STRING, "limits": _LIMITS}),
+        "Limits": record(
+            {
+                "requestsPerMinute": nullable(NUMBER),
+                "burst": nullable(INTEGER),
+                "orgRequestsPerMinute": nullable(NUMBER),
+                "quota": nullable(INTEGER),
+                "quotaPeriod": nullable({"enum": ["day", "month"]}),
+                "webhookEndpoints": nullable(INTEGER),
+            }
+        ),
         "Page": record({"next_cursor": nullable(STRING)}),
         "OwnPage": record({"next_cursor": nullable(STRING), "request_id": STRING}),
         "UsageMeta": record({"bucket": {"enum": ["minute", "hour"]}, "limits": _USAGE_LIMITS}),
@@ -321,12 +331,14 @@ def param(name: str, where: str, description: str, schema: Schema = STRING) -> S
     }
 
 
-# By the segment before it and its name; WEBHOOKS stands for webhooks.api_path (openapi.py).
+# By the segment before it and its name; WEBHOOKS and KEYS stand for webhooks.api_path and
+# keys.self_service.path (openapi.py).
 PATH_PARAMETERS = {
     "orgs/{org}": param("org", "path", "The org's id (org_…) or slug."),
     "keys/{id}": param("id", "path", "The key's id (key_…)."),
     "webhooks/{id}": param("id", "path", "The webhook endpoint's id (wh_…)."),
     "WEBHOOKS/{id}": param("id", "path", "The webhook endpoint's id (wh_…)."),
+    "KEYS/{id}": param("id", "path", "The key's id (key_…), of the caller's org."),
     "deliveries/{id}": param("id", "path", "The delivery's id (dlv_…)."),
     "deliveries/{delivery}": param("delivery", "path", "The delivery's id (dlv_…)."),
 }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,11 +14,11 @@ from gateway.api.audit import AuditTrail
 from gateway.api.bodies import B, Body, parse_body
 from gateway.api.views import NotFound, find_org, org_view
 from gateway.config import GatewayConfig
+from gateway.config.types import check_slug
 from gateway.control.listener import actor_of, json_response
 from gateway.store import Org, Store, prefixed_id
 
 Clock = Callable[[], float]
-_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch: "acme\n" is no slug
 
 
 def _plan_known(value: str, info: ValidationInfo) -> str:
@@ -35,14 +34,7 @@ class CreateOrg(Body):
     plan: str
     attributes: Attributes = Field(default_factory=dict)
 
-    @field_validator("slug")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if not _SLUG.fullmatch(value):
-            raise ValueError(
-                f"must be 1-63 lower-case letters, digits or '-', not at the ends (got {value!r})"
-            )
-        return value
+    _slug = field_validator("slug")(check_slug)
 
     _plan = field_validator("plan")(_plan_known)
 

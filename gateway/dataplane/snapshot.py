@@ -51,8 +51,12 @@ class Snapshot:
         services: PluginServices | None = None,
         webhook_api: Handler | None = None,
         request_log_api: Handler | None = None,
+        keys_api: Handler | None = None,
+        retired_headers: Sequence[str] = (),
     ) -> None:
-        """Without ``services``, routes have no plugins at all."""
+        """Without ``services``, routes have no plugins at all. ``retired_headers`` are
+        attribute headers an earlier config sent: still stripped from clients, since a backend
+        may trust one until it is changed too."""
         config = loaded.config
         self.loaded = loaded
         self.config = config
@@ -68,7 +72,11 @@ class Snapshot:
                 sandbox = f"{name}:sandbox"
                 self.sandboxes[name] = _pool(sandbox, upstream.sandbox, upstream, metrics)
         self.plugins: list[Plugin] = []
-        identity_headers = (*IDENTITY_HEADERS, *config.identity.attribute_headers.values())
+        identity_headers = (
+            *IDENTITY_HEADERS,
+            *config.identity.attribute_headers.values(),
+            *retired_headers,
+        )
         entries: list[tuple[str, Sequence[str] | None, str | None, CompiledRoute]] = []
         # Routes the gateway answers itself, behind the same plugins as any other.
         builtin: list[tuple[dict[str, Any], Handler]] = []
@@ -80,6 +88,11 @@ class Snapshot:
             for path in (api_path, api_path + "/{rest:.*}"):
                 route_spec = {"path": path, "name": "webhooks", "scopes": [WEBHOOKS_SCOPE]}
                 builtin.append((route_spec, webhook_api))
+        self_service = config.keys.self_service
+        if keys_api is not None and self_service is not None:
+            for path in (self_service.path, self_service.path + "/{rest:.*}"):
+                route_spec = {"path": path, "name": "keys", "scopes": [self_service.scope]}
+                builtin.append((route_spec, keys_api))
         log_path = config.request_log.api_path
         if request_log_api is not None and log_path is not None:
             route_spec = {

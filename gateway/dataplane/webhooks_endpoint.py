@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api.audit import AuditTrail
+from gateway.api.limits import limits_view
 from gateway.dataplane.chain import RequestContext
 from gateway.dataplane.request_body import read_body
 from gateway.errors import MethodNotAllowed, RouteNotFound, Unauthorized, Unavailable
@@ -55,7 +56,9 @@ class WebhookEndpointsApi:
         meta: dict[str, Any] = {"request_id": ctx.request_id}
         if not parts and method == "GET":  # the list says how many more the plan allows
             meta["limits"] = {"webhookEndpoints": {"limit": s.endpoint_cap(org), "used": len(data)}}
-        body = orjson.dumps({"data": data, "meta": meta})
+        plan = s.config.plans.get(org.plan)
+        limits = limits_view(plan, identity.key.rate_limit)
+        body = orjson.dumps({"data": data, "limits": limits, "meta": meta})
         ctx.bytes_out = len(body)
         response = web.Response(status=status, body=body, content_type="application/json")
         response.headers["Cache-Control"] = "no-store"

@@ -84,10 +84,11 @@ GATEWAY_OWNED = strip_set(
         *FORWARDING_HEADERS,
         *IDENTITY_HEADERS,
         *RATE_LIMIT_HEADERS,
+        *HOP_BY_HOP,
         "Host",
         "Content-Length",
-        "Transfer-Encoding",
-        "Connection",
+        "Expect",
+        "Idempotent-Replayed",
     ]
 )
 

@@ -129,7 +129,7 @@ async def ensure_demo(
             await store.create_org(org)
         except Conflict:  # another instance won the race: it printed the key
             return
-    key, secret = api.new_key(
+    key, secret = api.service.new_key(
         org, name="demo", scopes=demo.scopes, environment="live", expires_at=None, allowed_ips=()
     )
     await store.create_key(key)

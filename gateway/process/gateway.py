@@ -17,6 +17,7 @@ from gateway.config import LoadedConfig
 from gateway.control.listener import redacted_config, start_admin_listener
 from gateway.control.plane import ControlPlane
 from gateway.dataplane.handler import DataPlane
+from gateway.dataplane.keys_endpoint import SelfServiceKeysApi
 from gateway.dataplane.plugins import PluginServices
 from gateway.dataplane.request_log_endpoint import RequestLogEndpoint
 from gateway.dataplane.request_recorder import RequestRecorder
@@ -92,6 +93,9 @@ class GatewayProcess:
             audit=self.control.audit,
         )
         self.request_log_api = RequestLogEndpoint(self.store)
+        self.self_service_keys = SelfServiceKeysApi(
+            self.keys_api.service, self.scopes, config.server.body_timeout
+        )
         self.dispatcher: Dispatcher | None = None
         self.recorder: RequestRecorder | None = None
         self.event_stream: EventStream | None = None
@@ -99,6 +103,7 @@ class GatewayProcess:
         self.plane: DataPlane | None = None
         self.data_server: HttpServer | None = None
         self.draining = False
+        self._attribute_headers: set[str] = set()
         self.data_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
         # What start() started, each with its release: stop() runs them in reverse order.
@@ -315,6 +320,9 @@ class GatewayProcess:
             limiter=self.limiter,
             clock=self.clock,
         )
+        # Every attribute header this process has sent stays stripped after a reload renames
+        # or drops it: its backend may still trust it.
+        self._attribute_headers.update(loaded.config.identity.attribute_headers.values())
         return Snapshot(
             loaded,
             self.metrics,
@@ -322,6 +330,8 @@ class GatewayProcess:
             services=services,
             webhook_api=self.webhook_api,
             request_log_api=self.request_log_api,
+            keys_api=self.self_service_keys,
+            retired_headers=sorted(self._attribute_headers),
         )
 
     async def readiness(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.config.types import is_org_id
 from gateway.store.base import (
     Change,
     Conflict,
@@ -170,8 +171,7 @@ class LocalStore(Store):
             raise Conflict(f"An org with slug {org.slug!r} already exists.") from None
 
     async def get_org(self, ref: str) -> Org | None:
-        # Slugs never hold "_"; ids always do (ids.org ends in one).
-        column = "id" if "_" in ref else "slug"
+        column = "id" if is_org_id(ref) else "slug"
         row = await self._run(
             lambda db: db.execute(f"SELECT data FROM orgs WHERE {column} = ?", (ref,)).fetchone()  # noqa: S608 - column is one of two literals
         )

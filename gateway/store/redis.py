@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from gateway.breaker import Backoff
+from gateway.config.types import is_org_id
 from gateway.store.base import (
     Change,
     Conflict,
@@ -541,7 +542,7 @@ class RedisStore(Store):
 
     async def get_org(self, ref: str) -> Org | None:
         org_id = ref
-        if "_" not in ref:  # slugs never hold one; ids always do (ids.org ends in _)
+        if not is_org_id(ref):
             found = await self.call(self.client.get(self.names.slug(ref)))
             if found is None or found.startswith(b"pending "):
                 return None

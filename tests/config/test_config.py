@@ -461,3 +461,42 @@ def test_a_worker_refuses_a_config_that_changed_under_its_supervisor(tmp_path: P
     )
     assert result.returncode == 1
     assert "the config file changed since the gateway started" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Request-Id",
+        "X_Forwarded_For",
+        "Forwarded",
+        "X-Real-Ip",
+        "x-org-id",
+        "X-Scopes",
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "RateLimit-Policy",
+        "X-RateLimit-Reset",
+        "Idempotent-Replayed",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Upgrade",
+        "Expect",
+        "Access-Control-Allow-Origin",
+    ],
+)
+def test_route_header_rules_may_not_touch_what_the_gateway_owns(name: str) -> None:
+    """Setting one of these would re-open spoofing (identity, forwarding), break the framing
+    (hop-by-hop), or tell clients something false (a replay, a limit)."""
+    for where in ("request", "response"):
+        text = (
+            "upstreams: {a: {targets: ['http://127.0.0.1:1']}}\n"
+            f"routes: [{{path: /x, upstream: a, headers: {{{where}: {{set: {{'{name}': v}}}}}}}}]\n"
+        )
+        (problem,) = problems(text)
+        assert f"{name} is set by the gateway itself" in problem, problem

@@ -273,6 +273,7 @@ def spawn_admin(spawn_gateway: Spawn) -> GatewayProc:
             "upstreams": {},
             "routes": [],
             "webhooks": {"allow_private_targets": True},
+            "keys": {"self_service": {"path": "/v1/keys"}},
         }
     )
 
@@ -393,7 +394,7 @@ def test_the_data_plane_answers_as_documented(spawn_gateway: Spawn) -> None:
     ).raise_for_status()
     key = session.post(
         f"{gw.admin_url}/admin/orgs/acme/keys",
-        json={"name": "k", "scopes": ["webhooks:write", "logs:read"]},
+        json={"name": "k", "scopes": ["webhooks:write", "logs:read", "keys:write"]},
         headers=ADMIN,
         timeout=10,
     ).json()["data"]["secret"]
@@ -419,3 +420,12 @@ def test_the_data_plane_answers_as_documented(spawn_gateway: Spawn) -> None:
     call("DELETE", "/v1/webhooks/{id}", 200, path_parameters=endpoint)
     call("GET", "/v1/webhooks/{id}", 404, path_parameters=endpoint)
     call("GET", "/v1/requests", 200, query={"status": "2xx", "limit": 5})
+    made = {
+        "id": call("POST", "/v1/keys", 201, body={"name": "made", "scopes": ["logs:read"]})["id"]
+    }
+    call("GET", "/v1/keys", 200)
+    call("GET", "/v1/keys/{id}", 200, path_parameters=made)
+    call("PATCH", "/v1/keys/{id}", 200, path_parameters=made, body={"name": "renamed"})
+    rotated = {"id": call("POST", "/v1/keys/{id}/rotate", 201, path_parameters=made, body={})["id"]}
+    call("POST", "/v1/keys/{id}/revoke", 200, path_parameters=made)
+    call("DELETE", "/v1/keys/{id}", 200, path_parameters=rotated)

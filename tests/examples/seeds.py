@@ -3,6 +3,7 @@ listeners on free ports, the store the test gives, and the backend the test runs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ async def start_example(
     *,
     store: dict[str, Any],
     backend: str,
+    clock: Callable[[], float] | None = None,
     **overrides: Any,
 ) -> RunningGateway:
     """The example on the test's store, every upstream pointed at ``backend``; ``overrides``
@@ -40,4 +42,4 @@ async def start_example(
     for key, value in overrides.items():
         current = config.get(key)
         config[key] = {**current, **value} if isinstance(current, dict) else value
-    return await gateway_factory(config)
+    return await gateway_factory(config, clock=clock)

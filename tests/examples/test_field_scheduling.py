@@ -106,7 +106,7 @@ async def test_401_unauthorized_and_403_no_scope_mean_what_the_guide_says(
     assert len(upstream.seen) == seen  # the backend saw none of them
 
 
-async def test_a_request_id_of_the_clients_own_is_returned_and_logged(
+async def test_a_request_id_of_the_clients_own_is_returned_and_passed_on(
     gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
 ) -> None:
     """ "Log the X-Request-Id from each response next to your own request ID"."""

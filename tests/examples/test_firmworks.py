@@ -12,7 +12,13 @@ import hmac
 import re
 from typing import Any
 
-from tests.conftest import GatewayFactory, RunningGateway, Upstream, UpstreamFactory
+from tests.conftest import (
+    FakeClock,
+    GatewayFactory,
+    RunningGateway,
+    Upstream,
+    UpstreamFactory,
+)
 from tests.examples.seeds import start_example
 from tests.helpers import Admin, eventually, verify_standard_webhooks
 from tests.webhooks.test_delivery import Receiver, publish, subscribe
@@ -27,13 +33,17 @@ async def call(
 
 
 async def start(
-    gateway_factory: GatewayFactory, store: dict[str, Any], upstream: Upstream
+    gateway_factory: GatewayFactory,
+    store: dict[str, Any],
+    upstream: Upstream,
+    clock: FakeClock | None = None,
 ) -> tuple[RunningGateway, Admin, dict[str, Any]]:
     gw = await start_example(
         gateway_factory,
         "firmworks",
         store=store,
         backend=upstream.url,
+        clock=clock,
         webhooks={"allow_private_targets": True},
         keys={"last_used_interval": "100ms"},  # shown sooner than the shipped once a minute
     )
@@ -108,7 +118,8 @@ async def test_past_the_per_key_cap_is_429_with_retry_after(
 ) -> None:
     """100 a minute per key with brief spikes tolerated: a burst of 120 passes, the next is 429,
     and another key of the same workspace has its own cap."""
-    gw, admin, _ = await start(gateway_factory, store_config, upstream)
+    # The clock stands still: on a slow machine 0.6 s would refill one request mid-burst.
+    gw, admin, _ = await start(gateway_factory, store_config, upstream, FakeClock())
     key = await admin.key("your-workspace", scopes=["read"])
     other = await admin.key("your-workspace", scopes=["read"])
     statuses = [(await call(gw, "GET", "/api/v1/me", key["secret"]))[0] for _ in range(120)]

@@ -339,6 +339,11 @@ async def test_a_reload_changes_which_headers_are_stripped(
     async with gw.session.post(f"{gw.admin_url}/admin/reload", headers=ADMIN) as r:
         assert r.status == 200, await r.text()
     assert await forwarded() == []
+    # Renamed: the old name stays stripped, since its backend may trust it until changed too.
+    write_config(path, upstream, ["/a"], identity={"attribute_headers": {"role": "X-Role"}})
+    async with gw.session.post(f"{gw.admin_url}/admin/reload", headers=ADMIN) as r:
+        assert r.status == 200, await r.text()
+    assert await forwarded() == []
 
 
 # -- the config ----------------------------------------------------------------------------------
@@ -435,4 +440,40 @@ async def test_a_replay_does_not_carry_the_first_callers_attribute_header(
         async with gw.session.post(f"{gw.url}/v1/leads", json={}, headers=headers) as r:
             answers.append((r.status, r.headers.get("X-Crm-Role"), r.headers.get("X-Lead")))
     assert answers == [(201, "sales-manager", "7"), (201, None, "7")]
+    assert len(backend.seen) == 1
+
+
+async def test_another_role_or_scope_never_gets_a_replay_of_its_orgs_answer(
+    gateway_factory: GatewayFactory,
+    upstream_factory: UpstreamFactory,
+    store_config: dict[str, Any],
+) -> None:
+    """Idempotency records are the org's, but what the backend was told about the caller is
+    part of the request: a key with another role or other scopes reusing the Idempotency-Key is
+    a 422, while the same caller after a rotation still gets its replay."""
+
+    async def echo(request: web.BaseRequest) -> web.Response:
+        return web.json_response({"roleSeen": request.headers.get("X-Crm-Role")}, status=201)
+
+    backend = await upstream_factory(echo)
+    config = crm_config(backend, store_config)
+    config["routes"][0]["idempotency"] = "optional"
+    gw = await gateway_factory(config)
+    admin = Admin(gw)
+    await admin.org(plan="free")
+    boss = await admin.key(attributes={"role": "admin"})
+    viewer = await admin.key(attributes={"role": "viewer"})
+    wider = await admin.key(attributes={"role": "admin"}, scopes=["reports:read"])
+
+    async def post(secret: str) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": "ik-roles"}
+        async with gw.session.post(f"{gw.url}/v1/leads", json={}, headers=headers) as r:
+            return r.status, await r.json()
+
+    assert await post(boss["secret"]) == (201, {"roleSeen": "admin"})
+    for other in (viewer, wider):
+        status, body = await post(other["secret"])
+        assert (status, body["error"]["code"]) == (422, "idempotency_key_reused")
+    rotated = await admin.data("POST", f"/admin/keys/{boss['id']}/rotate", {"grace": "1h"})
+    assert await post(rotated["secret"]) == (201, {"roleSeen": "admin"})
     assert len(backend.seen) == 1

@@ -1,0 +1,188 @@
+"""Self-service keys (``keys.self_service.path``): a key manages its own org's keys.
+
+Under the path:
+    GET|POST /, GET|PATCH|DELETE /{id}, POST /{id}/revoke, POST /{id}/rotate.
+
+A key may never make or renew a key more powerful than itself: every scope it grants it must
+hold, a test key makes test keys, a key bound to addresses makes keys bound within them, and a
+made or rotated key expires no later than its maker (so on a plan with key_ttl no key renews
+itself for ever: an admin renews the keys that renew the others). Per-key limits and
+attributes stay an admin's: a new key carries its maker's attributes (the role it acts in),
+and asking for either is a 400.
+DELETE /{id} revokes, like POST /{id}/revoke. Every answer carries the caller's ``limits``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.api.bodies import B, parse_body
+from gateway.api.keys_service import CreateKey, KeyService, RotateKey, UpdateKey
+from gateway.api.limits import limits_view
+from gateway.api.views import key_view
+from gateway.dataplane.chain import RequestContext
+from gateway.dataplane.request_body import read_body
+from gateway.errors import (
+    BadRequest,
+    InsufficientScope,
+    MethodNotAllowed,
+    RouteNotFound,
+    Unauthorized,
+    Unavailable,
+)
+from gateway.http.headers import stamp
+from gateway.keys.keyring import Identity
+from gateway.keys.scopes import ScopePolicy
+from gateway.store import StoreError
+
+_MAX_BODY = 64 * 1024
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SelfServiceKeysApi:
+    """Terminal handler of the self-service routes; auth has checked the key and its scope."""
+
+    def __init__(self, service: KeyService, scopes: ScopePolicy, body_timeout: float) -> None:
+        self.service = service
+        self.scopes = scopes  # the keyring's: what a granted scope implies
+        self.body_timeout = body_timeout
+
+    async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
+        identity = ctx.identity
+        route = ctx.route
+        if identity is None or route is None:
+            raise Unauthorized()
+        base = route.config.path.removesuffix("/{rest:.*}")
+        parts = [p for p in ctx.path[len(base) :].split("/") if p]
+        try:
+            status, data = await self._route(identity, parts, ctx)
+        except StoreError:
+            raise Unavailable("The key store is unavailable; try again shortly.") from None
+        plan = self.service.config.plans.get(identity.org.plan)
+        body = orjson.dumps(
+            {
+                "data": data,
+                "limits": limits_view(plan, identity.key.rate_limit),
+                "meta": {"request_id": ctx.request_id},
+            }
+        )
+        ctx.bytes_out = len(body)
+        response = web.Response(status=status, body=body, content_type="application/json")
+        response.headers["Cache-Control"] = "no-store"
+        stamp(response.headers, ctx.request_id, ctx.response_headers)
+        return response
+
+    async def _body(self, ctx: RequestContext, model: type[B]) -> B:
+        raw = await read_body(ctx, _MAX_BODY, self.body_timeout)
+        return parse_body(raw, model, {"now": self.service.clock()})
+
+    async def _route(
+        self, identity: Identity, parts: list[str], ctx: RequestContext
+    ) -> tuple[int, Any]:
+        s, org, method = self.service, identity.org, ctx.method
+        actor = f"key:{identity.key.id}"
+        match parts:
+            case []:
+                if method == "GET":
+                    return 200, [key_view(k) for k in await s.store.list_keys(org.id)]
+                if method == "POST":
+                    body = self._granted(identity, await self._body(ctx, CreateKey))
+                    expires_by = identity.key.expires_at
+                    key, secret = await s.create(actor, org, body, expires_by=expires_by)
+                    return 201, key_view(key, secret)
+                raise MethodNotAllowed(["GET", "POST"])
+            case [key_id]:
+                if method == "GET":
+                    return 200, key_view(await s.key(key_id, org.id))
+                if method == "PATCH":
+                    key = await s.key(key_id, org.id)
+                    update = await self._body(ctx, UpdateKey)
+                    _admin_only(update.model_fields_set)
+                    return 200, key_view(await s.update(actor, key, update))
+                if method == "DELETE":
+                    return 200, key_view(await s.revoke(actor, await s.key(key_id, org.id)))
+                raise MethodNotAllowed(["GET", "PATCH", "DELETE"])
+            case [key_id, "revoke"]:
+                _only(method, "POST")
+                return 200, key_view(await s.revoke(actor, await s.key(key_id, org.id)))
+            case [key_id, "rotate"]:
+                _only(method, "POST")
+                old = await s.key(key_id, org.id)
+                rotation = await self._body(ctx, RotateKey)
+                # Rotating hands out a new secret for the key: only for one the caller could make.
+                self._check_grantable(identity, old.scopes, old.environment, old.allowed_ips)
+                new, secret = await s.rotate(
+                    actor, old, rotation.grace, expires_by=identity.key.expires_at
+                )
+                return 201, key_view(new, secret)
+        raise RouteNotFound()
+
+    def _check_grantable(
+        self,
+        caller: Identity,
+        scopes: tuple[str, ...],
+        environment: str,
+        networks: tuple[str, ...],
+    ) -> None:
+        """A key's scopes, environment and addresses within the caller's, or 403/400."""
+        # SECURITY: what the scopes imply counts too: a scope the caller holds by a wildcard
+        # may imply one it lacks.
+        granted = self.scopes.expand(scopes)
+        missing = sorted(scope for scope in granted if not ScopePolicy.covers(caller.scopes, scope))
+        if missing:
+            raise InsufficientScope(missing)
+        if caller.key.environment == "test" and environment != "test":
+            raise BadRequest("environment: a test key makes test keys only")
+        if caller.networks:
+            outside = _outside(networks, caller) if networks else ["any address"]
+            if outside:
+                raise BadRequest(
+                    f"allowedIps: {', '.join(outside)} is outside this key's own allowed addresses"
+                )
+
+    def _granted(self, caller: Identity, body: CreateKey) -> CreateKey:
+        """The body a key may ask for: what it holds at most, its addresses and attributes
+        inherited."""
+        _admin_only({"rateLimit"} if body.rateLimit is not None else set())
+        _admin_only({"attributes"} if body.attributes else set())
+        networks = body.allowedIps or caller.key.allowed_ips
+        self._check_grantable(caller, body.scopes, body.environment, networks)
+        limit = caller.key.expires_at
+        if limit is not None and body.expiresAt is not None and body.expiresAt.timestamp() > limit:
+            raise BadRequest("expiresAt: later than this key's own expiry")
+        update = {"allowedIps": networks, "attributes": dict(caller.key.attributes)}
+        return body.model_copy(update=update)
+
+
+def _only(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed([allowed])
+
+
+def _admin_only(fields: set[str]) -> None:
+    for field in ("rateLimit", "attributes"):
+        if field in fields:
+            raise BadRequest(f"{field}: set by an admin, not by a key")
+
+
+def _outside(networks: tuple[str, ...], caller: Identity) -> list[str]:
+    """The networks not inside any of the caller's own."""
+    return [
+        text
+        for text in networks
+        if not any(
+            _inside(ipaddress.ip_network(text, strict=False), own) for own in caller.networks
+        )
+    ]
+
+
+def _inside(network: IPNetwork, own: IPNetwork) -> bool:
+    if isinstance(network, ipaddress.IPv4Network) and isinstance(own, ipaddress.IPv4Network):
+        return network.subnet_of(own)
+    if isinstance(network, ipaddress.IPv6Network) and isinstance(own, ipaddress.IPv6Network):
+        return network.subnet_of(own)
+    return False
