@@ -21,7 +21,7 @@ def limits_view(plan: PlanConfig | None, override: Mapping[str, Any] | None) -> 
     the burst on top; the org's quota and its period; the org's webhook endpoint cap."""
     if plan is None:  # an org on a plan a reload removed: nothing to promise
         plan = PlanConfig()
-    key_limit = RateLimitConfig.model_validate(override) if override else plan.rate_limit
+    key_limit = plan.key_limit(override)
     return {
         "requestsPerMinute": _per_minute(key_limit),
         "burst": None if key_limit is None else key_limit.burst,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -86,6 +87,10 @@ class PlanConfig(Section):
         " after; a later expiresAt is refused; a rotation renews it (e.g. 90d; at most 3650d)."
         " null: keys live until revoked.",
     )
+
+    def key_limit(self, override: Mapping[str, Any] | None) -> RateLimitConfig | None:
+        """A key's own limit: its override (the admin API's rateLimit), else the plan's."""
+        return RateLimitConfig.model_validate(override) if override else self.rate_limit
 
     def capacities(self) -> list[tuple[str, int]]:
         """The most each of the plan's limits lets through at once."""

@@ -45,7 +45,7 @@ def key_bucket(
     prefix: str, org_id: str, key_id: str, override: Mapping[str, Any] | None, plan: PlanConfig
 ) -> Limit | None:
     """The limit of one key: its own override, else its plan's per-key limit, if any."""
-    config = RateLimitConfig.model_validate(override) if override else plan.rate_limit
+    config = plan.key_limit(override)
     if config is None:
         return None
     return bucket("key", f"{org_tag(prefix, org_id)}:key:{key_id}", config)
