@@ -51,24 +51,57 @@ class KeyNotRotatable(GatewayError):
     status, code, message = 409, "conflict", "A revoked or expired key cannot be rotated."
 
 
+class KeyRotatedAlready(KeyNotRotatable):
+    message = "This key was rotated already; rotate the key that replaced it (rotatedTo)."
+
+
+# A key's scopes go to the backend in one header, its networks are checked on every request.
+MAX_SCOPES = 100
+MAX_NETWORKS = 100
+
+
+def _scope_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(check_scope(s) for s in value)
+
+
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(str(parse_network(v)) for v in value)
+
+
 class CreateKey(Body):
     name: str = Field(min_length=1, max_length=200)
-    scopes: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = Field((), max_length=MAX_SCOPES)
     environment: Literal["live", "test"] = "live"
     expiresAt: KeyExpiry | None = None
-    allowedIps: tuple[str, ...] = ()
+    allowedIps: tuple[str, ...] = Field((), max_length=MAX_NETWORKS)
     rateLimit: RateLimitOverride | None = None  # overrides the plan's per-key limit
     attributes: Attributes = Field(default_factory=dict)
 
-    @field_validator("scopes")
-    @classmethod
-    def _scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_scope(s) for s in value)
+    _scopes = field_validator("scopes")(_scope_names)
+    _cidrs = field_validator("allowedIps")(_networks)
 
-    @field_validator("allowedIps")
-    @classmethod
-    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(str(parse_network(v)) for v in value)
+
+class OwnCreateKey(Body):
+    """What a key may ask for at the self-service endpoint: limits and attributes are an
+    admin's (a new key carries its maker's attributes)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: tuple[str, ...] = Field((), max_length=MAX_SCOPES)
+    environment: Literal["live", "test"] = "live"
+    expiresAt: KeyExpiry | None = None
+    allowedIps: tuple[str, ...] = Field((), max_length=MAX_NETWORKS)
+
+    _scopes = field_validator("scopes")(_scope_names)
+    _cidrs = field_validator("allowedIps")(_networks)
+
+    def as_create(self, attributes: dict[str, str]) -> CreateKey:
+        # Validated already (expiresAt against the clock of this request): taken as it is.
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return CreateKey.model_construct(**fields, rateLimit=None, attributes=attributes)
+
+
+class OwnUpdateKey(Body):
+    name: str = Field(min_length=1, max_length=200)
 
 
 class UpdateKey(Body):
@@ -156,7 +189,12 @@ class KeyService:
         Without ``expires_at`` the key lives its plan's ``key_ttl``; a later expiry than that
         is refused, so a plan's promise of keys that expire holds for every key.
         """
-        plan = self.config.plans[org.plan]
+        plan = self.config.plans.get(org.plan)
+        if plan is None:  # a reload removed it: the org has no plan to make keys under
+            raise ApiAccessDisabled(
+                f"The plan {org.plan!r} of org {org.slug!r} is not in the config; move the org"
+                " to another plan."
+            )
         if not plan.api_keys:
             raise ApiAccessDisabled(
                 f"The plan {org.plan!r} of org {org.slug!r} includes no API keys."
@@ -272,6 +310,8 @@ class KeyService:
         now = self.clock()
         if not old.usable_at(now):
             raise KeyNotRotatable()
+        if old.rotated_to is not None:
+            raise KeyRotatedAlready()
         org = await self.store.get_org(old.org_id)
         if org is None:
             raise NotFound(f"No org {old.org_id!r}.")
@@ -297,9 +337,12 @@ class KeyService:
         def shorten(current: ApiKey) -> ApiKey:
             nonlocal before  # the key as it was in the atomic step, for the audit log
             before = current
-            # Checked again on the key as stored now: a revoke that won the race stays.
+            # Checked again on the key as stored now: a revoke that won the race stays, and of
+            # two rotations at once one wins: a key has one replacement, never several.
             if not current.usable_at(now):
                 raise KeyNotRotatable()
+            if current.rotated_to is not None:
+                raise KeyRotatedAlready()
             expires = (
                 grace_end if current.expires_at is None else min(current.expires_at, grace_end)
             )

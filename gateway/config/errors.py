@@ -29,6 +29,7 @@ ERROR_CODES: dict[str, int] = {
     "api_access_disabled": 403,
     "cors_not_allowed": 403,
     "plan_limit_reached": 403,
+    "key_not_grantable": 403,
     "route_not_found": 404,
     "not_found": 404,
     "method_not_allowed": 405,

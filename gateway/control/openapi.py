@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api.bodies import Body
-from gateway.api.keys_service import CreateKey, RotateKey, UpdateKey
+from gateway.api.keys_service import CreateKey, OwnCreateKey, OwnUpdateKey, RotateKey, UpdateKey
 from gateway.config import GatewayConfig
 from gateway.control.openapi_schemas import (
     PATH_PARAMETERS,
@@ -198,8 +198,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Op]]] = {
             "post": Op(
                 "createOwnKey",
                 "201 NewKey",
-                "401 403 429 503",
-                CreateKey,
+                "401 403 409 429 503",
+                OwnCreateKey,
                 meta=_OWN_META,
                 limits=True,
             ),
@@ -207,16 +207,22 @@ OPERATIONS: dict[str, dict[str, dict[str, Op]]] = {
         KEYS + "/{id}": {
             "get": Op("getOwnKey", "200 Key", _OWN, meta=_OWN_META, limits=True),
             "patch": Op(
-                "renameOwnKey", "200 Key", _OWN, UpdateKey, True, meta=_OWN_META, limits=True
+                "renameOwnKey", "200 Key", "409 " + _OWN, OwnUpdateKey, meta=_OWN_META, limits=True
             ),
-            "delete": Op("deleteOwnKey", "200 Key", _OWN, meta=_OWN_META, limits=True),
+            "delete": Op("deleteOwnKey", "200 Key", "409 " + _OWN, meta=_OWN_META, limits=True),
         },
         KEYS + "/{id}/revoke": {
-            "post": Op("revokeOwnKey", "200 Key", _OWN, meta=_OWN_META, limits=True),
+            "post": Op("revokeOwnKey", "200 Key", "409 " + _OWN, meta=_OWN_META, limits=True),
         },
         KEYS + "/{id}/rotate": {
             "post": Op(
-                "rotateOwnKey", "201 NewKey", _OWN, RotateKey, True, meta=_OWN_META, limits=True
+                "rotateOwnKey",
+                "201 NewKey",
+                "409 " + _OWN,
+                RotateKey,
+                True,
+                meta=_OWN_META,
+                limits=True,
             ),
         },
     },
@@ -280,12 +286,14 @@ WHY = {
     ("createOrg", 409): "conflict: an org has this slug already.",
     ("createKey", 403): "api_access_disabled: the org's plan includes no API keys.",
     ("rotateKey", 403): "api_access_disabled: the org's plan includes no API keys.",
-    ("rotateKey", 409): "conflict: the key is revoked or expired.",
     ("createWebhook", 403): "plan_limit_reached: the plan's webhook_endpoints are used up.",
     ("createOwnKey", 403): "insufficient_scope: the caller lacks a scope it asked to grant;"
     " api_access_disabled: the org's plan includes no API keys.",
-    ("rotateOwnKey", 403): "insufficient_scope: the key has a scope the caller lacks.",
-    ("rotateOwnKey", 409): "conflict: the key is revoked or expired.",
+    ("rotateOwnKey", 403): "insufficient_scope: the key has a scope the caller lacks;"
+    " key_not_grantable: it has other attributes or a limit of its own.",
+    ("rotateOwnKey", 409): "conflict: the key is revoked, expired or rotated already, or the"
+    " caller changed during the request.",
+    ("rotateKey", 409): "conflict: the key is revoked, expired or rotated already.",
     ("createOwnWebhook", 403): "insufficient_scope, ...; plan_limit_reached: the plan's"
     " webhook_endpoints are used up.",
     ("pingWebhook", 409): "conflict: the endpoint is disabled.",

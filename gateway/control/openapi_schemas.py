@@ -12,7 +12,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from gateway.api.bodies import Body
-from gateway.api.keys_service import CreateKey, RotateKey, UpdateKey
+from gateway.api.keys_service import CreateKey, OwnCreateKey, OwnUpdateKey, RotateKey, UpdateKey
 from gateway.config import GatewayConfig
 from gateway.config.types import SCOPE
 from gateway.control.orgs_api import CreateOrg, UpdateOrg
@@ -61,6 +61,8 @@ BODIES: tuple[type[Body], ...] = (
     CreateKey,
     UpdateKey,
     RotateKey,
+    OwnCreateKey,
+    OwnUpdateKey,
     CreateEndpoint,
     UpdateEndpoint,
     RotateSecret,
@@ -95,6 +97,8 @@ REFINEMENTS: tuple[tuple[type[Body], str, Schema], ...] = (
     (CreateOrg, "slug", {"pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"}),
     (CreateKey, "scopes", {"items": {**STRING, "pattern": SCOPE.pattern, "maxLength": 100}}),
     (CreateKey, "allowedIps", {"items": _NETWORK}),
+    (OwnCreateKey, "scopes", {"items": {**STRING, "pattern": SCOPE.pattern, "maxLength": 100}}),
+    (OwnCreateKey, "allowedIps", {"items": _NETWORK}),
     (CreateEndpoint, "url", _URL),
     (CreateEndpoint, "events", _EVENTS),
     (UpdateEndpoint, "url", _URL),

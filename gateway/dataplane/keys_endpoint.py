@@ -9,11 +9,13 @@ made or rotated key expires no later than its maker (so on a plan with key_ttl n
 itself for ever: an admin renews the keys that renew the others). Per-key limits and
 attributes stay an admin's: a new key carries its maker's attributes (the role it acts in),
 and asking for either is a 400.
-DELETE /{id} revokes, like POST /{id}/revoke. Every answer carries the caller's ``limits``.
+DELETE /{id} revokes, like POST /{id}/revoke. Every successful answer carries the caller's
+``limits``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from typing import Any
 
@@ -21,13 +23,21 @@ import orjson
 from aiohttp import web
 
 from gateway.api.bodies import B, parse_body
-from gateway.api.keys_service import CreateKey, KeyService, RotateKey, UpdateKey
+from gateway.api.keys_service import (
+    CreateKey,
+    KeyService,
+    OwnCreateKey,
+    OwnUpdateKey,
+    RotateKey,
+    UpdateKey,
+)
 from gateway.api.limits import limits_view
 from gateway.api.views import key_view
 from gateway.dataplane.chain import RequestContext
 from gateway.dataplane.request_body import read_body
 from gateway.errors import (
     BadRequest,
+    GatewayError,
     InsufficientScope,
     MethodNotAllowed,
     RouteNotFound,
@@ -37,9 +47,23 @@ from gateway.errors import (
 from gateway.http.headers import stamp
 from gateway.keys.keyring import Identity
 from gateway.keys.scopes import ScopePolicy
-from gateway.store import StoreError
+from gateway.store import ApiKey, Conflict, StoreError
 
 _MAX_BODY = 64 * 1024
+# Fields of the admin API's key bodies that a key may not set: its limit, its role.
+_ADMINS_FIELDS = ("rateLimit", "attributes")
+
+
+class KeyNotGrantable(GatewayError):
+    """Rotating would hand the caller a secret for a key it could not have made itself."""
+
+    status, code = 403, "key_not_grantable"
+
+
+class CallerChanged(Conflict):
+    message = "This API key changed while the request was under way; send it again."
+
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -78,6 +102,11 @@ class SelfServiceKeysApi:
 
     async def _body(self, ctx: RequestContext, model: type[B]) -> B:
         raw = await read_body(ctx, _MAX_BODY, self.body_timeout)
+        with contextlib.suppress(orjson.JSONDecodeError):  # parse_body says what is wrong
+            asked = orjson.loads(raw or b"{}")
+            for field in _ADMINS_FIELDS:
+                if isinstance(asked, dict) and field in asked:
+                    raise BadRequest(f"{field}: set by an admin, not by a key")
         return parse_body(raw, model, {"now": self.service.clock()})
 
     async def _route(
@@ -90,7 +119,9 @@ class SelfServiceKeysApi:
                 if method == "GET":
                     return 200, [key_view(k) for k in await s.store.list_keys(org.id)]
                 if method == "POST":
-                    body = self._granted(identity, await self._body(ctx, CreateKey))
+                    asked = await self._body(ctx, OwnCreateKey)
+                    await self._still(identity)
+                    body = self._granted(identity, asked)
                     expires_by = identity.key.expires_at
                     key, secret = await s.create(actor, org, body, expires_by=expires_by)
                     return 201, key_view(key, secret)
@@ -100,21 +131,27 @@ class SelfServiceKeysApi:
                     return 200, key_view(await s.key(key_id, org.id))
                 if method == "PATCH":
                     key = await s.key(key_id, org.id)
-                    update = await self._body(ctx, UpdateKey)
-                    _admin_only(update.model_fields_set)
+                    rename = await self._body(ctx, OwnUpdateKey)
+                    await self._still(identity)
+                    update = UpdateKey(name=rename.name)
                     return 200, key_view(await s.update(actor, key, update))
                 if method == "DELETE":
+                    await self._still(identity)
                     return 200, key_view(await s.revoke(actor, await s.key(key_id, org.id)))
                 raise MethodNotAllowed(["GET", "PATCH", "DELETE"])
             case [key_id, "revoke"]:
                 _only(method, "POST")
+                await self._still(identity)
                 return 200, key_view(await s.revoke(actor, await s.key(key_id, org.id)))
             case [key_id, "rotate"]:
                 _only(method, "POST")
                 old = await s.key(key_id, org.id)
                 rotation = await self._body(ctx, RotateKey)
-                # Rotating hands out a new secret for the key: only for one the caller could make.
+                await self._still(identity)
+                # Rotating hands out a new secret for the key: only for one the caller could make,
+                # which includes the role it acts in and the limit it has.
                 self._check_grantable(identity, old.scopes, old.environment, old.allowed_ips)
+                _same_standing(identity.key, old)
                 new, secret = await s.rotate(
                     actor, old, rotation.grace, expires_by=identity.key.expires_at
                 )
@@ -144,18 +181,25 @@ class SelfServiceKeysApi:
                     f"allowedIps: {', '.join(outside)} is outside this key's own allowed addresses"
                 )
 
-    def _granted(self, caller: Identity, body: CreateKey) -> CreateKey:
+    async def _still(self, caller: Identity) -> None:
+        """The caller as it is stored now: a key revoked, expired or changed while its request
+        was under way (a body sent slowly) must not act on what it was."""
+        current = await self.service.store.get_key(caller.key.id)
+        if current is None or not current.usable_at(self.service.clock()):
+            raise Unauthorized()
+        if _standing(current) != _standing(caller.key):
+            raise CallerChanged()
+
+    def _granted(self, caller: Identity, asked: OwnCreateKey) -> CreateKey:
         """The body a key may ask for: what it holds at most, its addresses and attributes
         inherited."""
-        _admin_only({"rateLimit"} if body.rateLimit is not None else set())
-        _admin_only({"attributes"} if body.attributes else set())
+        body = asked.as_create(dict(caller.key.attributes))
         networks = body.allowedIps or caller.key.allowed_ips
         self._check_grantable(caller, body.scopes, body.environment, networks)
         limit = caller.key.expires_at
         if limit is not None and body.expiresAt is not None and body.expiresAt.timestamp() > limit:
             raise BadRequest("expiresAt: later than this key's own expiry")
-        update = {"allowedIps": networks, "attributes": dict(caller.key.attributes)}
-        return body.model_copy(update=update)
+        return body.model_copy(update={"allowedIps": networks})
 
 
 def _only(method: str, allowed: str) -> None:
@@ -163,10 +207,18 @@ def _only(method: str, allowed: str) -> None:
         raise MethodNotAllowed([allowed])
 
 
-def _admin_only(fields: set[str]) -> None:
-    for field in ("rateLimit", "attributes"):
-        if field in fields:
-            raise BadRequest(f"{field}: set by an admin, not by a key")
+def _standing(key: ApiKey) -> tuple[object, ...]:
+    """What a key may grant by: its scopes, environment, networks, expiry, role and limit."""
+    attributes = sorted(key.attributes.items())
+    limit = sorted((key.rate_limit or {}).items())
+    return (key.scopes, key.environment, key.allowed_ips, key.expires_at, attributes, limit)
+
+
+def _same_standing(caller: ApiKey, key: ApiKey) -> None:
+    if key.attributes != caller.attributes:
+        raise KeyNotGrantable("This key acts with other attributes (a role) than the caller's.")
+    if key.rate_limit is not None and key.rate_limit != caller.rate_limit:
+        raise KeyNotGrantable("This key has a rate limit of its own that the caller does not.")
 
 
 def _outside(networks: tuple[str, ...], caller: Identity) -> list[str]:

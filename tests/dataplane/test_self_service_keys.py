@@ -4,6 +4,8 @@ powerful than itself; plans with key_ttl bound every key's life; config errors n
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -11,7 +13,15 @@ import yaml
 from gateway.api.views import iso
 from gateway.config import parse_config
 from tests.config.test_config import problems
-from tests.conftest import FakeClock, GatewayFactory, RunningGateway, Upstream, make_config
+from tests.conftest import (
+    FakeClock,
+    GatewayFactory,
+    RunningGateway,
+    Upstream,
+    make_config,
+    parse_response,
+    read_one_response,
+)
 from tests.helpers import Admin, eventually
 
 PATH = "/api/keys"
@@ -533,3 +543,123 @@ def test_an_overlap_error_starts_with_the_field_it_names() -> None:
     assert problem.startswith("keys.self_service.path: "), (
         f"BUG: the overlap error should start with the field it names, got {problem!r}"
     )
+
+
+async def test_rotating_a_key_with_another_role_or_its_own_limit_is_refused(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """The new secret would act with the old key's role and limit: a key may rotate only keys
+    that stand where it does."""
+    gw, admin = await start(gateway_factory, upstream, store_config)
+    await admin.org("acme", plan="pro")
+    viewer = await admin.key("acme", scopes=["keys:write"], attributes={"role": "viewer"})
+    boss = await admin.key("acme", scopes=["keys:write"], attributes={"role": "admin"})
+    fast = await admin.key(
+        "acme",
+        scopes=["keys:write"],
+        attributes={"role": "viewer"},
+        rateLimit={"requests": 100000, "per": "1s"},
+    )
+    peer = await admin.key("acme", scopes=["keys:write"], attributes={"role": "viewer"})
+    s = viewer["secret"]
+    for key in (boss, fast):
+        status, answer = await api(gw, s, "POST", f"{PATH}/{key['id']}/rotate", {})
+        assert (status, answer["error"]["code"]) == (403, "key_not_grantable"), answer
+        assert await works(gw, key["secret"]) == 200  # untouched
+    assert (await ok(gw, s, "POST", f"{PATH}/{peer['id']}/rotate", {}, 201))["secret"]
+
+
+async def test_a_key_revoked_while_its_request_is_under_way_makes_nothing(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """Auth checked the key when the request began; a body sent slowly gives time to revoke
+    it, and the key must be checked again before it acts."""
+    gw, admin = await start(gateway_factory, upstream, store_config)
+    await admin.org("acme", plan="pro")
+    maker = await admin.key("acme", scopes=["keys:write"])
+    body = b'{"name": "late", "scopes": []}'
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {maker['secret']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(head + body[:5])
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the gateway has authenticated and waits for the body
+        await admin.data("POST", f"/admin/keys/{maker['id']}/revoke")
+        writer.write(body[5:])
+        await writer.drain()
+        status, _, answer = parse_response(await read_one_response(reader))
+    finally:
+        writer.close()
+    assert status == 401, answer
+    keys = await admin.data("GET", "/admin/orgs/acme/keys")
+    assert [k["name"] for k in keys] == ["k"]
+
+
+async def test_a_key_is_rotated_once_however_many_ask_at_once(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """One replacement per key: of five rotations at once one wins, the others are 409, and
+    rotating the rotated key later is 409 too (rotate its replacement)."""
+    _, admin = await start(gateway_factory, upstream, store_config)
+    await admin.org("acme", plan="pro")
+    old = await admin.key("acme", scopes=["items:read"])
+    calls = [
+        admin.call("POST", f"/admin/keys/{old['id']}/rotate", {"grace": "1h"}) for _ in range(5)
+    ]
+    answers = await asyncio.gather(*calls)
+    assert sorted(status for status, _ in answers) == [201, 409, 409, 409, 409]
+    (winner,) = [body["data"] for status, body in answers if status == 201]
+    live = [k for k in await admin.data("GET", "/admin/orgs/acme/keys") if k["revokedAt"] is None]
+    assert {k["id"] for k in live} == {old["id"], winner["id"]}
+    assert (await admin.data("GET", f"/admin/keys/{old['id']}"))["rotatedTo"] == winner["id"]
+    status, body = await admin.call("POST", f"/admin/keys/{old['id']}/rotate", {})
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    assert "rotated already" in body["error"]["message"]
+
+
+async def test_too_many_scopes_or_networks_are_refused(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """A key's scopes go to the backend in one header: 100 at most, and 100 networks."""
+    gw, admin = await start(gateway_factory, upstream, store_config)
+    await admin.org("acme", plan="pro")
+    maker = await admin.key("acme", scopes=["*"])
+    many = [f"s{i}:read" for i in range(101)]
+    networks = [f"10.0.{i}.0/24" for i in range(101)]
+    for body in ({"name": "n", "scopes": many}, {"name": "n", "allowedIps": networks}):
+        await refused(gw, maker["secret"], "POST", PATH, body, 400, "at most 100")
+        status, answer = await admin.call("POST", "/admin/orgs/acme/keys", body)
+        assert status == 400, answer
+
+
+async def test_an_org_whose_plan_a_reload_removed_gets_no_new_key_and_no_500(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    path = tmp_path / "gateway.yaml"
+
+    def write(plans: dict[str, Any]) -> None:
+        config = make_config(
+            {"app": {"targets": [upstream.url]}},
+            [{"path": "/v1/items", "upstream": "app", "auth": "key"}],
+            store={"path": str(tmp_path / "state.db")},
+            plans=plans,
+        )
+        path.write_text(yaml.safe_dump(config))
+
+    write({"pro": PRO, "old": {}})
+    gw = await gateway_factory(path)
+    admin = Admin(gw)
+    await admin.org("acme", plan="old")
+    key = await admin.key("acme")
+    write({"pro": PRO})
+    await admin.data("POST", "/admin/reload")
+    for method, route in (
+        ("POST", "/admin/orgs/acme/keys"),
+        ("POST", f"/admin/keys/{key['id']}/rotate"),
+    ):
+        status, body = await admin.call(method, route, {"name": "k"} if "orgs" in route else {})
+        assert (status, body["error"]["code"]) == (403, "api_access_disabled"), body
+        assert "not in the config" in body["error"]["message"]
