@@ -93,6 +93,16 @@ _NETWORK: Schema = {
     ],
     "description": "An IP address or CIDR range, e.g. 10.0.0.0/8.",
 }
+_FILTERS: Schema = {  # gateway/webhooks/service.py _check_filters
+    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},
+    "maxProperties": 10,
+    "additionalProperties": {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 100,
+        "items": {**STRING, "minLength": 1, "maxLength": 200},
+    },
+}
 REFINEMENTS: tuple[tuple[type[Body], str, Schema], ...] = (
     (CreateOrg, "slug", {"pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"}),
     (CreateKey, "scopes", {"items": {**STRING, "pattern": SCOPE.pattern, "maxLength": 100}}),
@@ -103,6 +113,8 @@ REFINEMENTS: tuple[tuple[type[Body], str, Schema], ...] = (
     (CreateEndpoint, "events", _EVENTS),
     (UpdateEndpoint, "url", _URL),
     (UpdateEndpoint, "events", _EVENTS),
+    (CreateEndpoint, "filters", _FILTERS),
+    (UpdateEndpoint, "filters", _FILTERS),
     (PublishEvent, "type", _EVENT_TYPE),
 )
 
@@ -172,6 +184,7 @@ _ENDPOINT = {
     "orgId": STRING,
     "url": STRING,
     "events": listing(STRING),
+    "filters": {"type": "object", "additionalProperties": listing(STRING)},
     "description": STRING,
     "status": {"enum": ["enabled", "disabled"]},
     "disabledReason": nullable(STRING),

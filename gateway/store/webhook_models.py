@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
@@ -31,9 +31,27 @@ class Endpoint:
     description: str = ""
     disabled_reason: str | None = None
     updated_at: float | None = None
+    # Fields of the published data and the values wanted, e.g. {"module": ("leads",)}: an
+    # event whose data has another value there (or none) is not for this endpoint.
+    filters: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def wants(self, event_type: str) -> bool:
         return self.status == "enabled" and ("*" in self.events or event_type in self.events)
+
+    def accepts(self, data: Any) -> bool:
+        """Whether the event's data passes every filter (strings and integers compared as
+        text: {"record_id": 42} passes ["42"])."""
+        if not self.filters:
+            return True
+        if not isinstance(data, dict):
+            return False
+        for name, wanted in self.filters.items():
+            value = data.get(name)
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                return False
+            if str(value) not in wanted:
+                return False
+        return True
 
     def signing_secrets(self, now: float) -> list[str]:
         """The secrets that sign now: the current one, and an old one during its overlap."""
@@ -50,6 +68,7 @@ class Endpoint:
         data = dict(record)
         data["events"] = tuple(data["events"])
         data["secrets"] = tuple(Secret(**s) for s in data["secrets"])
+        data["filters"] = {k: tuple(v) for k, v in (data.get("filters") or {}).items()}
         return cls(**data)
 
     def with_changes(self, **changes: Any) -> Endpoint:

@@ -18,6 +18,7 @@ from gateway.api.bodies import Body, parse_body
 from gateway.api.bounds import SecretOverlap
 from gateway.api.views import NotFound, find_org, iso
 from gateway.config import GatewayConfig
+from gateway.config.types import FIELD_NAME
 from gateway.config.webhooks import EVENT_TYPE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.keys.secrets import ALPHABET
@@ -83,13 +84,39 @@ def _check_target(value: str, info: ValidationInfo) -> str:
     return value
 
 
+def _check_filters(value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    if len(value) > MAX_FILTERS:
+        raise ValueError(f"at most {MAX_FILTERS} fields")
+    for name, wanted in value.items():
+        if not FIELD_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a field name (letters, digits and _)")
+        if not wanted or len(wanted) > 100:
+            raise ValueError(f"{name}: list 1 to 100 values")
+        for item in wanted:
+            if not item or len(item) > 200:
+                raise ValueError(f"{name}: each value is 1 to 200 characters")
+    return {name: tuple(dict.fromkeys(wanted)) for name, wanted in value.items()}
+
+
+# Filters on fields of the published data: which of an org's events an endpoint gets.
+MAX_FILTERS = 10
+_FILTERS_DESCRIPTION = (
+    'Fields of the published data and the values wanted, e.g. {"module": ["leads"]}: only'
+    " events whose data holds one of them (strings and integers, compared as text)."
+)
+
+
 class CreateEndpoint(Body):
     url: str = Field(description="A public http(s) URL.")
     events: tuple[str, ...] = Field(description='Event types, or "*" for every type.')
     description: str = Field("", max_length=500)
+    filters: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description=_FILTERS_DESCRIPTION
+    )
 
     _url = field_validator("url")(_check_target)
     _events = field_validator("events")(_check_events)
+    _filters = field_validator("filters")(_check_filters)
 
 
 class UpdateEndpoint(Body):
@@ -97,6 +124,9 @@ class UpdateEndpoint(Body):
     events: tuple[str, ...] | None = None
     description: str | None = Field(None, max_length=500)
     status: str | None = Field(None, pattern="^(enabled|disabled)$")
+    filters: dict[str, tuple[str, ...]] | None = Field(
+        None, description=_FILTERS_DESCRIPTION + " Replaces them all; {} removes them."
+    )
 
     @field_validator("url")
     @classmethod
@@ -107,6 +137,13 @@ class UpdateEndpoint(Body):
     @classmethod
     def _events(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return None if value is None else _check_events(value)
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(
+        cls, value: dict[str, tuple[str, ...]] | None
+    ) -> dict[str, tuple[str, ...]] | None:
+        return None if value is None else _check_filters(value)
 
 
 class RotateSecret(Body):
@@ -135,6 +172,7 @@ def endpoint_view(endpoint: Endpoint, now: float, secret: str | None = None) -> 
             "orgId": endpoint.org_id,
             "url": endpoint.url,
             "events": list(endpoint.events),
+            "filters": {name: list(wanted) for name, wanted in endpoint.filters.items()},
             "description": endpoint.description,
             "status": endpoint.status,
             "disabledReason": endpoint.disabled_reason,
@@ -226,6 +264,7 @@ class WebhookService:
             secrets=(Secret(self.box.seal(secret)),),
             created_at=now,
             description=body.description,
+            filters=dict(body.filters),
         )
         cap = self.endpoint_cap(org)
         if not await self.store.webhooks.create_endpoint(endpoint, cap):
@@ -262,7 +301,7 @@ class WebhookService:
             await self._check_resolves(body.url)
         now = self.clock()
         changes: dict[str, Any] = {"updated_at": now}
-        for field in ("url", "events", "description"):
+        for field in ("url", "events", "description", "filters"):
             if getattr(body, field) is not None:
                 changes[field] = getattr(body, field)
         if body.status is not None:
@@ -370,7 +409,7 @@ class WebhookService:
         endpoints = [
             e
             for e in await self.store.webhooks.list_endpoints(org_id)
-            if e.wants(event_type) or e.wants(alias)
+            if (e.wants(event_type) or e.wants(alias)) and e.accepts(data)
         ]
         return await self._publish(org_id, event_type, data, endpoints, source, event_id)
 

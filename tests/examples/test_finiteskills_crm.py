@@ -156,9 +156,16 @@ async def test_webhooks_carry_the_documented_payload_and_signature(
     )
     assert status == 201, raw
     endpoint = orjson.loads(raw)["data"]
+    # "Filter by module list": this one wants deals only.
+    deals = await Receiver().start(upstream_factory)
+    body = {"url": deals.url, "events": ["create", "update"], "filters": {"module": ["deals"]}}
+    assert (await call(gw, "POST", "/api/webhooks", key["secret"], body))[0] == 201
     data = {"module": "leads", "record_id": 42, "id": 42, "name": "Asha Rao", "status": "New"}
     await publish(admin, "create", data, org="acme-pumps")
-    (delivery,) = await receiver.wait_for(1)
+    await publish(admin, "update", {"module": "deals", "record_id": 7, "id": 7}, org="acme-pumps")
+    (deal,) = await deals.wait_for(1)
+    assert (deal.event["module"], deal.event["record_id"]) == ("deals", 7)
+    (delivery,) = [d for d in await receiver.wait_for(2) if d.event["module"] == "leads"]
     event = delivery.event
     assert list(event) == ["event", "module", "record_id", "occurred_at", "data"]
     assert (event["event"], event["module"], event["record_id"]) == ("create", "leads", 42)
@@ -170,7 +177,7 @@ async def test_webhooks_carry_the_documented_payload_and_signature(
     # The ping test event is called ping.
     status, _, _ = await call(gw, "POST", f"/api/webhooks/{endpoint['id']}/ping", key["secret"])
     assert status < 300
-    _, ping = await receiver.wait_for(2)
+    ping = (await receiver.wait_for(3))[2]
     assert ping.event["event"] == "ping"
 
 

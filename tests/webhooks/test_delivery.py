@@ -786,3 +786,61 @@ async def test_with_workers_the_supervisor_takes_events_and_the_workers_deliver(
         {k.lower(): v for k, v in got.headers.items()}["webhook-id"] for got in receiver.received
     )
     assert delivered == sorted(ids)
+
+
+async def test_filters_on_the_published_data_choose_the_events_an_endpoint_gets(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory, store_config: dict[str, Any]
+) -> None:
+    """ "Filter by module list": an endpoint with filters gets only the events whose data holds
+    a wanted value in each filtered field (integers compared as text); a ping still reaches it;
+    a PATCH replaces the filters and {} removes them; bad filters are a 400 naming the field."""
+    leads = await Receiver().start(upstream_factory)
+    everything = await Receiver().start(upstream_factory)
+    gw = await gateway_factory(hook_config(store_config))
+    admin = Admin(gw)
+    await admin.org("acme")
+    status, body = await admin.call(
+        "POST",
+        "/admin/orgs/acme/webhooks",
+        {"url": leads.url, "events": ["*"], "filters": {"module": ["leads", "deals"]}},
+    )
+    assert status == 201, body
+    filtered = body["data"]
+    assert filtered["filters"] == {"module": ["leads", "deals"]}
+    await subscribe(admin, everything.url, ["*"])
+
+    await publish(admin, "create", {"module": "contacts", "record_id": 1})
+    await publish(admin, "create", {"record_id": 2})  # no module at all
+    await publish(admin, "create", ["not", "an", "object"])
+    await publish(admin, "update", {"module": "deals", "record_id": 3})
+    await everything.wait_for(4)
+    (got,) = await leads.wait_for(1)
+    assert got.event["data"] == {"module": "deals", "record_id": 3}
+
+    status, _ = await admin.call("POST", f"/admin/webhooks/{filtered['id']}/ping")
+    assert status == 202
+    ping = (await leads.wait_for(2))[1]
+    assert ping.event["type"] == "webhook.ping"
+
+    changed = await admin.data(
+        "PATCH", f"/admin/webhooks/{filtered['id']}", {"filters": {"record_id": ["4"]}}
+    )
+    assert changed["filters"] == {"record_id": ["4"]}
+    await publish(admin, "create", {"module": "leads", "record_id": 4})
+    assert (await leads.wait_for(3))[2].event["data"]["record_id"] == 4
+    cleared = await admin.data("PATCH", f"/admin/webhooks/{filtered['id']}", {"filters": {}})
+    assert cleared["filters"] == {}
+
+    for filters, text in (
+        ({"mod ule": ["x"]}, "not a field name"),
+        ({"module": []}, "list 1 to 100 values"),
+        ({f"f{i}": ["x"] for i in range(11)}, "at most 10 fields"),
+        ({"module": "leads"}, "filters"),
+    ):
+        status, body = await admin.call(
+            "POST",
+            "/admin/orgs/acme/webhooks",
+            {"url": leads.url, "events": ["*"], "filters": filters},
+        )
+        assert status == 400, body
+        assert text in body["error"]["message"], body
