@@ -55,6 +55,17 @@ class KeyRotatedAlready(KeyNotRotatable):
     message = "This key was rotated already; rotate the key that replaced it (rotatedTo)."
 
 
+class KeyChangedMeanwhile(KeyNotRotatable):
+    message = "This key was changed while it was being rotated; rotate it again."
+
+
+def standing(key: ApiKey) -> tuple[object, ...]:
+    """What a key acts with: scopes, environment, networks, role and limit (not its expiry)."""
+    attributes = sorted(key.attributes.items())
+    limit = sorted((key.rate_limit or {}).items())
+    return (key.scopes, key.environment, key.allowed_ips, attributes, limit)
+
+
 # A key's scopes go to the backend in one header, its networks are checked on every request.
 MAX_SCOPES = 100
 MAX_NETWORKS = 100
@@ -94,10 +105,13 @@ class OwnCreateKey(Body):
     _scopes = field_validator("scopes")(_scope_names)
     _cidrs = field_validator("allowedIps")(_networks)
 
-    def as_create(self, attributes: dict[str, str]) -> CreateKey:
+    def as_create(self, attributes: dict[str, str], rate_limit: dict[str, Any] | None) -> CreateKey:
+        """The admin API's body for it, with the maker's attributes and own limit: a key makes
+        keys that act in its role and under its throttle, never above them."""
         # Validated already (expiresAt against the clock of this request): taken as it is.
         fields = {name: getattr(self, name) for name in type(self).model_fields}
-        return CreateKey.model_construct(**fields, rateLimit=None, attributes=attributes)
+        limit = None if rate_limit is None else RateLimitOverride.model_validate(rate_limit)
+        return CreateKey.model_construct(**fields, rateLimit=limit, attributes=attributes)
 
 
 class OwnUpdateKey(Body):
@@ -343,6 +357,10 @@ class KeyService:
                 raise KeyNotRotatable()
             if current.rotated_to is not None:
                 raise KeyRotatedAlready()
+            # The new key was made from the key as read before: a change made since (a role
+            # taken away, a limit set) must not be undone by its replacement.
+            if standing(current) != standing(old):
+                raise KeyChangedMeanwhile()
             expires = (
                 grace_end if current.expires_at is None else min(current.expires_at, grace_end)
             )

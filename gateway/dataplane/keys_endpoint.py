@@ -30,6 +30,7 @@ from gateway.api.keys_service import (
     OwnUpdateKey,
     RotateKey,
     UpdateKey,
+    standing,
 )
 from gateway.api.limits import limits_view
 from gateway.api.views import key_view
@@ -58,6 +59,10 @@ class KeyNotGrantable(GatewayError):
     """Rotating would hand the caller a secret for a key it could not have made itself."""
 
     status, code = 403, "key_not_grantable"
+
+
+class KeyReplaced(Conflict):
+    message = "This API key was replaced (rotatedTo); use its replacement."
 
 
 class CallerChanged(Conflict):
@@ -148,6 +153,9 @@ class SelfServiceKeysApi:
                 old = await s.key(key_id, org.id)
                 rotation = await self._body(ctx, RotateKey)
                 await self._still(identity)
+                if identity.key.rotated_to is not None:
+                    # A key in its grace renewing its own replacement would cut it short.
+                    raise KeyReplaced()
                 # Rotating hands out a new secret for the key: only for one the caller could make,
                 # which includes the role it acts in and the limit it has.
                 self._check_grantable(identity, old.scopes, old.environment, old.allowed_ips)
@@ -187,13 +195,13 @@ class SelfServiceKeysApi:
         current = await self.service.store.get_key(caller.key.id)
         if current is None or not current.usable_at(self.service.clock()):
             raise Unauthorized()
-        if _standing(current) != _standing(caller.key):
+        if standing(current) != standing(caller.key) or current.expires_at != caller.key.expires_at:
             raise CallerChanged()
 
     def _granted(self, caller: Identity, asked: OwnCreateKey) -> CreateKey:
         """The body a key may ask for: what it holds at most, its addresses and attributes
         inherited."""
-        body = asked.as_create(dict(caller.key.attributes))
+        body = asked.as_create(dict(caller.key.attributes), caller.key.rate_limit)
         networks = body.allowedIps or caller.key.allowed_ips
         self._check_grantable(caller, body.scopes, body.environment, networks)
         limit = caller.key.expires_at
@@ -207,18 +215,11 @@ def _only(method: str, allowed: str) -> None:
         raise MethodNotAllowed([allowed])
 
 
-def _standing(key: ApiKey) -> tuple[object, ...]:
-    """What a key may grant by: its scopes, environment, networks, expiry, role and limit."""
-    attributes = sorted(key.attributes.items())
-    limit = sorted((key.rate_limit or {}).items())
-    return (key.scopes, key.environment, key.allowed_ips, key.expires_at, attributes, limit)
-
-
 def _same_standing(caller: ApiKey, key: ApiKey) -> None:
     if key.attributes != caller.attributes:
         raise KeyNotGrantable("This key acts with other attributes (a role) than the caller's.")
-    if key.rate_limit is not None and key.rate_limit != caller.rate_limit:
-        raise KeyNotGrantable("This key has a rate limit of its own that the caller does not.")
+    if key.rate_limit != caller.rate_limit:
+        raise KeyNotGrantable("This key has another rate limit of its own than the caller's.")
 
 
 def _outside(networks: tuple[str, ...], caller: Identity) -> list[str]:

@@ -14,6 +14,7 @@ from gateway.api.views import iso
 from gateway.config import parse_config
 from tests.config.test_config import problems
 from tests.conftest import (
+    ADMIN_TOKEN,
     FakeClock,
     GatewayFactory,
     RunningGateway,
@@ -663,3 +664,60 @@ async def test_an_org_whose_plan_a_reload_removed_gets_no_new_key_and_no_500(
         status, body = await admin.call(method, route, {"name": "k"} if "orgs" in route else {})
         assert (status, body["error"]["code"]) == (403, "api_access_disabled"), body
         assert "not in the config" in body["error"]["message"]
+
+
+async def test_a_throttled_key_makes_throttled_keys_and_a_replaced_key_renews_nothing(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """A key with its own limit makes keys under that limit, and rotates only keys with the
+    same; a key already replaced (in its grace) may not rotate its replacement, which would cut
+    that short."""
+    gw, admin = await start(gateway_factory, upstream, store_config)
+    await admin.org("acme", plan="pro")
+    slow = {"requests": 2, "per": 60.0, "burst": 0}
+    throttled = await admin.key("acme", scopes=["keys:write"], rateLimit=slow)
+    made = await ok(gw, throttled["secret"], "POST", PATH, {"name": "child"}, 201)
+    assert made["rateLimit"] == slow
+    free = await admin.key("acme", scopes=["keys:write"])
+    status, answer = await api(gw, throttled["secret"], "POST", f"{PATH}/{free['id']}/rotate", {})
+    assert (status, answer["error"]["code"]) == (403, "key_not_grantable")
+
+    old = await admin.key("acme", scopes=["keys:write"])
+    new = await admin.data("POST", f"/admin/keys/{old['id']}/rotate", {"grace": "1h"})
+    status, answer = await api(gw, old["secret"], "POST", f"{PATH}/{new['id']}/rotate", {})
+    assert (status, answer["error"]["code"]) == (409, "conflict"), answer
+    assert "use its replacement" in answer["error"]["message"]
+    assert await works(gw, new["secret"]) == 200
+
+
+async def test_a_change_made_to_a_key_while_it_is_rotated_is_not_undone(
+    gateway_factory: GatewayFactory, upstream: Upstream, store_config: dict[str, Any]
+) -> None:
+    """The replacement is made from the key as read when the rotation began: a role taken
+    away meanwhile (its body sent slowly) makes the rotation a 409, and no replacement lives."""
+    gw, admin = await start(gateway_factory, upstream, store_config)
+    await admin.org("acme", plan="pro")
+    target = await admin.key("acme", attributes={"role": "admin"})
+    body = b'{"grace": "1h"}'
+    port = int(gw.admin_url.rsplit(":", 1)[1])
+    head = (
+        f"POST /admin/keys/{target['id']}/rotate HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body[:3])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        await admin.data("PATCH", f"/admin/keys/{target['id']}", {"attributes": {"role": "viewer"}})
+        writer.write(body[3:])
+        await writer.drain()
+        status, _, answer = parse_response(await read_one_response(reader))
+    finally:
+        writer.close()
+    assert status == 409, answer
+    assert b"changed while it was being rotated" in answer
+    keys = await admin.data("GET", "/admin/orgs/acme/keys")
+    live = [k for k in keys if k["revokedAt"] is None]
+    assert [(k["id"], k["attributes"]) for k in live] == [(target["id"], {"role": "viewer"})]
