@@ -5,9 +5,12 @@ feature at all (bench/floor_proxy.py); its CPU per request is the part of the ga
 no Python code can remove. The gateway also runs with API keys (gateway+auth) and with rate
 limits that never refuse, on the local store (gateway+limits) and on a Redis the harness
 starts (gateway+limits+redis), and with the full pipeline (gateway+full: a key with the
-route's scope, a Redis rate limit, identity headers, the access log). Every contender is
-measured at each connection count in turn (50 and 256 by default: one table each), and issue
-13's targets are judged under each table from that table's figures.
+route's scope, a Redis rate limit, identity headers, the access log), the same on a Redis
+Cluster (gateway+full+cluster), and the same with an OAuth access token instead of the key
+(gateway+full+jwt: the route takes `auth: [key, oauth]`, the load carries an RS256 JWT signed by
+a key the harness makes per run and gives the gateway inline). Every contender is measured at
+each connection count in turn (50 and 256 by default: one table each), and issue 13's targets
+are judged under each table from that table's figures.
 """
 
 # Over 400 lines: one script on purpose, so every contender's set-up sits beside the others and a
@@ -27,10 +30,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -64,6 +69,9 @@ from harness import (
 )
 from targets import Verdict, ratio_target, render_verdicts
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
 CONTENDERS = (
     "direct",
     "aiohttp-bare",
@@ -74,6 +82,7 @@ CONTENDERS = (
     "gateway+limits",
     "gateway+limits+redis",
     "gateway+full",
+    "gateway+full+jwt",
     "gateway+full+cluster",
     "nginx-proxy",
 )
@@ -142,6 +151,8 @@ class GatewayVariant:
     cluster: bool = False  # that Redis is a 3-master Redis Cluster
     # The route requires a scope the bench key has; a second key, without it, must get 403.
     scope: bool = False
+    # The route takes `auth: [key, oauth]` and the load carries a JWT instead of the key.
+    jwt: bool = False
 
 
 GATEWAYS = {
@@ -157,17 +168,26 @@ GATEWAYS = {
     "gateway+full+cluster": GatewayVariant(
         access_log=True, auth=True, limits=True, redis=True, scope=True, cluster=True
     ),
+    # The same with an OAuth access token (a JWT) where the key was: its ratio to gateway+full
+    # is what a token costs beside a key (the issue: no more).
+    "gateway+full+jwt": GatewayVariant(
+        access_log=True, auth=True, limits=True, redis=True, scope=True, jwt=True
+    ),
 }
 BENCH_PLAN = "bench"
 BENCH_ORG = "bench"
 BENCH_SCOPE = "bench:read"
 # A sustained rate no run comes near: every request is counted, none is refused.
 NEVER_REFUSE = {"requests": 1_000_000_000, "per": "1m"}
+# The authorization server the JWT contender's tokens come from: names only, nothing is fetched.
+BENCH_ISSUER = "https://auth.bench.invalid"
+BENCH_AUDIENCE = "https://api.bench.invalid"
+BENCH_KID = "bench"
 
 
 def unsupported(variant: GatewayVariant) -> str | None:
     """Why the checked-out gateway cannot run this variant, or None when it can."""
-    from gateway.config import AdminConfig, PlanConfig, RouteConfig, StoreConfig
+    from gateway.config import AdminConfig, GatewayConfig, PlanConfig, RouteConfig, StoreConfig
 
     if variant.auth and "token" not in AdminConfig.model_fields:
         return "this gateway has no admin token setting"
@@ -183,7 +203,46 @@ def unsupported(variant: GatewayVariant) -> str | None:
         return "this gateway has no Redis Cluster store"
     if variant.cluster and not shutil.which("redis-cli"):
         return "redis-cli not installed"
+    if variant.jwt and "oauth" not in GatewayConfig.model_fields:
+        return "this gateway has no OAuth access tokens"
     return None
+
+
+class TokenIssuer:
+    """Stands in for the authorization server: an RSA key made for this run, whose public half
+    the gateway is given inline (no network), and the RS256 access tokens it signs. Another
+    issuer's tokens carry the same kid and iss but fail the signature check."""
+
+    def __init__(self) -> None:
+        # Imported here: a gateway from before OAuth may not have them installed.
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from jwt.algorithms import RSAAlgorithm
+
+        self._key: RSAPrivateKey = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = RSAAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
+        self.public_jwk: dict[str, object] = {**public, "kid": BENCH_KID, "alg": "RS256"}
+
+    def token(self, scope: str | None = BENCH_SCOPE) -> str:
+        """An access token (RFC 9068) for the bench org, valid for a day; without a scope claim
+        when scope is None."""
+        import jwt
+
+        now = int(time.time())
+        claims: dict[str, object] = {
+            "iss": BENCH_ISSUER,
+            "aud": BENCH_AUDIENCE,
+            "sub": "bench-user",
+            "client_id": "bench-client",
+            # Tokens name their org by id or slug: the slug is known before the org is made.
+            "org_id": BENCH_ORG,
+            "iat": now,
+            "exp": now + 86_400,
+        }
+        if scope is not None:
+            claims["scope"] = scope
+        return jwt.encode(
+            claims, self._key, algorithm="RS256", headers={"typ": "at+jwt", "kid": BENCH_KID}
+        )
 
 
 @dataclass(frozen=True)
@@ -193,6 +252,7 @@ class GatewaySetup:
     admin_port: int
     admin_token: str | None = None  # set when the harness must call the admin API
     redis_urls: Sequence[str] = ()  # the Redis, or the cluster's nodes
+    jwk: Mapping[str, object] | None = None  # the token issuer's public key, for `oauth:`
 
 
 def gateway_config(
@@ -214,7 +274,9 @@ def gateway_config(
     if setup.admin_token is not None:
         admin["token"] = setup.admin_token
     route: dict[str, object] = {"path": "/{rest:.*}", "upstream": "up"}
-    if variant.auth:
+    if variant.jwt:
+        route["auth"] = ["key", "oauth"]
+    elif variant.auth:
         route["auth"] = "key"
     elif "auth" in RouteConfig.model_fields:
         # The benchmark measures the proxy path; API-key checks would answer 401 to wrk.
@@ -247,6 +309,17 @@ def gateway_config(
         # A store failure must show as 503s in the table, not as a silent switch to local
         # limits that would make the store look free.
         config["rate_limits"] = {"on_store_error": "closed"}
+    if variant.jwt:
+        if setup.jwk is None:
+            raise BenchError(f"{name}: no token issuer key for the oauth section")
+        config["oauth"] = {
+            "issuer": BENCH_ISSUER,
+            "audience": BENCH_AUDIENCE,
+            # Inline: the run fetches nothing, so no JWKS server's latency is in the figures.
+            "jwks": {"keys": [dict(setup.jwk)]},
+            "algorithms": ["RS256"],
+            "org_claim": "org_id",
+        }
     config["upstreams"] = {"up": {"targets": [f"http://127.0.0.1:{upstream_port}"]}}
     config["routes"] = [route]
     path = workdir / f"{_slug(name)}.yaml"
@@ -303,21 +376,32 @@ def check_gateway(
     variant: GatewayVariant,
     key_headers: dict[str, str],
     unscoped_headers: dict[str, str] | None = None,
+    forged_headers: dict[str, str] | None = None,
 ) -> None:
     """The start-up probe, plus proof that the variant's features are really on: a contender
-    whose auth or limits were silently off would measure the plain proxy under another name."""
+    whose auth or limits were silently off would measure the plain proxy under another name.
+    key_headers carry the load's credential (the JWT for a jwt variant), unscoped_headers the
+    same kind without the route's scope, forged_headers a token signed by a key not trusted."""
+    credential = "JWT" if variant.jwt else "key"
     response = probe(name, port, key_headers)
     if not response.getheader("X-Request-Id"):
         raise BenchError(f"{name}: the probe's answer has no X-Request-Id")
     if variant.auth:
         refused, _ = _get(name, port, {})
         if refused.status != 401:
-            raise BenchError(f"{name}: a request without a key got {refused.status}, not 401")
+            raise BenchError(f"{name}: a request without credentials got {refused.status}, not 401")
+    if forged_headers is not None:
+        refused, _ = _get(name, port, forged_headers)
+        if refused.status != 401:
+            raise BenchError(
+                f"{name}: a JWT signed by another key got {refused.status}, not 401:"
+                " the token's signature is not checked"
+            )
     if unscoped_headers is not None:
         refused, _ = _get(name, port, unscoped_headers)
         if refused.status != 403:
             raise BenchError(
-                f"{name}: a key without {BENCH_SCOPE} got {refused.status}, not 403:"
+                f"{name}: a {credential} without {BENCH_SCOPE} got {refused.status}, not 403:"
                 " the route's scope is not checked"
             )
     if variant.limits and response.getheader("RateLimit") is None:
@@ -402,7 +486,13 @@ def start_gateway(
         redis_urls, helpers = [redis_url], [redis]
     # A fresh random admin token per run: the harness is the only client of the admin API.
     token = secrets.token_urlsafe(24) if variant.auth else None
-    setup = GatewaySetup(admin_port=free_port(), admin_token=token, redis_urls=redis_urls)
+    issuer = TokenIssuer() if variant.jwt else None
+    setup = GatewaySetup(
+        admin_port=free_port(),
+        admin_token=token,
+        redis_urls=redis_urls,
+        jwk=None if issuer is None else issuer.public_jwk,
+    )
     config = gateway_config(procs.workdir, name, port, upstream_port, variant, setup)
     # Without the access log, stdout carries only warnings and errors: keep them to report.
     # With it, /dev/null: the cost measured is formatting and writing, not a disk.
@@ -413,14 +503,21 @@ def start_gateway(
     wait_for_port(child, port)
     wait_for_port(child, setup.admin_port)
     headers: dict[str, str] = {}
-    unscoped = None
+    unscoped = forged = None
     if variant.auth:
         create_bench_org(name, setup)
+    if issuer is not None:
+        # The org's slug is in the tokens: it is known to the gateway from here on.
+        headers = _bearer(issuer.token(BENCH_SCOPE if variant.scope else None))
+        if variant.scope:
+            unscoped = _bearer(issuer.token(None))
+        forged = _bearer(TokenIssuer().token())
+    elif variant.auth:
         scopes = [BENCH_SCOPE] if variant.scope else []
         headers = _bearer(create_bench_key(name, setup, scopes))
         if variant.scope:
             unscoped = _bearer(create_bench_key(name, setup))
-    check_gateway(name, port, variant, headers, unscoped)
+    check_gateway(name, port, variant, headers, unscoped, forged)
     return Started(port, child, stdout, headers, tuple(helpers), setup.admin_port)
 
 

@@ -133,19 +133,20 @@ class Unauthorized(GatewayError):
 
     status, code, message = 401, "unauthorized", "A valid API key is required."
 
-    def __init__(self) -> None:
-        super().__init__(
-            headers=[("WWW-Authenticate", 'Bearer realm="api", error="invalid_token"')]
-        )
+    def __init__(self, message: str | None = None, *, description: str | None = None) -> None:
+        challenge = 'Bearer realm="api", error="invalid_token"'
+        if description is not None:  # RFC 6750 3: one fixed text, the same for every reason
+            challenge += f', error_description="{description}"'
+        super().__init__(message, headers=[("WWW-Authenticate", challenge)])
 
 
 class InsufficientScope(GatewayError):
     status, code = 403, "insufficient_scope"
 
-    def __init__(self, required: list[str]) -> None:
+    def __init__(self, required: list[str], *, credential: str = "API key") -> None:
         needed = " ".join(required)
         super().__init__(
-            f"This API key lacks the scope {needed}.",
+            f"This {credential} lacks the scope {needed}.",
             headers=[
                 (
                     "WWW-Authenticate",

@@ -1,15 +1,18 @@
-"""auth: API keys as Bearer tokens; scopes, IP allowlists and identity headers for the backend."""
+"""auth: API keys and OAuth access tokens as Bearer tokens; scopes, IP allowlists and identity
+headers for the backend."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import structlog
 from aiohttp import web
 
 from gateway.config import GatewayConfig, GatewaySettings, RouteConfig
 from gateway.config.registry import register
 from gateway.dataplane.chain import Handler, RequestContext
 from gateway.dataplane.plugins import PluginServices
+from gateway.dataplane.token_callers import TokenCallers, TokenUnavailable
 from gateway.errors import (
     ApiAccessDisabled,
     InsufficientScope,
@@ -20,14 +23,29 @@ from gateway.errors import (
 )
 from gateway.http.forwarded import address_in
 from gateway.http.headers import IDENTITY_HEADERS, bearer_token
-from gateway.keys.keyring import KeyRing
+from gateway.keys.keyring import Identity, KeyRing
 from gateway.keys.scopes import ScopePolicy
+from gateway.oauth import InvalidToken
+from gateway.oauth.tokens import MAX_TOKEN_SIZE
+from gateway.observability.metrics import Metrics
 from gateway.store import StoreError
+
+log = structlog.get_logger("gateway.auth")
+
+_KEY_LENGTH = 256  # longer than any key this gateway makes; a longer key is no key
+# RFC 6750 error_description: one text for every reason, so nothing can be probed.
+_REFUSAL_TEXT = "The access token is invalid or has expired"
+_MESSAGES = {
+    ("key",): "A valid API key is required.",
+    ("oauth",): "A valid access token is required.",
+    ("key", "oauth"): "A valid API key or access token is required.",
+    ("oauth", "key"): "A valid API key or access token is required.",
+}
 
 
 @register
 class AuthPlugin:
-    """Authenticates the key, then checks plan, client address and the route's scopes."""
+    """Authenticates the key or token, then checks plan, client address and the route's scopes."""
 
     name: ClassVar[str] = "auth"
     priority: ClassVar[int] = 1000
@@ -40,7 +58,8 @@ class AuthPlugin:
     def build(
         cls, route: RouteConfig, config: GatewayConfig, services: PluginServices
     ) -> AuthPlugin | None:
-        if route.auth != "key":
+        credentials = route.credentials
+        if not credentials:
             return None
         return cls(
             services.keyring,
@@ -50,6 +69,10 @@ class AuthPlugin:
                 name for name, plan in config.plans.items() if plan.api_keys
             ),
             attribute_headers=tuple(config.identity.attribute_headers.items()),
+            keys="key" in credentials,
+            tokens=services.tokens if "oauth" in credentials else None,
+            message=_MESSAGES[credentials],
+            metrics=services.metrics,
         )
 
     def __init__(
@@ -60,43 +83,57 @@ class AuthPlugin:
         required_scopes: tuple[str, ...],
         plans_with_api_keys: frozenset[str],
         attribute_headers: tuple[tuple[str, str], ...] = (),
+        keys: bool = True,
+        tokens: TokenCallers | None = None,
+        message: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.keyring = keyring
         self.policy = policy
         self.required = required_scopes
         self.plans_with_api_keys = plans_with_api_keys
         self.attribute_headers = attribute_headers  # (attribute, header); the proxy strips them
+        self.keys = keys
+        self.tokens = tokens
+        self.message = message
+        self.metrics = metrics
+        # A token longer than MAX_TOKEN_SIZE is read, so that it is refused like any other bad
+        # token (and logged why); the server's max_header_size bounds what arrives at all.
+        self.max_length = 8 * MAX_TOKEN_SIZE if tokens is not None else _KEY_LENGTH
 
     async def startup(self) -> None:
-        """The key ring is shared by every route and owned by the process."""
+        """The key ring and the token checks are shared by every route, owned by others."""
 
     async def shutdown(self) -> None:
         """Nothing of its own to release."""
 
+    def _count(self, credential: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count_auth(credential, outcome)
+
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
-        token = bearer_token(ctx.request.headers)
-        if token is None:
-            raise Unauthorized()
-        try:
-            identity = await self.keyring.resolve(token)
-        except StoreError:
-            # SECURITY/correctness: a key we could not check is not an invalid key.
-            raise Unavailable(
-                "The key store is unavailable; try again shortly.", headers=[("Retry-After", "1")]
-            ) from None
-        if identity is None:
-            raise Unauthorized()
-        # Logged from here on: a valid key refused below (scope, IP, plan) is its org's request.
-        ctx.log_fields["org_id"] = identity.org.id
-        ctx.log_fields["key_id"] = identity.key.id
-        if identity.org.plan not in self.plans_with_api_keys:
-            raise ApiAccessDisabled()
-        if identity.networks and not address_in(ctx.client_ip, identity.networks):
-            raise IpNotAllowed()
+        secret = bearer_token(ctx.request.headers, max_length=self.max_length)
+        if secret is None:
+            self._count("none", "missing")
+            raise Unauthorized(self.message)
+        # Our keys have a shape and a checksum no access token has by chance: that tells them
+        # apart on a route that takes both.
+        is_key = self.keyring.format.parse(secret) is not None if self.tokens else self.keys
+        if is_key:
+            if not self.keys:
+                # SECURITY: one of our keys is never sent on to the authorization server.
+                self._count("key", "invalid")
+                raise Unauthorized(self.message)
+            identity = await self._key(ctx, secret)
+        else:
+            identity = await self._token(ctx, secret)
         if self.required:
             missing = self.policy.missing(identity.scopes, self.required)
             if missing:
-                raise NoScopes(missing) if not identity.key.scopes else InsufficientScope(missing)
+                credential = "API key" if identity.key is not None else "access token"
+                if not identity.scopes:
+                    raise NoScopes(missing, credential=credential)
+                raise InsufficientScope(missing, credential=credential)
         ctx.identity = identity
         ctx.upstream_headers.update(identity.headers)
         for attribute, header in self.attribute_headers:
@@ -104,3 +141,55 @@ class AuthPlugin:
             if value is not None:
                 ctx.upstream_headers[header] = value
         return await call_next(ctx)
+
+    async def _key(self, ctx: RequestContext, secret: str) -> Identity:
+        try:
+            identity = await self.keyring.resolve(secret)
+        except StoreError:
+            self._count("key", "unavailable")
+            # SECURITY/correctness: a key we could not check is not an invalid key.
+            raise Unavailable(
+                "The key store is unavailable; try again shortly.", headers=[("Retry-After", "1")]
+            ) from None
+        if identity is None or identity.key is None:
+            self._count("key", "invalid")
+            raise Unauthorized(self.message)
+        self._count("key", "ok")
+        # Logged from here on: a valid key refused below (scope, IP, plan) is its org's request.
+        ctx.log_fields["org_id"] = identity.org.id
+        ctx.log_fields["key_id"] = identity.key.id
+        if identity.org.plan not in self.plans_with_api_keys:
+            raise ApiAccessDisabled()
+        if identity.networks and not address_in(ctx.client_ip, identity.networks):
+            raise IpNotAllowed()
+        return identity
+
+    async def _token(self, ctx: RequestContext, token: str) -> Identity:
+        tokens = self.tokens
+        kind = tokens.kind_of(token) if tokens is not None else None
+        if tokens is None or kind is None:
+            self._count("key" if self.keys else "jwt", "invalid")
+            ctx.log_fields["auth_error"] = "not a JWT, and no introspection is configured"
+            raise Unauthorized(self.message, description=_REFUSAL_TEXT if tokens else None)
+        try:
+            identity = await tokens.resolve(token, kind)
+        except InvalidToken as exc:
+            self._count(kind, "invalid")
+            # Why, for the operator (the access log line); the client is told nothing more.
+            ctx.log_fields["auth_error"] = exc.reason[:200]
+            raise Unauthorized(self.message, description=_REFUSAL_TEXT) from None
+        except (TokenUnavailable, StoreError) as exc:
+            self._count(kind, "unavailable")
+            ctx.log_fields["auth_error"] = str(exc)[:200]
+            # SECURITY/correctness: a token we could not check is not an invalid token.
+            raise Unavailable(
+                "The access token could not be checked; try again shortly.",
+                headers=[("Retry-After", "1")],
+            ) from None
+        self._count(kind, "ok")
+        bearer = identity.token
+        ctx.log_fields["org_id"] = identity.org.id
+        if bearer is not None:
+            # The client, not the subject: a subject may be a person's email address.
+            ctx.log_fields["client_id"] = bearer.client_id
+        return identity

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 import structlog
@@ -95,7 +95,7 @@ class IdempotencyRoute(RouteConfig):
     @model_validator(mode="after")
     def _idempotency_needs_auth(self) -> IdempotencyRoute:
         if self.idempotency != "off" and self.auth == "none":
-            raise ValueError("idempotency: records are kept per org; it needs auth: key")
+            raise ValueError("idempotency: records are kept per org; it needs auth")
         return self
 
 
@@ -250,8 +250,12 @@ class IdempotencyPlugin:
         ctx.body = body
         # Who asks is part of the request: the backend is told the caller's scopes and
         # attributes (a role), so a key of the org with others must not get this one's answer.
-        # A rotated key keeps both, and still replays.
-        caller = orjson.dumps([sorted(identity.scopes), sorted(identity.attributes.items())])
+        # A rotated key keeps both, and still replays. A token's backend is told its subject and
+        # client too: one user's answer is never replayed to another of the same org.
+        told: list[Any] = [sorted(identity.scopes), sorted(identity.attributes.items())]
+        if identity.token is not None:
+            told += [identity.token.subject, identity.token.client_id]
+        caller = orjson.dumps(told)
         fingerprint = hashlib.sha256(
             b"\n".join(
                 [
@@ -265,7 +269,7 @@ class IdempotencyPlugin:
         ).hexdigest()
         # Scoped to the org, not the key: a retry made after a key rotation still replays. Test
         # and live keys, and routes (which may lead to different backends), never share one.
-        tag = f"{identity.key.environment}\n{self.route_label}\n{key}"
+        tag = f"{identity.environment}\n{self.route_label}\n{key}"
         scope = f"{identity.org.id}:{hashlib.sha256(tag.encode()).hexdigest()}"
         token = os.urandom(16).hex()
         try:

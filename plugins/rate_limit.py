@@ -45,7 +45,7 @@ class RateLimitRoute(RouteConfig):
     @model_validator(mode="after")
     def _route_limits_need_auth(self) -> RateLimitRoute:
         if self.rate_limits and self.auth == "none":
-            raise ValueError("rate_limits: limits count per key or org; they need auth: key")
+            raise ValueError("rate_limits: limits count per key or org; they need auth")
         names = [limit.name for limit in self.rate_limits]
         if len(set(names)) != len(names):
             raise ValueError("rate_limits: each limit of a route needs its own name")
@@ -104,7 +104,7 @@ class RateLimitPlugin:
     ) -> RateLimitPlugin | None:
         """On every route that takes a key: the plan's limits apply even where the route sets
         none of its own."""
-        if route.auth != "key" or services.limiter is None:
+        if not route.credentials or services.limiter is None:
             return None
         return cls(services.limiter, config.plans, route, key_prefix=config.store.key_prefix)
 
@@ -144,12 +144,12 @@ class RateLimitPlugin:
 
     def limits(self, identity: Identity, now: float) -> list[Limit]:
         """Every limit this request counts against; keys share the org's hash tag."""
-        key, org = identity.key, identity.org
+        org = identity.org
         plan = self.plans.get(org.plan)
         if plan is None:
             return []
-        override = key.rate_limit
-        cache_key = (key.id, org.plan, repr(override))
+        override = identity.rate_limit
+        cache_key = (identity.caller, org.plan, repr(override))
         if now >= self._buckets_until or len(self._buckets) >= MAX_BUCKETS:
             self._older_buckets, self._buckets = self._buckets, {}
             self._buckets_until = now + BUCKETS_IDLE
@@ -175,18 +175,18 @@ class RateLimitPlugin:
         return window[0], window[1], window[2]
 
     def _build(self, identity: Identity, plan: PlanConfig) -> tuple[Limit, ...]:
-        key, org = identity.key, identity.org
+        org, caller = identity.org, identity.caller
         tag = org_tag(self.prefix, org.id)
         buckets = [
             limit
             for limit in (
-                key_bucket(self.prefix, org.id, key.id, key.rate_limit, plan),
+                key_bucket(self.prefix, org.id, caller, identity.rate_limit, plan),
                 org_bucket(self.prefix, org.id, plan),
             )
             if limit is not None
         ]
         for extra in self.route_limits:
-            subject = key.id if extra.scope == "key" else "org"
+            subject = caller if extra.scope == "key" else "org"
             key_name = f"{tag}:route:{self._route_tag}:{extra.name}:{subject}"
             buckets.append(bucket(f"route:{extra.name}", key_name, extra))
         return tuple(buckets)

@@ -176,6 +176,7 @@ def request_view(entry: RequestEntry, *, internal: bool = True) -> dict[str, Any
         "upstream": entry.upstream if internal else None,
         "rateLimited": entry.rate_limited,
         "idempotency": entry.idempotency,
+        "clientId": entry.client_id,
     }
 
 

@@ -179,7 +179,7 @@ class KeyService:
         """A per-key limit must let the costliest route through, or its callers wait forever."""
         if limit is None:
             return
-        costliest = max((r.cost for r in self.config.routes if r.auth == "key"), default=1)
+        costliest = max((r.cost for r in self.config.routes if "key" in r.credentials), default=1)
         if limit.requests + limit.burst < costliest:
             raise BadRequest(
                 f"rateLimit: allows {limit.requests + limit.burst} at once, but a route costs"

@@ -105,7 +105,11 @@ IDENTITY_FIELDS = (
     "environment",
     "rateLimit",
     "attributes",
+    "subject",  # an access token's sub (null for a key)
+    "clientId",  # an access token's client (null for a key)
 )
+# Shown only where the config takes access tokens (oauth): the answer to a key is unchanged.
+TOKEN_FIELDS = frozenset({"subject", "clientId"})
 # An org's or key's attribute name: a JSON key, a config key and part of "attributes.<name>".
 ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ATTRIBUTE_NAME_RULE = "a lower-case letter, then up to 63 of a-z, 0-9 and _"
@@ -184,15 +188,17 @@ class IdentityConfig(Section):
         return value
 
     @staticmethod
-    def layout_of(fields: dict[str, str | None]) -> list[tuple[str, str]]:
+    def layout_of(fields: dict[str, str | None], *, tokens: bool = True) -> list[tuple[str, str]]:
         """(field, its name in the answer) for what the answer shows, in order: the known
-        fields but hidden ones, then the attributes shown at the top level."""
-        shown = [(name, fields.get(name, name)) for name in IDENTITY_FIELDS]
+        fields but hidden ones (and TOKEN_FIELDS without ``tokens``), then the attributes shown
+        at the top level."""
+        known = IDENTITY_FIELDS if tokens else [f for f in IDENTITY_FIELDS if f not in TOKEN_FIELDS]
+        shown = [(name, fields.get(name, name)) for name in known]
         shown += [(name, as_) for name, as_ in fields.items() if name.startswith("attributes.")]
         return [(name, as_) for name, as_ in shown if as_ is not None]
 
-    def layout(self) -> list[tuple[str, str]]:
-        return self.layout_of(self.fields)
+    def layout(self, *, tokens: bool) -> list[tuple[str, str]]:
+        return self.layout_of(self.fields, tokens=tokens)
 
 
 class DemoConfig(Section):

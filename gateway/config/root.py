@@ -11,6 +11,7 @@ from gateway.config.activity import AuditConfig, RequestLogConfig
 from gateway.config.errors import ErrorAnswer, check_error_map
 from gateway.config.ids import IdsConfig
 from gateway.config.keys import DemoConfig, IdentityConfig, KeysConfig, ScopesConfig
+from gateway.config.oauth import OAuthConfig
 from gateway.config.plans import PlanConfig, RateLimitsConfig
 from gateway.config.routes import RouteConfig
 from gateway.config.section import Section
@@ -53,6 +54,9 @@ class GatewaySettings(Section):
     request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     ids: IdsConfig = Field(default_factory=IdsConfig)
+    oauth: OAuthConfig | None = Field(
+        None, description="The authorization server trusted for access tokens (auth: oauth)."
+    )
     errors: dict[str, ErrorAnswer] = Field(
         default_factory=dict,
         description="Our error codes answered with another status, code or message, e.g."
@@ -99,7 +103,13 @@ class GatewayConfig(GatewaySettings):
                 f"demo: unknown plan {self.demo.plan!r} (known: {', '.join(self.plans)})"
             )
         for i, route in enumerate(self.routes):
-            if route.auth != "key" or route.cost == 1:
+            if "oauth" in route.credentials and self.oauth is None:
+                raise ValueError(
+                    f"routes: routes[{i}] takes OAuth tokens (auth: {route.auth_text}), and no"
+                    " oauth section says which server to trust"
+                )
+        for i, route in enumerate(self.routes):
+            if not route.credentials or route.cost == 1:
                 continue
             for plan_name, plan in self.plans.items():
                 for what, capacity in plan.capacities():

@@ -25,6 +25,9 @@ from gateway.http.paths import compile_template
 _METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.:/{}*-]{1,100}$")
 
+# What a caller authenticates with on a route: an API key, an OAuth access token.
+Credential = Literal["key", "oauth"]
+
 
 class HeaderRuleSet(Section):
     set: dict[str, str] = Field(default_factory=dict, description="Replace (or add) these.")
@@ -82,8 +85,10 @@ class RouteConfig(Section):
     max_body_size: ByteSize = Field(
         10 * 1024 * 1024, description="Largest request body accepted; at most 1024GiB."
     )
-    auth: Literal["key", "none"] = Field(
-        "key", description="key: an API key is required; none: public."
+    auth: Literal["key", "oauth", "none"] | tuple[Credential, ...] = Field(
+        "key",
+        description="key: an API key is required; oauth: an OAuth access token (see oauth);"
+        " [key, oauth]: either; none: public.",
     )
     scopes: tuple[str, ...] = Field(
         (), description="Scopes a key needs, all of them, for this route."
@@ -101,6 +106,30 @@ class RouteConfig(Section):
         description="Let an Upgrade: websocket handshake through the route's chain to the"
         " upstream, then relay the connection's bytes both ways.",
     )
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_kinds(
+        cls, value: Literal["key", "oauth", "none"] | tuple[Credential, ...]
+    ) -> Literal["key", "oauth", "none"] | tuple[Credential, ...]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("list at least one of key, oauth (or write none)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a kind twice: {list(value)}")
+        return value[0] if len(value) == 1 else value
+
+    @property
+    def credentials(self) -> tuple[Credential, ...]:
+        """What a caller may authenticate with here; empty on a public route."""
+        if self.auth == "none":
+            return ()
+        return (self.auth,) if isinstance(self.auth, str) else self.auth
+
+    @property
+    def auth_text(self) -> str:
+        return self.auth if isinstance(self.auth, str) else f"[{', '.join(self.auth)}]"
 
     @field_validator("scopes")
     @classmethod

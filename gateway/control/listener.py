@@ -108,6 +108,9 @@ def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
     data["admin"]["tokens"] = [
         {**entry, "token": REDACTED} for entry in data["admin"].get("tokens") or ()
     ]
+    introspection = (data.get("oauth") or {}).get("introspection")
+    if introspection:
+        introspection["client_secret"] = REDACTED
     url = data["store"].get("url")
     if url:
         data["store"]["url"] = redact_url(url)

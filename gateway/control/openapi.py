@@ -393,8 +393,22 @@ def build_openapi(config: GatewayConfig) -> dict[str, Any]:
                 paths[path] = {"servers": [DATA_LISTENER]}
             item = paths.setdefault(path, {})
             for method, op in methods.items():
-                item[method] = _operation(tag, template, op)
+                item[method] = operation = _operation(tag, template, op)
+                # With an oauth section the org's own endpoints take access tokens too (keys
+                # are managed with keys only).
+                if config.oauth is not None and first in own and first != KEYS:
+                    operation["security"] = [{"apiKey": []}, {"accessToken": []}]
     bearer = {"type": "http", "scheme": "bearer"}
+    schemes: dict[str, Any] = {
+        "adminToken": {**bearer, "description": "admin.token (or .gateway/admin-token)."},
+        "apiKey": {**bearer, "description": "An API key (fw_live_…), on the data plane."},
+    }
+    if config.oauth is not None:
+        schemes["accessToken"] = (
+            {"type": "openIdConnect", "openIdConnectUrl": config.oauth.discovery_url}
+            if config.oauth.discovery_url
+            else {**bearer, "description": "An OAuth 2.1 access token (oauth), on the data plane."}
+        )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -411,10 +425,7 @@ def build_openapi(config: GatewayConfig) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": {**record_schemas(config), **body_schemas(config)},
-            "securitySchemes": {
-                "adminToken": {**bearer, "description": "admin.token (or .gateway/admin-token)."},
-                "apiKey": {**bearer, "description": "An API key (fw_live_…), on the data plane."},
-            },
+            "securitySchemes": schemes,
             "headers": {
                 "RequestId": {
                     "description": "The request's id.",

@@ -231,6 +231,7 @@ _REQUEST_LOG_ENTRY = {
     "upstream": nullable(STRING),
     "rateLimited": nullable(BOOLEAN),
     "idempotency": nullable(STRING),
+    "clientId": nullable(STRING),
 }
 _AUDIT_ENTRY = {
     "id": STRING,
@@ -284,9 +285,14 @@ _USAGE_LIMITS: Schema = nullable(
 
 def record_schemas(config: GatewayConfig) -> dict[str, Schema]:
     """The answers' records, and the metas and errors around them."""
+    tokens = config.oauth is not None
+    # A token has no key: its apiKeyId and keyName are null.
+    keyless = {"apiKeyId", "keyName"} if tokens else set()
     identity = {
-        shown_as: _IDENTITY[field] if field in _IDENTITY else nullable(STRING)
-        for field, shown_as in config.identity.layout()
+        shown_as: _IDENTITY[field]
+        if field in _IDENTITY and field not in keyless
+        else nullable(STRING)
+        for field, shown_as in config.identity.layout(tokens=tokens)
     }
     status = {"enum": ["ready", "draining", "degraded"]}
     return {

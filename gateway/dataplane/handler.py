@@ -126,6 +126,7 @@ class DataPlane:
         route = ctx.route
         fields = ctx.log_fields  # org_id and key_id of a valid key, even one refused after
         org_id, key_id = fields.get("org_id"), fields.get("key_id")
+        client_id = fields.get("client_id")  # an access token's, where key_id is None
         decision = ctx.rate_limit
         upstream_seconds = ctx.upstream_seconds
         user_agent = request.headers.get("User-Agent")
@@ -149,6 +150,7 @@ class DataPlane:
                 ctx.upstream_target,
                 None if decision is None else not decision.allowed,
                 None if idempotency is None else str(idempotency),
+                None if client_id is None else str(client_id),
             )
         )
 

@@ -36,29 +36,33 @@ def _limits(decision: Decision | None) -> dict[str, Any] | None:
 class IdentityEndpoint:
     """Terminal handler of the identity route; its chain's auth plugin has set ctx.identity."""
 
-    def __init__(self, config: IdentityConfig) -> None:
+    def __init__(self, config: IdentityConfig, *, tokens: bool = False) -> None:
         # (name in the answer, field, or the attribute shown at the top level), bound once.
         self._layout = tuple(
             (shown_as, field, field.removeprefix("attributes.") if "." in field else None)
-            for field, shown_as in config.layout()
+            for field, shown_as in config.layout(tokens=tokens)
         )
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         identity = ctx.identity
         if identity is None:
             raise Unauthorized()
-        key, org = identity.key, identity.org
+        key, org, token = identity.key, identity.org, identity.token
         fields: dict[str, Any] = {
-            "apiKeyId": key.id,
-            "keyName": key.name,
+            "apiKeyId": None if key is None else key.id,
+            "keyName": None if key is None else key.name,
             "orgId": org.id,
             "orgName": org.name,
             "orgSlug": org.slug,
             "plan": org.plan,
-            "scopes": list(key.scopes),
-            "environment": key.environment,
+            # A key's scopes as granted; a token's as it carries them (the identity's are
+            # expanded by scopes.implies).
+            "scopes": list(key.scopes) if key is not None else list(token.scopes if token else ()),
+            "environment": identity.environment,
             "rateLimit": _limits(ctx.rate_limit),
             "attributes": dict(identity.attributes),
+            "subject": None if token is None else token.subject,
+            "clientId": None if token is None else token.client_id,
         }
         data = {
             shown_as: fields[field] if attribute is None else identity.attributes.get(attribute)

@@ -95,7 +95,7 @@ class SelfServiceKeysApi:
         body = orjson.dumps(
             {
                 "data": data,
-                "limits": limits_view(plan, identity.key.rate_limit),
+                "limits": limits_view(plan, identity.rate_limit),
                 "meta": {"request_id": ctx.request_id},
             }
         )
@@ -118,7 +118,8 @@ class SelfServiceKeysApi:
         self, identity: Identity, parts: list[str], ctx: RequestContext
     ) -> tuple[int, Any]:
         s, org, method = self.service, identity.org, ctx.method
-        actor = f"key:{identity.key.id}"
+        own = _key_of(identity)
+        actor = identity.actor
         match parts:
             case []:
                 if method == "GET":
@@ -127,7 +128,7 @@ class SelfServiceKeysApi:
                     asked = await self._body(ctx, OwnCreateKey)
                     await self._still(identity)
                     body = self._granted(identity, asked)
-                    expires_by = identity.key.expires_at
+                    expires_by = own.expires_at
                     key, secret = await s.create(actor, org, body, expires_by=expires_by)
                     return 201, key_view(key, secret)
                 raise MethodNotAllowed(["GET", "POST"])
@@ -153,16 +154,14 @@ class SelfServiceKeysApi:
                 old = await s.key(key_id, org.id)
                 rotation = await self._body(ctx, RotateKey)
                 await self._still(identity)
-                if identity.key.rotated_to is not None:
+                if own.rotated_to is not None:
                     # A key in its grace renewing its own replacement would cut it short.
                     raise KeyReplaced()
                 # Rotating hands out a new secret for the key: only for one the caller could make,
                 # which includes the role it acts in and the limit it has.
                 self._check_grantable(identity, old.scopes, old.environment, old.allowed_ips)
-                _same_standing(identity.key, old)
-                new, secret = await s.rotate(
-                    actor, old, rotation.grace, expires_by=identity.key.expires_at
-                )
+                _same_standing(own, old)
+                new, secret = await s.rotate(actor, old, rotation.grace, expires_by=own.expires_at)
                 return 201, key_view(new, secret)
         raise RouteNotFound()
 
@@ -180,7 +179,7 @@ class SelfServiceKeysApi:
         missing = sorted(scope for scope in granted if not ScopePolicy.covers(caller.scopes, scope))
         if missing:
             raise InsufficientScope(missing)
-        if caller.key.environment == "test" and environment != "test":
+        if caller.environment == "test" and environment != "test":
             raise BadRequest("environment: a test key makes test keys only")
         if caller.networks:
             outside = _outside(networks, caller) if networks else ["any address"]
@@ -192,22 +191,31 @@ class SelfServiceKeysApi:
     async def _still(self, caller: Identity) -> None:
         """The caller as it is stored now: a key revoked, expired or changed while its request
         was under way (a body sent slowly) must not act on what it was."""
-        current = await self.service.store.get_key(caller.key.id)
+        own = _key_of(caller)
+        current = await self.service.store.get_key(own.id)
         if current is None or not current.usable_at(self.service.clock()):
             raise Unauthorized()
-        if standing(current) != standing(caller.key) or current.expires_at != caller.key.expires_at:
+        if standing(current) != standing(own) or current.expires_at != own.expires_at:
             raise CallerChanged()
 
     def _granted(self, caller: Identity, asked: OwnCreateKey) -> CreateKey:
         """The body a key may ask for: what it holds at most, its addresses and attributes
         inherited."""
-        body = asked.as_create(dict(caller.key.attributes), caller.key.rate_limit)
-        networks = body.allowedIps or caller.key.allowed_ips
+        own = _key_of(caller)
+        body = asked.as_create(dict(own.attributes), own.rate_limit)
+        networks = body.allowedIps or own.allowed_ips
         self._check_grantable(caller, body.scopes, body.environment, networks)
-        limit = caller.key.expires_at
+        limit = own.expires_at
         if limit is not None and body.expiresAt is not None and body.expiresAt.timestamp() > limit:
             raise BadRequest("expiresAt: later than this key's own expiry")
         return body.model_copy(update={"allowedIps": networks})
+
+
+def _key_of(caller: Identity) -> ApiKey:
+    """The caller's key. Keys are managed with keys: the route takes no access token."""
+    if caller.key is None:
+        raise Unauthorized()
+    return caller.key
 
 
 def _only(method: str, allowed: str) -> None:

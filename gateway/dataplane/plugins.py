@@ -15,6 +15,7 @@ from typing import ClassVar, Protocol, TypeGuard
 from gateway.config import GatewayConfig, PluginSpec, RouteConfig
 from gateway.config.registry import REGISTRY
 from gateway.dataplane.chain import Plugin
+from gateway.dataplane.token_callers import TokenCallers
 from gateway.keys.keyring import KeyRing
 from gateway.keys.scopes import ScopePolicy
 from gateway.observability.metrics import Metrics
@@ -32,6 +33,7 @@ class PluginServices:
     scopes: ScopePolicy
     metrics: Metrics
     limiter: RateLimiter | None = None  # None: the process limits nothing
+    tokens: TokenCallers | None = None  # the snapshot's, when its config has an oauth section
     clock: Callable[[], float] = time.time
 
 

@@ -152,7 +152,7 @@ class Proxy:
 
     def pool_for(self, ctx: RequestContext) -> UpstreamPool:
         identity = ctx.identity
-        if self.sandbox is not None and identity is not None and identity.key.environment == "test":
+        if self.sandbox is not None and identity is not None and identity.environment == "test":
             return self.sandbox  # test keys never reach live targets when a sandbox exists
         return self.pool
 

@@ -72,6 +72,11 @@ class Snapshot:
                 sandbox = f"{name}:sandbox"
                 self.sandboxes[name] = _pool(sandbox, upstream.sandbox, upstream, metrics)
         self.plugins: list[Plugin] = []
+        # The token checks of this config's oauth section: started and stopped with it.
+        self.tokens = services.tokens if services is not None else None
+        # The gateway's own routes that act for an org take its access tokens too; keys are
+        # managed with keys only (a key made by a token would outlive the token).
+        org_auth: str | list[str] = ["key", "oauth"] if config.oauth is not None else "key"
         identity_headers = (
             *IDENTITY_HEADERS,
             *config.identity.attribute_headers.values(),
@@ -81,12 +86,24 @@ class Snapshot:
         # Routes the gateway answers itself, behind the same plugins as any other.
         builtin: list[tuple[dict[str, Any], Handler]] = []
         if config.identity.enabled:
-            route_spec = {"path": config.identity.path, "name": "identity", "methods": ["GET"]}
-            builtin.append((route_spec, IdentityEndpoint(config.identity)))
+            route_spec = {
+                "path": config.identity.path,
+                "name": "identity",
+                "methods": ["GET"],
+                "auth": org_auth,
+            }
+            builtin.append(
+                (route_spec, IdentityEndpoint(config.identity, tokens=config.oauth is not None))
+            )
         api_path = config.webhooks.api_path
         if webhook_api is not None and api_path is not None:
             for path in (api_path, api_path + "/{rest:.*}"):
-                route_spec = {"path": path, "name": "webhooks", "scopes": [WEBHOOKS_SCOPE]}
+                route_spec = {
+                    "path": path,
+                    "name": "webhooks",
+                    "scopes": [WEBHOOKS_SCOPE],
+                    "auth": org_auth,
+                }
                 builtin.append((route_spec, webhook_api))
         self_service = config.keys.self_service
         if keys_api is not None and self_service is not None:
@@ -100,6 +117,7 @@ class Snapshot:
                 "name": "request_log",
                 "methods": ["GET"],
                 "scopes": [config.request_log.scope],
+                "auth": org_auth,
             }
             builtin.append((route_spec, request_log_api))
 
@@ -184,6 +202,8 @@ class Snapshot:
     async def startup(self) -> None:
         for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
             await pool.startup()
+        if self.tokens is not None:
+            await self.tokens.startup()
         for plugin in self.plugins:
             await plugin.startup()
 
@@ -191,6 +211,8 @@ class Snapshot:
         """Release what startup took; safe after a partial startup."""
         for plugin in self.plugins:
             await plugin.shutdown()
+        if self.tokens is not None:
+            await self.tokens.shutdown()
         for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
             await pool.shutdown()
 

@@ -50,14 +50,14 @@ class WebhookEndpointsApi:
         try:
             before = await self._before(s, org, parts, method)
             status, data = await self._route(s, org, parts, method, ctx)
-            await self._audit(identity.key.id, org, parts, method, before, data)
+            await self._audit(identity.actor, org, parts, method, before, data)
         except StoreError:
             raise Unavailable("The state store is unavailable; try again shortly.") from None
         meta: dict[str, Any] = {"request_id": ctx.request_id}
         if not parts and method == "GET":  # the list says how many more the plan allows
             meta["limits"] = {"webhookEndpoints": {"limit": s.endpoint_cap(org), "used": len(data)}}
         plan = s.config.plans.get(org.plan)
-        limits = limits_view(plan, identity.key.rate_limit)
+        limits = limits_view(plan, identity.rate_limit)
         body = orjson.dumps({"data": data, "limits": limits, "meta": meta})
         ctx.bytes_out = len(body)
         response = web.Response(status=status, body=body, content_type="application/json")
@@ -75,7 +75,7 @@ class WebhookEndpointsApi:
 
     async def _audit(
         self,
-        key_id: str,
+        actor: str,
         org: Org,
         parts: list[str],
         method: str,
@@ -97,7 +97,7 @@ class WebhookEndpointsApi:
             case _:
                 return
         await self.audit.record(
-            f"key:{key_id}",
+            actor,
             action,
             target=target,
             org_id=org.id,

@@ -18,7 +18,9 @@ ORG_SLUG = "X-Org-Slug"
 API_KEY_ID = "X-Api-Key-Id"
 SCOPES = "X-Scopes"
 KEY_ENVIRONMENT = "X-Key-Environment"
-IDENTITY_HEADERS = (ORG_ID, ORG_SLUG, API_KEY_ID, SCOPES, KEY_ENVIRONMENT)
+SUBJECT = "X-Subject"  # an access token's sub
+CLIENT_ID = "X-Client-Id"  # an access token's client_id
+IDENTITY_HEADERS = (ORG_ID, ORG_SLUG, API_KEY_ID, SCOPES, KEY_ENVIRONMENT, SUBJECT, CLIENT_ID)
 # The rate-limit fields: on a route the gateway limits, the backend's own are replaced by ours.
 RATE_LIMIT_HEADERS = (
     "RateLimit-Policy",
@@ -209,7 +211,7 @@ def is_preflight(method: str, headers: MultiMapping[str]) -> bool:
     )
 
 
-def bearer_token(headers: MultiMapping[str]) -> str | None:
+def bearer_token(headers: MultiMapping[str], *, max_length: int = 256) -> str | None:
     """The token of exactly one ``Authorization: Bearer <token>`` header, else None.
 
     SECURITY: a second Authorization header makes the request ambiguous, so it has no token.
@@ -221,7 +223,7 @@ def bearer_token(headers: MultiMapping[str]) -> str | None:
         return None
     scheme, _, token = values[0].partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 256:
+    if scheme.lower() != "bearer" or not token or len(token) > max_length:
         return None
     return token
 

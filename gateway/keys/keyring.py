@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import structlog
 
 from gateway.breaker import CircuitBreaker
 from gateway.http.forwarded import IPNetwork
-from gateway.http.headers import API_KEY_ID, KEY_ENVIRONMENT, ORG_ID, ORG_SLUG, SCOPES
+from gateway.http.headers import (
+    API_KEY_ID,
+    CLIENT_ID,
+    KEY_ENVIRONMENT,
+    ORG_ID,
+    ORG_SLUG,
+    SCOPES,
+    SUBJECT,
+)
 from gateway.keys.scopes import ScopePolicy
 from gateway.keys.secrets import KeyFormat
 from gateway.store import ApiKey, Invalidation, Org, Store, StoreError
@@ -25,16 +35,34 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
-    """An authenticated caller, with everything a request needs computed once per lookup."""
+class TokenBearer:
+    """What an access token says of its bearer, beyond its org and scopes."""
 
-    key: ApiKey
+    kind: Literal["jwt", "introspection"]  # how it was checked
+    subject: str | None
+    client_id: str | None
+    scopes: tuple[str, ...]  # as the token carries them
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated caller (an API key, or an access token), with everything a request
+    needs computed once per lookup."""
+
     org: Org
     scopes: frozenset[str]  # implications applied
-    networks: tuple[IPNetwork, ...]  # the key's allowed_ips, parsed
+    networks: tuple[IPNetwork, ...]  # the key's allowed_ips, parsed (a token has none)
     headers: Mapping[str, str]  # what the backend is told about the caller
     # The org's attributes, overridden name by name by the key's own: a key inherits the org's.
     attributes: Mapping[str, str]
+    # Whose limits apply below the org's: a key's id, or a token's client (else subject).
+    caller: str
+    actor: str  # who did it, in the audit log: key:<id>, oauth:<client or subject>
+    environment: str  # live or test (a token: live)
+    rate_limit: Mapping[str, Any] | None  # the key's own limit, if it has one
+    key: ApiKey | None = None  # exactly one of key and token
+    token: TokenBearer | None = None
 
 
 def _identity(key: ApiKey, org: Org, scopes: frozenset[str]) -> Identity:
@@ -47,7 +75,43 @@ def _identity(key: ApiKey, org: Org, scopes: frozenset[str]) -> Identity:
     }
     networks = tuple(ipaddress.ip_network(n, strict=False) for n in key.allowed_ips)
     attributes = {**org.attributes, **key.attributes}
-    return Identity(key, org, scopes, networks, headers, attributes)
+    return Identity(
+        org,
+        scopes,
+        networks,
+        headers,
+        attributes,
+        caller=key.id,
+        actor=f"key:{key.id}",
+        environment=key.environment,
+        rate_limit=key.rate_limit,
+        key=key,
+    )
+
+
+def token_identity(bearer: TokenBearer, org: Org, scopes: frozenset[str]) -> Identity:
+    """A token's caller: its org's, with the token's scopes, subject and client."""
+    headers = {ORG_ID: org.id, ORG_SLUG: org.slug, SCOPES: " ".join(sorted(scopes))}
+    if bearer.subject is not None:
+        headers[SUBJECT] = bearer.subject
+    if bearer.client_id is not None:
+        headers[CLIENT_ID] = bearer.client_id
+    who = bearer.client_id if bearer.client_id is not None else bearer.subject
+    # A client id is the authorization server's string: hashed into the limit's key, so that
+    # any text (braces, colons) is a safe part of a Redis key.
+    digest = hashlib.sha256((who or "").encode()).hexdigest()[:24]
+    return Identity(
+        org,
+        scopes,
+        (),
+        headers,
+        dict(org.attributes),
+        caller=f"oauth:{digest}",
+        actor=f"oauth:{who}" if who is not None else "oauth",
+        environment="live",
+        rate_limit=None,
+        token=bearer,
+    )
 
 
 @dataclass(slots=True)
@@ -109,6 +173,9 @@ class KeyRing:
         self._lookups = asyncio.Semaphore(self.MAX_CONCURRENT_LOOKUPS)
         self._breaker = CircuitBreaker(self.OUTAGE_BACKOFF, clock=clock)
         self._pending_use: dict[str, tuple[str, float]] = {}  # key id -> (org id, time)
+        # Orgs named by access tokens (by id or slug) -> (the org or None, when fetched).
+        self._orgs: OrderedDict[str, tuple[Org | None, float]] = OrderedDict()
+        self._org_lookups: dict[str, asyncio.Task[Org | None]] = {}
         self._last_written: OrderedDict[str, float] = OrderedDict()  # key id -> when, oldest first
         self._flusher: asyncio.Task[None] | None = None
         self.stale_served = 0
@@ -130,7 +197,10 @@ class KeyRing:
         elif message.kind == "org":
             for key_hash in self._by_org.pop(message.ref, set()):
                 self._known.pop(key_hash, None)
+            # By id or by slug (a rename moves the slug): org changes are rare, start over.
+            self._orgs.clear()
         else:
+            self._orgs.clear()
             self._known.clear()
             self._unknown.clear()
             self._by_org.clear()
@@ -156,6 +226,7 @@ class KeyRing:
             "inflight": len(self._inflight),
             "pending_use": len(self._pending_use),
             "last_written": len(self._last_written),
+            "orgs_by_ref": len(self._orgs),
         }
 
     def _ttl(self) -> float:
@@ -205,10 +276,57 @@ class KeyRing:
                 self._breaker.failure()
                 raise
             self._breaker.success()
-        if identity is None or not identity.key.usable_at(now):
+        key = None if identity is None else identity.key
+        if identity is None or key is None or not key.usable_at(now):
             return None
-        self._mark_used(identity.key.id, identity.org.id, now)
+        self._mark_used(key.id, identity.org.id, now)
         return identity
+
+    async def org(self, ref: str) -> Org | None:
+        """The org an access token names (by id or slug), cached like keys: dropped when the
+        store announces a change to any org, and after ``cache_ttl``; an unknown one is
+        remembered for NEGATIVE_TTL. In an outage a cached org is served stale; an org never
+        seen raises StoreError (503, never 401).
+        """
+        now = self.clock()
+        cached = self._orgs.get(ref)
+        if cached is not None:
+            org, fetched_at = cached
+            ttl = self._ttl() if org is not None else min(self._ttl(), self.NEGATIVE_TTL)
+            if now - fetched_at <= ttl:
+                return org
+            if not self._breaker.allow():
+                self.stale_served += 1
+                return org
+        elif not self._breaker.allow():
+            raise StoreError("the store is unavailable; not asking again for a moment")
+        task = self._org_lookups.get(ref)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup_org(ref))
+            self._org_lookups[ref] = task
+            task.add_done_callback(lambda _: self._org_lookups.pop(ref, None))
+        try:
+            org = await asyncio.shield(task)
+        except StoreError:
+            self._breaker.failure()
+            if cached is None:
+                raise
+            self.stale_served += 1
+            return cached[0]
+        self._breaker.success()
+        return org
+
+    async def _lookup_org(self, ref: str) -> Org | None:
+        generation = self._generation
+        async with self._lookups:
+            org = await self.store.get_org(ref)
+        if generation == self._generation:  # else a change was announced meanwhile: keep none
+            orgs = self._orgs
+            orgs[ref] = (org, self.clock())
+            orgs.move_to_end(ref)
+            while len(orgs) > self.MAX_UNKNOWN:
+                orgs.popitem(last=False)
+        return org
 
     async def _fetch(self, key_hash: str) -> Identity | None:
         """One store lookup per hash at a time, shared by every request that needs it.
@@ -229,7 +347,7 @@ class KeyRing:
         if generation != self._generation:
             return identity  # a change was announced meanwhile: answer this once, keep nothing
         now = self.clock()
-        if identity is None or not identity.key.usable_at(now):
+        if identity is None or identity.key is None or not identity.key.usable_at(now):
             # Revoked and expired keys stay so (a change to one is announced): like unknown ones,
             # they are remembered briefly, not kept among the good keys until pushed out.
             self._forget(key_hash)

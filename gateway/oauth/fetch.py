@@ -44,7 +44,7 @@ async def fetch_json(
                     continue
                 if answer.status != 200:
                     raise FetchError(f"{target} answered HTTP {answer.status}")
-                body = await _read_capped(answer, max_bytes)
+                body = await read_capped(answer, max_bytes)
         except TimeoutError:
             raise FetchError(f"{target} did not answer within {time_limit:g}s") from None
         except aiohttp.ClientError as exc:
@@ -56,7 +56,7 @@ async def fetch_json(
     raise FetchError(f"{url} redirects more than {MAX_REDIRECTS} times")
 
 
-async def _read_capped(answer: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+async def read_capped(answer: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     # SECURITY: counted as it arrives (decompressed), so a huge or endless body costs nothing.
     if (answer.content_length or 0) > max_bytes:
         raise FetchError(f"{answer.url} is larger than {max_bytes} bytes")

@@ -120,6 +120,13 @@ class Metrics:
             ["policy", "decision"],
             registry=r,
         )
+        self.auth_results = Counter(
+            "gateway_auth_total",
+            "Credentials checked, by credential (key, jwt, introspection, none: no credential)"
+            " and outcome (ok, invalid, unavailable: could not be checked, answered 503).",
+            ["credential", "outcome"],
+            registry=r,
+        )
         self.rate_limit_store_errors = Counter(
             "gateway_rate_limit_store_errors_total",
             "Rate-limit decisions the shared store could not make (on_store_error applied).",
@@ -219,6 +226,7 @@ class Metrics:
         )
         self._config_hash: str | None = None
         self._decision_children: dict[tuple[str, bool], PendingCounter] = {}
+        self._auth_children: dict[tuple[str, str], PendingCounter] = {}
 
     def count_decision(self, policy: str, allowed: bool) -> None:
         child = self._decision_children.get((policy, allowed))
@@ -226,6 +234,14 @@ class Metrics:
             decision = "allowed" if allowed else "refused"
             child = self.pending.counter(self.rate_limit_decisions, policy, decision)
             self._decision_children[(policy, allowed)] = child
+        child.n += 1
+
+    def count_auth(self, credential: str, outcome: str) -> None:
+        """One credential checked; both labels come from short fixed lists."""
+        child = self._auth_children.get((credential, outcome))
+        if child is None:
+            child = self.pending.counter(self.auth_results, credential, outcome)
+            self._auth_children[(credential, outcome)] = child
         child.n += 1
 
     def set_config(self, digest: str) -> None:

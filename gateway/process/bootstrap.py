@@ -38,7 +38,7 @@ def example_path(config: GatewayConfig, scopes: Sequence[str]) -> str | None:
     router = Router([(r.path, r.methods, r.host, i) for i, r in enumerate(config.routes)])
     for index, route in enumerate(config.routes):
         deprecated = getattr(route, "deprecation", None) is not None  # the plugin's field
-        if route.auth != "key" or route.host is not None or deprecated:
+        if "key" not in route.credentials or route.host is not None or deprecated:
             continue
         if route.methods is not None and "GET" not in route.methods:
             continue

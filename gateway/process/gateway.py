@@ -22,6 +22,7 @@ from gateway.dataplane.plugins import PluginServices
 from gateway.dataplane.request_log_endpoint import RequestLogEndpoint
 from gateway.dataplane.request_recorder import RequestRecorder
 from gateway.dataplane.snapshot import Snapshot
+from gateway.dataplane.token_callers import TokenCallers
 from gateway.dataplane.webhooks_endpoint import WebhookEndpointsApi
 from gateway.http.listen import naming_failures
 from gateway.http.protocol import HttpServer
@@ -312,6 +313,7 @@ class GatewayProcess:
     def _snapshot(self, loaded: LoadedConfig, builtin: dict[str, list[str]]) -> Snapshot:
         # The plugins are built from the registry, reading the config given here: the one the
         # snapshot is for, which is not in force yet during a reload.
+        oauth = loaded.config.oauth
         services = PluginServices(
             store=self.store,
             keyring=self.keyring,
@@ -319,6 +321,9 @@ class GatewayProcess:
             metrics=self.metrics,
             limiter=self.limiter,
             clock=self.clock,
+            tokens=None
+            if oauth is None
+            else TokenCallers(oauth, self.keyring, self.scopes, clock=self.clock),
         )
         # Every attribute header this process has sent stays stripped after a reload renames
         # or drops it: its backend may still trust it.
@@ -340,7 +345,12 @@ class GatewayProcess:
             "config_hash": self.loaded.digest,
             "store": await store_state(self.store, self.loaded.config.store.backend),
             "rate_limits": self.limiter.state() if self.limiter is not None else None,
+            # Through a key-server outage cached keys keep serving: ready, and says so.
+            "oauth": tokens.state() if (tokens := self._tokens()) is not None else None,
         }
+
+    def _tokens(self) -> TokenCallers | None:
+        return self.snapshot.tokens if self.snapshot is not None else None
 
     def config_view(self) -> dict[str, Any]:
         return redacted_config(self.loaded)

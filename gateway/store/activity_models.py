@@ -38,6 +38,9 @@ class RequestEntry(NamedTuple):
     upstream: str | None
     rate_limited: bool | None
     idempotency: str | None
+    # An access token's client (its key_id is None); entries written before there was one
+    # have 15 fields and read this as None.
+    client_id: str | None = None
 
     def encode(self) -> bytes:
         # A JSON array in field order: the most compact form both stores can keep.

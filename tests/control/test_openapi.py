@@ -21,7 +21,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import AcceptedNegativeData, Failure, FailureGroup
 
 from gateway.config import GatewayConfig, parse_config
-from gateway.config.keys import IDENTITY_FIELDS
+from gateway.config.keys import IDENTITY_FIELDS, TOKEN_FIELDS
 from gateway.config.types import parse_duration
 from gateway.console.app import Console
 from gateway.control.openapi import DATA_PLANE_TAG, OPENAPI_PATH, build_openapi
@@ -95,13 +95,44 @@ def test_the_data_plane_endpoints_are_where_the_config_serves_them() -> None:
     assert data_plane == {"/api/v1/me"}
     assert document["paths"]["/api/v1/me"]["servers"][0]["url"] == "{origin}"
     identity = document["components"]["schemas"]["Identity"]["properties"]
-    assert set(identity) == {*IDENTITY_FIELDS, "tenantId"} - {"orgId"}
+    # The token fields only where the config takes tokens.
+    assert set(identity) == {*IDENTITY_FIELDS, "tenantId"} - {"orgId", *TOKEN_FIELDS}
     default = build_openapi(config_of())
     assert {
         "/v1/me",
         "/v1/requests",
         "/v1/webhooks/{id}/deliveries/{delivery}/retry",
     } <= set(default["paths"])
+
+
+def test_with_oauth_the_orgs_endpoints_take_access_tokens_too() -> None:
+    oauth = {
+        "audience": "https://api.example.test",
+        "issuer": "https://auth.example.test",
+        "discovery_url": "https://auth.example.test/.well-known/openid-configuration",
+        "algorithms": ["RS256"],
+    }
+    document = build_openapi(config_of(oauth=oauth, keys={"self_service": {}}))
+    validate(document)
+    assert document["components"]["securitySchemes"]["accessToken"] == {
+        "type": "openIdConnect",
+        "openIdConnectUrl": oauth["discovery_url"],
+    }
+    identity = document["components"]["schemas"]["Identity"]
+    for field in ("subject", "clientId", "apiKeyId", "keyName"):
+        assert {"type": "null"} in identity["properties"][field]["anyOf"], field
+    for method, path, op in operations(document):
+        if DATA_PLANE_TAG not in op["tags"]:
+            continue
+        expected = (
+            [{"apiKey": []}]
+            if path.startswith("/v1/keys")
+            else [
+                {"apiKey": []},
+                {"accessToken": []},
+            ]
+        )
+        assert op["security"] == expected, (method, path)
 
 
 async def test_every_admin_route_is_documented_and_every_documented_one_served(

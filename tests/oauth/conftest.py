@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +13,10 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.oauth import JwksCache, JwtVerifier
-from tests.conftest import FakeClock, UpstreamFactory
+from tests.conftest import FakeClock, RunningGateway, Upstream, UpstreamFactory, make_config
 
 ISSUER = "https://auth.example.test"
 AUDIENCE = "https://api.example.test"
@@ -205,3 +206,104 @@ def verifier(jwks: JwksCache, clock: FakeClock) -> JwtVerifier:
         algorithms=["RS256", "ES256", "EdDSA"],
         clock=clock,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Gateways that take these tokens, end to end (test_gateway_*.py).
+
+
+@dataclass
+class Tokens:
+    """Mints access tokens for one org on a gateway's clock: ``tokens(scope="a b")``, or with
+    another signer ``tokens(signer=other)``; mint's own options (headers, drop) pass through."""
+
+    signer: Signer
+    clock: FakeClock
+    org: str = "acme"
+
+    def __call__(self, signer: Signer | None = None, **claims: Any) -> str:
+        claims.setdefault("org_id", self.org)
+        return mint(signer or self.signer, now=self.clock.now, **claims)
+
+
+@pytest.fixture
+def gateway_clock() -> FakeClock:
+    """The gateway's clock: today's time (what the store expires stays real), moved by hand."""
+    return FakeClock()
+
+
+@pytest.fixture
+def tokens(rsa_key: Signer, gateway_clock: FakeClock) -> Tokens:
+    return Tokens(rsa_key, gateway_clock)
+
+
+def oauth_section(server: AuthServer, **extra: Any) -> dict[str, Any]:
+    """The gateway's oauth section trusting ``server``."""
+    return {
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "jwks_url": server.jwks_url,
+        "algorithms": ["RS256"],
+        "jwks_refresh": "5m",
+        **extra,
+    }
+
+
+# Routes of an API that takes both: apps with tokens, servers with keys.
+JWT_ROUTES: list[dict[str, Any]] = [
+    {"path": "/v1/orders", "upstream": "app", "auth": ["key", "oauth"], "scopes": ["orders:read"]},
+    {
+        "path": "/v1/reports",
+        "upstream": "app",
+        "auth": ["key", "oauth"],
+        "scopes": ["reports:read"],
+    },
+    {"path": "/v1/apps", "upstream": "app", "auth": "oauth"},
+    {"path": "/v1/servers", "upstream": "app", "auth": "key"},
+    {
+        "path": "/v1/invoices",
+        "upstream": "app",
+        "auth": ["key", "oauth"],
+        "idempotency": "optional",
+    },
+    {"path": "/public", "upstream": "app"},
+]
+
+
+def jwt_config(upstream: Upstream, auth_server: AuthServer, **extra: Any) -> dict[str, Any]:
+    """A gateway taking keys and ``auth_server``'s tokens on JWT_ROUTES (or ``routes``)."""
+    return make_config(
+        {"app": {"targets": [upstream.url]}},
+        extra.pop("routes", JWT_ROUTES),
+        **{
+            "oauth": oauth_section(auth_server),
+            "plans": {"free": {}},
+            "scopes": {"implies": {"orders:admin": ["orders:read", "reports:read"]}},
+            **extra,
+        },
+    )
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: Any  # the JSON, or the bytes of anything else
+
+
+async def send(
+    gw: RunningGateway,
+    path: str,
+    credential: str | None = None,
+    *,
+    method: str = "GET",
+    headers: Iterable[tuple[str, str]] = (),
+    json: Any = None,
+) -> Answer:
+    """One request with ``credential`` as its Bearer token; ``headers`` may repeat a name."""
+    sent = CIMultiDict(headers)
+    if credential is not None:
+        sent["Authorization"] = f"Bearer {credential}"
+    async with gw.session.request(method, f"{gw.url}{path}", headers=sent, json=json) as r:
+        body = await r.json() if r.content_type == "application/json" else await r.read()
+        return Answer(r.status, r.headers, body)

@@ -206,13 +206,13 @@ def test_the_shipped_plugins_own_route_checks_read_the_core_fields() -> None:
 
     limit = {"name": "export", "requests": 1, "per": "1m"}
     assert problems(auth="none", rate_limits=[limit]) == [
-        "routes[0].rate_limits: limits count per key or org; they need auth: key"
+        "routes[0].rate_limits: limits count per key or org; they need auth"
     ]
     assert problems(rate_limits=[limit, limit]) == [
         "routes[0].rate_limits: each limit of a route needs its own name"
     ]
     assert problems(auth="none", idempotency="required") == [
-        "routes[0].idempotency: records are kept per org; it needs auth: key"
+        "routes[0].idempotency: records are kept per org; it needs auth"
     ]
     assert problems(auth="none", scopes=["read"]) == [
         "routes[0].scopes: a route with auth: none cannot require scopes"
