@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= gateway.yaml
 
-.PHONY: help install run test lint format bench bench-proxy bench-webhooks bench-download soak schema check clean
+.PHONY: help install run test lint format bench bench-proxy bench-auth bench-webhooks bench-download soak schema check clean
 # `make` alone lists the targets; nothing is installed or started unless a target asks.
 .DEFAULT_GOAL := help
 
@@ -17,7 +17,8 @@ help: ## list the targets (what `make` alone does)
 	@echo '  bench/run.py, e.g. ARGS="--only gateway --duration 5"), WEBHOOK_ARGS="..." (flags of'
 	@echo '  bench/webhooks.py, e.g. WEBHOOK_ARGS="--only local --events 500"), DOWNLOAD_ARGS="..."'
 	@echo '  (flags of bench/download.py, e.g. DOWNLOAD_ARGS="--size 256MiB"), SOAK_ARGS="..." (flags'
-	@echo '  of bench/soak.py), PYTHON=python3.11.'
+	@echo '  of bench/soak.py), AUTH_ARGS="..." (flags of bench/auth.py, e.g. AUTH_ARGS="--rounds 3"),'
+	@echo '  PYTHON=python3.11.'
 
 install: $(VENV)/.installed ## create .venv and install the gateway with its dev tools
 
@@ -50,13 +51,17 @@ format: install ## ruff format and ruff check --fix
 schema: install ## regenerate config/gateway.schema.json from the config models
 	$(BIN)/gateway schema > config/gateway.schema.json
 
-bench: install ## the three benchmarks below, in turn (wrk, nginx, curl used when installed)
+bench: install ## the four benchmarks below, in turn (wrk, nginx, curl used when installed)
 	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python bench/auth.py $(AUTH_ARGS)
 	$(BIN)/python bench/webhooks.py $(WEBHOOK_ARGS)
 	$(BIN)/python bench/download.py $(DOWNLOAD_ARGS)
 
 bench-proxy: install ## requests/s, latency at 50 and 256 connections, issue 13's targets; ARGS="..."
 	$(BIN)/python bench/run.py $(ARGS)
+
+bench-auth: install ## what identifying a caller costs: an API key, a JWT, an introspected token; AUTH_ARGS="..."
+	$(BIN)/python bench/auth.py $(AUTH_ARGS)
 
 bench-webhooks: install ## webhook delivery rate and latency on each store; WEBHOOK_ARGS="..."
 	$(BIN)/python bench/webhooks.py $(WEBHOOK_ARGS)

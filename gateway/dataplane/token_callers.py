@@ -41,8 +41,13 @@ class TokenUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class _Built:
     claims: Claims  # the verifier's cached object: the same one while the token is cached
+    org_ref: str
     org: Org  # the key ring's cached object: the same one while the org is unchanged
     identity: Identity
+    # A JWT's identity is good until its exp (leeway included) under the key set that verified
+    # it; an introspected token's is asked about each time (the introspector's cache decides).
+    deadline: float
+    generation: int
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -69,6 +74,8 @@ class TokenCallers:
         self.keyring = keyring
         self.scopes = scopes
         self.org_claim = config.org_claim
+        self.leeway = config.leeway
+        self._clock = clock
         self.jwks: JwksCache | None = None
         self.verifier: JwtVerifier | None = None
         if config.verifies_jwts:
@@ -139,6 +146,20 @@ class TokenCallers:
 
     async def resolve(self, token: str, kind: TokenKind) -> Identity:
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        built = self._built.get(digest)
+        jwks = self.jwks
+        # The hot path, a dict lookup and three comparisons: a JWT seen before, its key set and
+        # its org unchanged. Anything else takes the whole way below.
+        if built is not None and jwks is not None and kind == "jwt":
+            jwks.poll()  # cached tokens alone must still keep the key set fresh
+            now = self._clock()
+            if (
+                now < built.deadline
+                and built.generation == jwks.generation
+                and self.keyring.org_is_fresh(built.org_ref, built.org, now)
+            ):
+                return built.identity
+        generation = jwks.generation if jwks is not None else 0
         try:
             if kind == "jwt" and self.verifier is not None:
                 claims = await self.verifier.verify(token, digest)
@@ -148,10 +169,8 @@ class TokenCallers:
                 raise InvalidToken("no way to check this kind of token")
         except (KeysUnavailable, IntrospectionUnavailable) as exc:
             raise TokenUnavailable(str(exc)) from None
-        org = await self._org(claims)
-        built = self._built.get(digest)
+        ref, org = await self._org(claims)
         if built is not None and built.claims is claims and built.org is org:
-            self._built.move_to_end(digest)
             return built.identity
         for name, value in (("sub", claims.subject), ("client_id", claims.client_id)):
             # SECURITY: these go to the backend as header values: never a control character
@@ -164,17 +183,18 @@ class TokenCallers:
             kind, claims.subject, claims.client_id, claims.scopes, claims.expires_at
         )
         identity = token_identity(bearer, org, self.scopes.expand(claims.scopes))
-        self._built[digest] = _Built(claims, org, identity)
+        deadline = claims.expires_at + self.leeway if kind == "jwt" else 0.0
+        self._built[digest] = _Built(claims, ref, org, identity, deadline, generation)
         self._built.move_to_end(digest)
         if len(self._built) > MAX_IDENTITIES:
             self._built.popitem(last=False)
         return identity
 
-    async def _org(self, claims: Claims) -> Org:
+    async def _org(self, claims: Claims) -> tuple[str, Org]:
         ref = claims.raw.get(self.org_claim)
         if not isinstance(ref, str) or not ref:
             raise InvalidToken(f"no {self.org_claim} claim naming an org")
         org = await self.keyring.org(ref)
         if org is None:
             raise InvalidToken(f"{self.org_claim} names no org here")
-        return org
+        return ref, org

@@ -316,6 +316,11 @@ class KeyRing:
         self._breaker.success()
         return org
 
+    def org_is_fresh(self, ref: str, org: Org, now: float) -> bool:
+        """Whether ``org`` is still what ``org(ref)`` answers from cache, without asking."""
+        cached = self._orgs.get(ref)
+        return cached is not None and cached[0] is org and now - cached[1] <= self._ttl()
+
     async def _lookup_org(self, ref: str) -> Org | None:
         generation = self._generation
         async with self._lookups:
