@@ -1,0 +1,251 @@
+"""Opaque tokens asked about at a real introspection endpoint (RFC 7662): what is sent, what is
+believed, what is remembered and for how long, and what an outage becomes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+import pytest
+from aiohttp import web
+
+from gateway.oauth import IntrospectionUnavailable, Introspector, InvalidToken
+from tests.conftest import FakeClock, UpstreamFactory
+
+START = 1_700_000_000.0
+CLIENT_ID = "api gateway"
+SECRET = "s3:cr%t é"  # every character RFC 6749 2.3.1 says must be form-encoded first
+
+
+@dataclass
+class Introspection:
+    """The authorization server's endpoint: token -> answer, and ways to fail."""
+
+    url: str = ""
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fail: str | None = None  # "503", "hang", "html", "401", "huge"
+    forms: list[dict[str, str]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # ends a "gate"
+
+    @property
+    def calls(self) -> int:
+        return len(self.forms)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.forms.append(form)
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        user, _, password = base64.b64decode(encoded).decode().partition(":")
+        if scheme != "Basic" or (unquote_plus(user), unquote_plus(password)) != (
+            CLIENT_ID,
+            SECRET,
+        ):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        match self.fail:
+            case "503":
+                return web.Response(status=503)
+            case "401":
+                return web.json_response({"error": "invalid_client"}, status=401)
+            case "hang":
+                await asyncio.sleep(30)
+            case "gate":
+                await self.release.wait()
+            case "html":
+                return web.Response(text="<html>sign in</html>")
+            case "huge":
+                return web.json_response({"active": True, "pad": "x" * (128 * 1024)})
+        return web.json_response(self.answers.get(form.get("token", ""), {"active": False}))
+
+
+@pytest.fixture
+async def server(upstream_factory: UpstreamFactory) -> Introspection:
+    endpoint = Introspection()
+    upstream = await upstream_factory(endpoint.handle, record=False)
+    endpoint.url = f"{upstream.url}/introspect"
+    return endpoint
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+Make = Callable[..., Introspector]
+
+
+@pytest.fixture
+async def make(server: Introspection, clock: FakeClock) -> AsyncIterator[Make]:
+    made: list[Introspector] = []
+
+    def build(**options: Any) -> Introspector:
+        settings: dict[str, Any] = {
+            "client_id": CLIENT_ID,
+            "client_secret": SECRET,
+            "issuer": "https://auth.example.test",
+            "audience": "https://api.example.test",
+            "timeout": 0.5,
+            "clock": clock,
+            **options,
+        }
+        introspector = Introspector(server.url, **settings)
+        made.append(introspector)
+        return introspector
+
+    yield build
+    for introspector in made:
+        await introspector.shutdown()
+
+
+def active(**claims: Any) -> dict[str, Any]:
+    return {
+        "active": True,
+        "scope": "orders:read orders:write",
+        "client_id": "app-1",
+        "sub": "user-1",
+        "exp": int(START) + 3600,
+        **claims,
+    }
+
+
+async def check(introspector: Introspector, token: str) -> Any:
+    return await introspector.introspect(token, hashlib.sha256(token.encode()).digest())
+
+
+async def test_an_active_token_and_what_was_sent(server: Introspection, make: Make) -> None:
+    server.answers["tok-1"] = active(org_id="acme", aud=["https://api.example.test", "other"])
+    claims = await check(make(), "tok-1")
+    assert (claims.subject, claims.client_id) == ("user-1", "app-1")
+    assert claims.scopes == ("orders:read", "orders:write")
+    assert claims.expires_at == START + 3600
+    assert claims.raw["org_id"] == "acme"
+    # The server accepted our Basic credentials (else it would have said 401 and we 503).
+    assert server.forms == [{"token": "tok-1", "token_type_hint": "access_token"}]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({"active": False}, "inactive"),
+        ({"active": "true"}, "inactive"),  # not the JSON true
+        (active(exp=int(START) - 31), "expired"),
+        (active(nbf=int(START) + 31), "not yet valid"),
+        (active(iss="https://evil.test"), "another server"),
+        (active(aud="https://other.test"), "another audience"),
+        (active(aud=["a", "b"]), "another audience"),
+        (active(token_type="refresh_token"), "refresh token"),
+        (active(scope=["a", 1]), "scope"),
+        (active(sub=42), "sub"),
+    ],
+)
+async def test_what_is_not_believed(
+    server: Introspection, make: Make, answer: dict[str, Any], reason: str
+) -> None:
+    server.answers["tok"] = answer
+    with pytest.raises(InvalidToken) as refused:
+        await check(make(), "tok")
+    assert reason in refused.value.reason
+
+
+async def test_scopes_from_the_configured_claim(server: Introspection, make: Make) -> None:
+    server.answers["tok"] = active(permissions=["a:read", "b:write"])
+    claims = await check(make(scopes_claim="permissions"), "tok")
+    assert claims.scopes == ("a:read", "b:write")
+
+
+async def test_an_active_answer_is_kept_until_exp_bounded_by_cache_ttl(
+    server: Introspection, make: Make, clock: FakeClock
+) -> None:
+    server.answers["tok"] = active()
+    introspector = make(cache_ttl=60)
+    await check(introspector, "tok")
+    del server.answers["tok"]  # revoked at the server
+    clock.now += 59
+    await check(introspector, "tok")  # still within cache_ttl: not asked again
+    assert server.calls == 1
+    clock.now += 2
+    with pytest.raises(InvalidToken):
+        await check(introspector, "tok")  # the revocation is seen within cache_ttl
+    assert server.calls == 2
+    # A token expiring sooner than cache_ttl is kept only until it expires.
+    server.answers["short"] = active(exp=int(clock.now) + 10)
+    await check(introspector, "short")
+    clock.now += 11
+    await check(introspector, "short")  # asked again: its exp ended the cached answer
+    assert server.calls == 4
+
+
+async def test_cache_ttl_zero_asks_every_time(server: Introspection, make: Make) -> None:
+    server.answers["tok"] = active()
+    introspector = make(cache_ttl=0)
+    for _ in range(3):
+        await check(introspector, "tok")
+    assert server.calls == 3
+
+
+async def test_a_no_is_kept_briefly(server: Introspection, make: Make, clock: FakeClock) -> None:
+    introspector = make(cache_ttl=60, negative_ttl=5)
+    for _ in range(10):
+        with pytest.raises(InvalidToken):
+            await check(introspector, "nope")
+    assert server.calls == 1
+    server.answers["nope"] = active()  # e.g. an nbf that has arrived
+    clock.now += 5
+    await check(introspector, "nope")
+    assert server.calls == 2
+
+
+@pytest.mark.parametrize("failure", ["503", "401", "html", "huge", "hang"])
+async def test_an_outage_is_unavailable_never_invalid_and_never_remembered(
+    server: Introspection, make: Make, clock: FakeClock, failure: str
+) -> None:
+    server.answers["tok"] = active()
+    introspector = make()
+    server.fail = failure
+    with pytest.raises(IntrospectionUnavailable):
+        await check(introspector, "tok")
+    assert introspector.state()["failing"] is True
+    # Within a second of the failure the endpoint is left alone: no call, still unavailable.
+    with pytest.raises(IntrospectionUnavailable):
+        await check(introspector, "tok")
+    assert server.calls == 1
+    server.fail = None
+    clock.now += 1
+    assert (await check(introspector, "tok")).subject == "user-1"
+    assert introspector.state()["failing"] is False
+
+
+async def test_wrong_credentials_are_unavailable(server: Introspection, make: Make) -> None:
+    server.answers["tok"] = active()
+    with pytest.raises(IntrospectionUnavailable, match="credentials"):
+        await check(make(client_secret="wrong"), "tok")
+
+
+async def test_concurrent_lookups_of_one_token_share_one_call(
+    server: Introspection, make: Make
+) -> None:
+    server.answers["tok"] = active()
+    server.fail = "gate"
+    introspector = make()
+    waiters = [asyncio.ensure_future(check(introspector, "tok")) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    waiters[0].cancel()  # one client goes away: the others' lookup goes on
+    server.fail = None
+    server.release.set()
+    results = await asyncio.gather(*waiters[1:])
+    assert {claims.subject for claims in results} == {"user-1"}
+    assert server.calls == 1
+
+
+async def test_oversized_or_non_ascii_tokens_are_never_sent(
+    server: Introspection, make: Make
+) -> None:
+    introspector = make()
+    for token in ("x" * 8193, "tök"):
+        with pytest.raises(InvalidToken):
+            await check(introspector, token)
+    assert server.calls == 0
