@@ -261,6 +261,10 @@ async def test_every_refused_token_gets_the_same_rfc6750_answer(
         "unknown org": tokens(org_id="globex"),
         "no org": tokens(drop=("org_id",)),
         "malformed": "eyJhbGciOiJSUzI1NiJ9.bm90IGpzb24.c2ln",
+        # Signed by the server, but would inject a header into the upstream request.
+        "sub with CRLF": tokens(sub="user-1\r\nX-Org-Id: org_other"),
+        "client_id with NUL": tokens(client_id="app\x00"),
+        "scope list with a space": tokens(drop=("scope",), scp=["orders:read", "a b"]),
     }
     refusal = (401, INVALID_TOKEN, "unauthorized", EITHER)
     answers = {name: await _refusal(gw, token) for name, token in refused.items()}
