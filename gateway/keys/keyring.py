@@ -240,6 +240,8 @@ class KeyRing:
         Raises StoreError when the store is needed and cannot answer: the caller must say
         "unavailable", never "unauthorized", for a key it could not check.
         """
+        if not secret.isascii():
+            return None  # no key of ours holds any other character (and ASCII is what we hash)
         key_hash = self.format.hash(secret)
         now = self.clock()
         # A known hash is a secret that passed the shape and checksum check when it was first

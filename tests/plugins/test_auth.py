@@ -18,7 +18,9 @@ from tests.conftest import (
     Upstream,
     UpstreamFactory,
     make_config,
+    parse_response,
     raw_redis,
+    raw_request,
     unique_prefix,
 )
 from tests.helpers import ADMIN, Admin, eventually
@@ -491,6 +493,20 @@ async def test_malformed_keys_and_warm_keys_cost_no_store_round_trip(
         assert (await get(gw, "/v1/any", tampered(secret)))[0] == 401
     assert _lookups(client) == before
     client.close()
+
+
+async def test_a_key_with_bytes_no_key_holds_is_refused_not_a_500(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    gw = await gateway_factory(
+        auth_config(upstream, {"backend": "local", "path": str(tmp_path / "s.db")})
+    )
+    for secret in (b"fw_live_\xc3\xa9t\xc3\xa9", b"fw_live_\xff\xfe", b"eyJ\xff.a.b"):
+        head = b"GET /v1/any HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret
+        raw = await raw_request(gw.port, head + b"\r\nConnection: close\r\n\r\n")
+        status, headers, _ = parse_response(raw)
+        assert status == 401, (secret, raw[:200])
+        assert headers["www-authenticate"] == UNAUTHORIZED
 
 
 def tampered(secret: str) -> str:
