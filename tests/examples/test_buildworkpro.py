@@ -3,7 +3,8 @@
 The API-keys page's promises: bwp_live_/bwp_test_ keys; ``GET /api/v1/me`` answers
 {keyId, keyName, tenantId, scopes} and meta.request_id; POST/PATCH/DELETE with Idempotency-Key
 replay instead of duplicating; a request from outside a key's allowed IPs and a revoked key get
-401 unauthorized; /api/v1/* answers no cross-origin preflight, the OAuth endpoints do.
+401 unauthorized; /api/v1/* answers no cross-origin preflight, the OAuth endpoints do; apps
+call with OAuth 2.1 bwp_at_… tokens that can be revoked individually.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import re
 import uuid
 from typing import Any
 
-from tests.conftest import GatewayFactory, RunningGateway, Upstream
+from tests.conftest import FakeClock, GatewayFactory, RunningGateway, Upstream, UpstreamFactory
 from tests.examples.seeds import start_example
 from tests.helpers import Admin, eventually
+from tests.oauth.introspection_endpoint import CLIENT_ID, SECRET, start_introspection
 
 
 async def call(
@@ -118,3 +120,63 @@ async def test_cors_is_for_the_oauth_endpoints_only(
         async with gw.session.options(f"{gw.url}{path}", headers=asks) as r:
             assert r.status == 204, path
             assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_installed_apps_call_with_opaque_oauth_tokens_beside_keys(
+    gateway_factory: GatewayFactory,
+    upstream: Upstream,
+    upstream_factory: UpstreamFactory,
+    store_config: dict[str, Any],
+) -> None:
+    """ "Use OAuth 2.1 instead": an app's bwp_at_… token acts for the tenant that authorized it
+    (checked at the authorization server, "revoked individually"), beside the tenant's keys."""
+    endpoint = await start_introspection(upstream_factory)
+    clock = FakeClock()
+    introspection = {
+        "url": endpoint.url,
+        "client_id": CLIENT_ID,
+        "client_secret": SECRET,
+        "cache_ttl": "30s",
+    }
+    gw = await start_example(
+        gateway_factory,
+        "buildworkpro",
+        store=store_config,
+        backend=upstream.url,
+        clock=clock,
+        oauth={"introspection": introspection},
+    )
+    admin = Admin(gw)
+    org = await admin.org("acme-builders", plan="business")
+    token = "bwp_at_" + uuid.uuid4().hex
+    endpoint.answers[token] = {
+        "active": True,
+        "scope": "contacts:read leads:read",
+        "client_id": "estimating-app",
+        "sub": "usr_42",
+        "tenant_id": org["id"],
+        "exp": int(clock.now) + 3600,
+    }
+    status, _, _ = await call(gw, "GET", "/api/v1/contacts", token)
+    assert status == 200
+    told = {name.lower(): value for name, value in upstream.seen[-1].headers}
+    assert (told["x-org-id"], told["x-client-id"]) == (org["id"], "estimating-app")
+    status, _, body = await call(gw, "GET", "/api/v1/me", token)
+    assert status == 200
+    # The documented shape, the same as for a key: a token has no key id or name.
+    assert body["data"] == {
+        "keyId": None,
+        "keyName": None,
+        "tenantId": org["id"],
+        "scopes": ["contacts:read", "leads:read"],
+    }
+    status, _, body = await call(gw, "POST", "/api/v1/contacts", token, {"name": "x"})
+    assert (status, body["error"]["code"]) == (403, "insufficient_scope")
+    # Revoked at the authorization server: refused once the 30 s answer is spent.
+    del endpoint.answers[token]
+    clock.now += 31
+    status, _, body = await call(gw, "GET", "/api/v1/contacts", token)
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    # The tenant's server-to-server key still works on the same route.
+    key = await admin.key("acme-builders", scopes=["contacts:read"])
+    assert (await call(gw, "GET", "/api/v1/contacts", key["secret"]))[0] == 200
