@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -26,6 +27,8 @@ MAX_ANSWER = 64 * 1024  # an introspection answer is a few hundred bytes
 MAX_LOOKUPS = 32  # calls in flight at once, whatever the traffic
 OUTAGE_BACKOFF = 1.0  # after a failure, new lookups fail at once for this long
 LEEWAY = 30.0  # clock skew allowed on exp and nbf, as for JWTs
+# RFC 6750 2.1: what a Bearer token is made of; anything else is refused without a call.
+_B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 class IntrospectionUnavailable(Exception):
@@ -115,8 +118,8 @@ class Introspector:
     async def introspect(self, token: str, digest: bytes) -> Claims:
         """The active token's claims; InvalidToken, or IntrospectionUnavailable."""
         # SECURITY: bounded before anything is sent; a token is ASCII by construction.
-        if len(token) > MAX_TOKEN_SIZE or not token.isascii():
-            raise InvalidToken("not a token this gateway sends on")
+        if len(token) > MAX_TOKEN_SIZE or not _B64TOKEN.fullmatch(token):
+            raise InvalidToken("not a bearer token (RFC 6750 b64token) of at most 8 KiB")
         cached = self._cache.get(digest, now=self._clock(), generation=0)
         if cached is None:
             task = self._inflight.get(digest)
