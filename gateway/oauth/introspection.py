@@ -8,6 +8,7 @@ import base64
 import re
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote_plus
@@ -128,7 +129,7 @@ class Introspector:
                     raise IntrospectionUnavailable(self._last_error or "backing off")
                 task = asyncio.ensure_future(self._lookup(token, digest))
                 self._inflight[digest] = task
-                task.add_done_callback(lambda _: self._inflight.pop(digest, None))
+                task.add_done_callback(partial(self._settled, digest))
             # A caller cancelled (its client gone) cancels its own wait, not the call others share.
             cached = await asyncio.shield(task)
         else:
@@ -136,6 +137,13 @@ class Introspector:
         if isinstance(cached, _Refused):
             raise InvalidToken(cached.reason)
         return cached
+
+    def _settled(self, digest: bytes, task: asyncio.Task[Claims | _Refused]) -> None:
+        self._inflight.pop(digest, None)
+        # Retrieved here: a failure whose callers have all gone was logged once, in _lookup, and
+        # must not come back from asyncio as an error "never retrieved" with a traceback.
+        if not task.cancelled():
+            task.exception()
 
     async def _lookup(self, token: str, digest: bytes) -> Claims | _Refused:
         async with self._lookups:
