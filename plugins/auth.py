@@ -68,6 +68,7 @@ class AuthPlugin:
             plans_with_api_keys=frozenset(
                 name for name, plan in config.plans.items() if plan.api_keys
             ),
+            plans=frozenset(config.plans),
             attribute_headers=tuple(config.identity.attribute_headers.items()),
             keys="key" in credentials,
             tokens=services.tokens if "oauth" in credentials else None,
@@ -82,6 +83,7 @@ class AuthPlugin:
         *,
         required_scopes: tuple[str, ...],
         plans_with_api_keys: frozenset[str],
+        plans: frozenset[str] = frozenset(),
         attribute_headers: tuple[tuple[str, str], ...] = (),
         keys: bool = True,
         tokens: TokenCallers | None = None,
@@ -92,6 +94,7 @@ class AuthPlugin:
         self.policy = policy
         self.required = required_scopes
         self.plans_with_api_keys = plans_with_api_keys
+        self.plans = plans  # every plan of the config: a token's org must be on one
         self.attribute_headers = attribute_headers  # (attribute, header); the proxy strips them
         self.keys = keys
         self.tokens = tokens
@@ -116,9 +119,10 @@ class AuthPlugin:
         if secret is None:
             self._count("none", "missing")
             raise Unauthorized(self.message)
-        # Our keys have a shape and a checksum no access token has by chance: that tells them
-        # apart on a route that takes both.
-        is_key = self.keyring.format.parse(secret) is not None if self.tokens else self.keys
+        # Our keys start <prefix>_live_ (or as the key format says), which no access token of
+        # the server's does: that tells them apart on a route that takes both. SECURITY: a
+        # mistyped key is a key too: it is never sent to the authorization server.
+        is_key = self.keyring.format.looks_like_key(secret) if self.tokens else self.keys
         if is_key:
             if not self.keys:
                 # SECURITY: one of our keys is never sent on to the authorization server.
@@ -189,6 +193,9 @@ class AuthPlugin:
         self._count(kind, "ok")
         bearer = identity.token
         ctx.log_fields["org_id"] = identity.org.id
+        if identity.org.plan not in self.plans:
+            # A plan a reload removed: no limits or quota to count against, so no access.
+            raise ApiAccessDisabled()
         if bearer is not None:
             # The client, not the subject: a subject may be a person's email address.
             ctx.log_fields["client_id"] = bearer.client_id

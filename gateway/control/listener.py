@@ -108,9 +108,14 @@ def redacted_config(loaded: LoadedConfig) -> dict[str, Any]:
     data["admin"]["tokens"] = [
         {**entry, "token": REDACTED} for entry in data["admin"].get("tokens") or ()
     ]
-    introspection = (data.get("oauth") or {}).get("introspection")
-    if introspection:
-        introspection["client_secret"] = REDACTED
+    oauth = data.get("oauth") or {}
+    if oauth.get("introspection"):
+        oauth["introspection"]["client_secret"] = REDACTED
+    for jwk in (oauth.get("jwks") or {}).get("keys") or ():
+        # An oct key is the HMAC secret itself (private members are refused at load anyway).
+        for member in ("k", "d", "p", "q", "dp", "dq", "qi"):
+            if member in jwk:
+                jwk[member] = REDACTED
     url = data["store"].get("url")
     if url:
         data["store"]["url"] = redact_url(url)

@@ -74,6 +74,7 @@ class Snapshot:
         self.plugins: list[Plugin] = []
         # The token checks of this config's oauth section: started and stopped with it.
         self.tokens = services.tokens if services is not None else None
+        self._holds_tokens = False
         # The gateway's own routes that act for an org take its access tokens too; keys are
         # managed with keys only (a key made by a token would outlive the token).
         org_auth: str | list[str] = ["key", "oauth"] if config.oauth is not None else "key"
@@ -204,6 +205,7 @@ class Snapshot:
             await pool.startup()
         if self.tokens is not None:
             await self.tokens.startup()
+            self._holds_tokens = True
         for plugin in self.plugins:
             await plugin.startup()
 
@@ -211,8 +213,9 @@ class Snapshot:
         """Release what startup took; safe after a partial startup."""
         for plugin in self.plugins:
             await plugin.shutdown()
-        if self.tokens is not None:
-            await self.tokens.shutdown()
+        if self.tokens is not None and self._holds_tokens:
+            self._holds_tokens = False
+            await self.tokens.shutdown()  # shared with the next snapshot: let go of it once
         for pool in [*self.upstreams.values(), *self.sandboxes.values()]:
             await pool.shutdown()
 

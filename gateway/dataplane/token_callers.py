@@ -29,9 +29,10 @@ from gateway.store import Org
 TokenKind = Literal["jwt", "introspection"]
 MAX_IDENTITIES = 10_000
 MAX_CLAIM = 1024  # longest sub or client_id passed on as a header
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters would inject headers; a lone surrogate is no text to send at all.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 MAX_SCOPES = 256
-_SPACE = re.compile(r"[\x00-\x20\x7f]")  # X-Scopes is space-separated
+_SPACE = re.compile(r"[\x00-\x20\x7f\ud800-\udfff]")  # X-Scopes is space-separated
 
 
 class TokenUnavailable(Exception):
@@ -111,14 +112,24 @@ class TokenCallers:
                 clock=clock,
             )
         self._built: OrderedDict[bytes, _Built] = OrderedDict()
+        self._users = 0  # snapshots that took it (startup) and have not let go (shutdown)
 
     async def startup(self) -> None:
+        """Taken by each snapshot that uses it: a reload that keeps the oauth section hands the
+        same checks, keys and caches to the next snapshot (through a key-server outage, the
+        keys fetched before it too). Started by the first, stopped by the last to let go."""
+        self._users += 1
+        if self._users > 1:
+            return
         if self.jwks is not None:
             await self.jwks.startup()
         if self.introspector is not None:
             await self.introspector.startup()
 
     async def shutdown(self) -> None:
+        self._users -= 1
+        if self._users > 0:
+            return
         if self.jwks is not None:
             await self.jwks.shutdown()
         if self.introspector is not None:

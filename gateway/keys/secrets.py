@@ -60,6 +60,11 @@ class KeyFormat:
         self.random_length = random_length
         self._pepper = pepper.encode() if pepper else None
         env = r"(live|test)_" if environment_in_key else r"()"
+        # What every key of ours starts with, typo or not: such a secret is never taken for
+        # anything else (an OAuth token), so never sent anywhere else.
+        self._heads = (
+            (f"{prefix}_live_", f"{prefix}_test_") if environment_in_key else (f"{prefix}_",)
+        )
         self._shape = re.compile(
             rf"{re.escape(prefix)}_{env}"
             rf"([0-9A-Za-z]{{{random_length}}})([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})\Z"
@@ -79,6 +84,10 @@ class KeyFormat:
             else f"{self.prefix}_{random}"
         )
         return body + checksum(body)
+
+    def looks_like_key(self, secret: str) -> bool:
+        """Whether the secret starts as our keys do (its checksum may still be wrong)."""
+        return secret.startswith(self._heads)
 
     def parse(self, secret: str) -> ParsedKey | None:
         """The key's parts if it has our shape and a valid checksum, else None (no store lookup)."""

@@ -147,6 +147,10 @@ class Introspector:
 
     async def _lookup(self, token: str, digest: bytes) -> Claims | _Refused:
         async with self._lookups:
+            # Waited for a slot: the endpoint may have failed meanwhile. Queued lookups do not
+            # each wait out a timeout against an endpoint that is down.
+            if not self._breaker.allow():
+                raise IntrospectionUnavailable(self._last_error or "backing off")
             try:
                 answer = await self._ask(token)
             except IntrospectionUnavailable as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -75,7 +76,14 @@ def _number(payload: Mapping[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken(f"{name} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidToken(f"{name} is out of range") from None
+    # SECURITY: a NaN compares false with everything: an exp of NaN would never expire.
+    if not math.isfinite(number):
+        raise InvalidToken(f"{name} is not a finite number")
+    return number
 
 
 def _string(payload: Mapping[str, Any], *names: str) -> str | None:

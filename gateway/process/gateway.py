@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from gateway.config import LoadedConfig
+from gateway.config.oauth import OAuthConfig
 from gateway.control.listener import redacted_config, start_admin_listener
 from gateway.control.plane import ControlPlane
 from gateway.dataplane.handler import DataPlane
@@ -105,6 +106,7 @@ class GatewayProcess:
         self.data_server: HttpServer | None = None
         self.draining = False
         self._attribute_headers: set[str] = set()
+        self._tokens_by_config: tuple[OAuthConfig, TokenCallers] | None = None
         self.data_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] = ("", 0)
         # What start() started, each with its release: stop() runs them in reverse order.
@@ -313,7 +315,6 @@ class GatewayProcess:
     def _snapshot(self, loaded: LoadedConfig, builtin: dict[str, list[str]]) -> Snapshot:
         # The plugins are built from the registry, reading the config given here: the one the
         # snapshot is for, which is not in force yet during a reload.
-        oauth = loaded.config.oauth
         services = PluginServices(
             store=self.store,
             keyring=self.keyring,
@@ -321,9 +322,7 @@ class GatewayProcess:
             metrics=self.metrics,
             limiter=self.limiter,
             clock=self.clock,
-            tokens=None
-            if oauth is None
-            else TokenCallers(oauth, self.keyring, self.scopes, clock=self.clock),
+            tokens=self._token_callers_for(loaded.config.oauth),
         )
         # Every attribute header this process has sent stays stripped after a reload renames
         # or drops it: its backend may still trust it.
@@ -338,6 +337,18 @@ class GatewayProcess:
             keys_api=self.self_service_keys,
             retired_headers=sorted(self._attribute_headers),
         )
+
+    def _token_callers_for(self, oauth: OAuthConfig | None) -> TokenCallers | None:
+        """The token checks for a config: the running ones while its oauth section is unchanged
+        (their keys and caches survive a reload), else new ones."""
+        if oauth is None:
+            return None
+        current = self._tokens_by_config
+        if current is not None and current[0] == oauth:
+            return current[1]
+        tokens = TokenCallers(oauth, self.keyring, self.scopes, clock=self.clock)
+        self._tokens_by_config = (oauth, tokens)
+        return tokens
 
     async def readiness(self) -> dict[str, Any]:
         return {

@@ -146,6 +146,19 @@ def test_valid_sections() -> None:
         parse_config(config_text(oauth), source="t.yaml", env={})
 
 
+def test_inline_hmac_keys_are_never_shown() -> None:
+    secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMy"
+    oauth = {
+        **JWT,
+        "jwks_url": None,
+        "algorithms": ["HS256"],
+        "jwks": {"keys": [{"kty": "oct", "k": secret, "kid": "h1"}]},
+    }
+    shown = redacted_config(parse_config(config_text(oauth), source="t.yaml", env={}))
+    assert shown["config"]["oauth"]["jwks"]["keys"] == [{"kty": "oct", "k": REDACTED, "kid": "h1"}]
+    assert secret not in str(shown)
+
+
 def test_the_introspection_secret_is_never_shown() -> None:
     oauth = {**JWT, "introspection": {**INTROSPECTION, "client_secret": "${SECRET}"}}
     loaded = parse_config(config_text(oauth), source="t.yaml", env={"SECRET": "hunter2-xyz"})

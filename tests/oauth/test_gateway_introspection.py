@@ -166,6 +166,10 @@ async def test_inactive_tokens_get_the_common_401_and_keys_never_leave_the_gatew
     # never shown to the authorization server.
     refused = await send(gw, "/v1/apps", key["secret"])
     assert refused.status == 401
+    # Nor is a mistyped one, whose checksum fails: it would give most of the key away.
+    for typo in (key["secret"][:-1], key["secret"] + "x", key["secret"][:-1] + "0"):
+        for path in ("/v1/apps", "/v1/orders"):
+            assert (await send(gw, path, typo)).status == 401, (path, typo)
     assert (await send(gw, "/v1/orders", key["secret"])).status == 200  # keys routes: a key
     assert endpoint.calls == calls
     assert all(key["secret"] not in form.values() for form in endpoint.forms)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.conftest import FakeClock, GatewayFactory, RunningGateway, Upstream
 from tests.helpers import Admin, eventually
@@ -157,3 +160,62 @@ async def test_a_gateway_started_during_an_outage_answers_503_until_the_keys_com
     assert auth_server.fetches() == 2
     _, ready = await readiness(gw)
     assert ready["oauth"]["jwks"]["ok"] is True
+
+
+async def test_a_reload_keeps_the_fetched_keys_and_a_changed_section_takes_effect(
+    gateway_factory: GatewayFactory,
+    upstream: Upstream,
+    auth_server: AuthServer,
+    tokens: Tokens,
+    gateway_clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """A reload during a key-server outage: an unchanged oauth section keeps its keys (tokens
+    keep passing); a changed one is applied (a new audience refuses the old tokens)."""
+    path = tmp_path / "gateway.yaml"
+    config = jwt_config(upstream, auth_server)
+    config["store"] = {"backend": "local", "path": str(tmp_path / "state.db")}
+    config["admin"]["token_file"] = str(tmp_path / "admin-token")
+    path.write_text(yaml.safe_dump(config))
+    gw = await gateway_factory(path, clock=gateway_clock)
+    await Admin(gw).org()
+    token = tokens()
+    assert (await send(gw, "/v1/orders", token)).status == 200
+    auth_server.down = True
+    config["routes"].append({"path": "/v1/new", "upstream": "app", "auth": "oauth"})
+    path.write_text(yaml.safe_dump(config))
+    assert await gw.process.reload() == []
+    assert (await send(gw, "/v1/orders", token)).status == 200
+    assert (await send(gw, "/v1/new", token)).status == 200
+    auth_server.down = False
+    config["oauth"]["audience"] = "https://another-api.example.test"
+    path.write_text(yaml.safe_dump(config))
+    assert await gw.process.reload() == []
+    assert (await send(gw, "/v1/orders", token)).status == 401
+    other = tokens(aud="https://another-api.example.test")
+    assert (await send(gw, "/v1/orders", other)).status == 200
+
+
+async def test_a_token_of_an_org_whose_plan_a_reload_removed_is_refused(
+    gateway_factory: GatewayFactory,
+    upstream: Upstream,
+    auth_server: AuthServer,
+    tokens: Tokens,
+    gateway_clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """Its keys get 403 api_access_disabled; its tokens must too, not pass with no limits."""
+    path = tmp_path / "gateway.yaml"
+    config = jwt_config(upstream, auth_server, plans={"free": {}, "gold": {}})
+    config["store"] = {"backend": "local", "path": str(tmp_path / "state.db")}
+    config["admin"]["token_file"] = str(tmp_path / "admin-token")
+    path.write_text(yaml.safe_dump(config))
+    gw = await gateway_factory(path, clock=gateway_clock)
+    await Admin(gw).org(plan="gold")
+    token = tokens()
+    assert (await send(gw, "/v1/orders", token)).status == 200
+    config["plans"] = {"free": {}}
+    path.write_text(yaml.safe_dump(config))
+    assert await gw.process.reload() == []
+    refused = await send(gw, "/v1/orders", token)
+    assert (refused.status, refused.body["error"]["code"]) == (403, "api_access_disabled")

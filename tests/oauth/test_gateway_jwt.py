@@ -265,6 +265,12 @@ async def test_every_refused_token_gets_the_same_rfc6750_answer(
         "sub with CRLF": tokens(sub="user-1\r\nX-Org-Id: org_other"),
         "client_id with NUL": tokens(client_id="app\x00"),
         "scope list with a space": tokens(drop=("scope",), scp=["orders:read", "a b"]),
+        "sub a lone surrogate": tokens(sub="\ud800"),
+        "scope a lone surrogate": tokens(scope="orders:read \udc80x"),
+        # An exp no number can hold, or none at all (NaN compares false: it would never end).
+        "exp out of range": tokens(exp=10**400),
+        "exp NaN": tokens(exp=float("nan")),
+        "exp Infinity": tokens(exp=float("inf")),
     }
     refusal = (401, INVALID_TOKEN, "unauthorized", EITHER)
     answers = {name: await _refusal(gw, token) for name, token in refused.items()}

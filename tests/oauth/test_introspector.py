@@ -198,6 +198,22 @@ async def test_concurrent_lookups_of_one_token_share_one_call(
     assert server.calls == 1
 
 
+async def test_lookups_queued_behind_a_failing_endpoint_fail_at_once(
+    server: Introspection, make: Make
+) -> None:
+    server.fail = "hang"
+    introspector = make(timeout=0.3)
+    started = asyncio.get_running_loop().time()
+    outcomes = await asyncio.gather(
+        *(check(introspector, f"tok-{i}") for i in range(100)), return_exceptions=True
+    )
+    elapsed = asyncio.get_running_loop().time() - started
+    assert all(isinstance(o, IntrospectionUnavailable) for o in outcomes)
+    # The first 32 wait out the timeout; the rest find the endpoint failing and do not call.
+    assert server.calls == 32
+    assert elapsed < 0.3 * 2.5
+
+
 async def test_oversized_or_non_ascii_tokens_are_never_sent(
     server: Introspection, make: Make
 ) -> None:
