@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import structlog
@@ -112,6 +113,14 @@ def token_identity(bearer: TokenBearer, org: Org, scopes: frozenset[str]) -> Ide
         rate_limit=None,
         token=bearer,
     )
+
+
+def _settled(inflight: dict[str, Any], name: str, task: asyncio.Task[Any]) -> None:
+    """A shared lookup is over: forget it, and read its failure, which its callers (all gone,
+    if a client left during an outage) may not have: asyncio would log it as never retrieved."""
+    inflight.pop(name, None)
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(slots=True)
@@ -306,7 +315,7 @@ class KeyRing:
         if task is None:
             task = asyncio.ensure_future(self._lookup_org(ref))
             self._org_lookups[ref] = task
-            task.add_done_callback(lambda _: self._org_lookups.pop(ref, None))
+            task.add_done_callback(partial(_settled, self._org_lookups, ref))
         try:
             org = await asyncio.shield(task)
         except StoreError:
@@ -344,7 +353,7 @@ class KeyRing:
         if task is None:
             task = asyncio.ensure_future(self._lookup(key_hash))
             self._inflight[key_hash] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+            task.add_done_callback(partial(_settled, self._inflight, key_hash))
         return await asyncio.shield(task)
 
     async def _lookup(self, key_hash: str) -> Identity | None:

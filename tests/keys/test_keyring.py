@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from gateway.keys.keyring import KeyRing
 from gateway.keys.scopes import ScopePolicy
 from gateway.keys.secrets import KeyFormat
-from gateway.store import ApiKey, Org, new_id
+from gateway.store import ApiKey, Org, StoreError, new_id
 from gateway.store.local import LocalStore
 from tests.conftest import FakeClock
 from tests.helpers import eventually
@@ -26,6 +27,7 @@ class GatedStore(LocalStore):
         self.gate: asyncio.Event | None = None
         self.lookups = 0
         self.held = 0  # lookups that have read the key and wait at the gate
+        self.fail = False  # the lookup fails (as in an outage) once past the gate
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         self.lookups += 1
@@ -33,6 +35,8 @@ class GatedStore(LocalStore):
         if self.gate is not None:
             self.held += 1
             await self.gate.wait()
+        if self.fail:
+            raise StoreError("the store went away")
         return key
 
 
@@ -107,6 +111,24 @@ async def test_a_cancelled_caller_does_not_cancel_others_sharing_its_lookup(
     assert store.lookups == 1
     with pytest.raises(asyncio.CancelledError):
         await leader
+
+
+async def test_a_failed_lookup_whose_caller_left_is_not_an_unhandled_error(
+    store: GatedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, secret = await make_key(store)
+    keyring = ring(store)
+    store.gate = asyncio.Event()
+    store.fail = True
+    caller = asyncio.create_task(keyring.resolve(secret))
+    await eventually(lambda: store.held)
+    caller.cancel()  # its client went away during the outage
+    store.gate.set()
+    await eventually(lambda: keyring.sizes()["inflight"], expect=0)
+    del caller
+    await asyncio.sleep(0)
+    gc.collect()  # asyncio reports an exception never retrieved when the task is collected
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 async def test_forged_keys_cannot_push_good_keys_out_of_the_cache(store: GatedStore) -> None:
