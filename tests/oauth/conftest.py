@@ -15,8 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.oauth import JwksCache, JwtVerifier
+from gateway.oauth import Introspector, JwksCache, JwtVerifier
 from tests.conftest import FakeClock, RunningGateway, Upstream, UpstreamFactory, make_config
+from tests.oauth.introspection_endpoint import (
+    CLIENT_ID,
+    SECRET,
+    Introspection,
+    start_introspection,
+)
 
 ISSUER = "https://auth.example.test"
 AUDIENCE = "https://api.example.test"
@@ -307,3 +313,39 @@ async def send(
     async with gw.session.request(method, f"{gw.url}{path}", headers=sent, json=json) as r:
         body = await r.json() if r.content_type == "application/json" else await r.read()
         return Answer(r.status, r.headers, body)
+
+
+@pytest.fixture
+async def introspection(upstream_factory: UpstreamFactory) -> Introspection:
+    """A test authorization server's introspection endpoint."""
+    return await start_introspection(upstream_factory)
+
+
+IntrospectorFactory = Callable[..., Introspector]
+
+
+@pytest.fixture
+async def make_introspector(
+    introspection: Introspection, clock: FakeClock
+) -> AsyncIterator[IntrospectorFactory]:
+    """Introspectors of ``introspection`` (or of ``url``) on the test's clock, with the
+    endpoint's credentials; shut down (their sessions closed) at teardown."""
+    made: list[Introspector] = []
+
+    def build(url: str | None = None, **options: Any) -> Introspector:
+        settings: dict[str, Any] = {
+            "client_id": CLIENT_ID,
+            "client_secret": SECRET,
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "timeout": 0.5,
+            "clock": clock,
+            **options,
+        }
+        introspector = Introspector(url or introspection.url, **settings)
+        made.append(introspector)
+        return introspector
+
+    yield build
+    for introspector in made:
+        await introspector.shutdown()

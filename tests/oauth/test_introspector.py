@@ -4,58 +4,14 @@ believed, what is remembered and for how long, and what an outage becomes."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from gateway.oauth import IntrospectionUnavailable, Introspector, InvalidToken
-from tests.conftest import FakeClock, UpstreamFactory
-from tests.oauth.introspection_endpoint import (
-    CLIENT_ID,
-    SECRET,
-    Introspection,
-    start_introspection,
-)
-
-START = 1_700_000_000.0
-
-
-@pytest.fixture
-async def server(upstream_factory: UpstreamFactory) -> Introspection:
-    return await start_introspection(upstream_factory)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(START)
-
-
-Make = Callable[..., Introspector]
-
-
-@pytest.fixture
-async def make(server: Introspection, clock: FakeClock) -> AsyncIterator[Make]:
-    made: list[Introspector] = []
-
-    def build(**options: Any) -> Introspector:
-        settings: dict[str, Any] = {
-            "client_id": CLIENT_ID,
-            "client_secret": SECRET,
-            "issuer": "https://auth.example.test",
-            "audience": "https://api.example.test",
-            "timeout": 0.5,
-            "clock": clock,
-            **options,
-        }
-        introspector = Introspector(server.url, **settings)
-        made.append(introspector)
-        return introspector
-
-    yield build
-    for introspector in made:
-        await introspector.shutdown()
+from gateway.oauth import IntrospectionUnavailable, InvalidToken
+from tests.conftest import FakeClock
+from tests.oauth.conftest import START, IntrospectorFactory
+from tests.oauth.introspection_endpoint import Introspection, check
 
 
 def active(**claims: Any) -> dict[str, Any]:
@@ -69,19 +25,19 @@ def active(**claims: Any) -> dict[str, Any]:
     }
 
 
-async def check(introspector: Introspector, token: str) -> Any:
-    return await introspector.introspect(token, hashlib.sha256(token.encode()).digest())
-
-
-async def test_an_active_token_and_what_was_sent(server: Introspection, make: Make) -> None:
-    server.answers["tok-1"] = active(org_id="acme", aud=["https://api.example.test", "other"])
-    claims = await check(make(), "tok-1")
+async def test_an_active_token_and_what_was_sent(
+    introspection: Introspection, make_introspector: IntrospectorFactory
+) -> None:
+    introspection.answers["tok-1"] = active(
+        org_id="acme", aud=["https://api.example.test", "other"]
+    )
+    claims = await check(make_introspector(), "tok-1")
     assert (claims.subject, claims.client_id) == ("user-1", "app-1")
     assert claims.scopes == ("orders:read", "orders:write")
     assert claims.expires_at == START + 3600
     assert claims.raw["org_id"] == "acme"
     # The server accepted our Basic credentials (else it would have said 401 and we 503).
-    assert server.forms == [{"token": "tok-1", "token_type_hint": "access_token"}]
+    assert introspection.forms == [{"token": "tok-1", "token_type_hint": "access_token"}]
 
 
 @pytest.mark.parametrize(
@@ -100,109 +56,123 @@ async def test_an_active_token_and_what_was_sent(server: Introspection, make: Ma
     ],
 )
 async def test_what_is_not_believed(
-    server: Introspection, make: Make, answer: dict[str, Any], reason: str
+    introspection: Introspection,
+    make_introspector: IntrospectorFactory,
+    answer: dict[str, Any],
+    reason: str,
 ) -> None:
-    server.answers["tok"] = answer
+    introspection.answers["tok"] = answer
     with pytest.raises(InvalidToken) as refused:
-        await check(make(), "tok")
+        await check(make_introspector(), "tok")
     assert reason in refused.value.reason
 
 
-async def test_scopes_from_the_configured_claim(server: Introspection, make: Make) -> None:
-    server.answers["tok"] = active(permissions=["a:read", "b:write"])
-    claims = await check(make(scopes_claim="permissions"), "tok")
+async def test_scopes_from_the_configured_claim(
+    introspection: Introspection, make_introspector: IntrospectorFactory
+) -> None:
+    introspection.answers["tok"] = active(permissions=["a:read", "b:write"])
+    claims = await check(make_introspector(scopes_claim="permissions"), "tok")
     assert claims.scopes == ("a:read", "b:write")
 
 
 async def test_an_active_answer_is_kept_until_exp_bounded_by_cache_ttl(
-    server: Introspection, make: Make, clock: FakeClock
+    introspection: Introspection, make_introspector: IntrospectorFactory, clock: FakeClock
 ) -> None:
-    server.answers["tok"] = active()
-    introspector = make(cache_ttl=60)
+    introspection.answers["tok"] = active()
+    introspector = make_introspector(cache_ttl=60)
     await check(introspector, "tok")
-    del server.answers["tok"]  # revoked at the server
+    del introspection.answers["tok"]  # revoked at the introspection
     clock.now += 59
     await check(introspector, "tok")  # still within cache_ttl: not asked again
-    assert server.calls == 1
+    assert introspection.calls == 1
     clock.now += 2
     with pytest.raises(InvalidToken):
         await check(introspector, "tok")  # the revocation is seen within cache_ttl
-    assert server.calls == 2
+    assert introspection.calls == 2
     # A token expiring sooner than cache_ttl is kept only until it expires.
-    server.answers["short"] = active(exp=int(clock.now) + 10)
+    introspection.answers["short"] = active(exp=int(clock.now) + 10)
     await check(introspector, "short")
     clock.now += 11
     await check(introspector, "short")  # asked again: its exp ended the cached answer
-    assert server.calls == 4
+    assert introspection.calls == 4
 
 
-async def test_cache_ttl_zero_asks_every_time(server: Introspection, make: Make) -> None:
-    server.answers["tok"] = active()
-    introspector = make(cache_ttl=0)
+async def test_cache_ttl_zero_asks_every_time(
+    introspection: Introspection, make_introspector: IntrospectorFactory
+) -> None:
+    introspection.answers["tok"] = active()
+    introspector = make_introspector(cache_ttl=0)
     for _ in range(3):
         await check(introspector, "tok")
-    assert server.calls == 3
+    assert introspection.calls == 3
 
 
-async def test_a_no_is_kept_briefly(server: Introspection, make: Make, clock: FakeClock) -> None:
-    introspector = make(cache_ttl=60, negative_ttl=5)
+async def test_a_no_is_kept_briefly(
+    introspection: Introspection, make_introspector: IntrospectorFactory, clock: FakeClock
+) -> None:
+    introspector = make_introspector(cache_ttl=60, negative_ttl=5)
     for _ in range(10):
         with pytest.raises(InvalidToken):
             await check(introspector, "nope")
-    assert server.calls == 1
-    server.answers["nope"] = active()  # e.g. an nbf that has arrived
+    assert introspection.calls == 1
+    introspection.answers["nope"] = active()  # e.g. an nbf that has arrived
     clock.now += 5
     await check(introspector, "nope")
-    assert server.calls == 2
+    assert introspection.calls == 2
 
 
 @pytest.mark.parametrize("failure", ["503", "401", "html", "huge", "hang"])
 async def test_an_outage_is_unavailable_never_invalid_and_never_remembered(
-    server: Introspection, make: Make, clock: FakeClock, failure: str
+    introspection: Introspection,
+    make_introspector: IntrospectorFactory,
+    clock: FakeClock,
+    failure: str,
 ) -> None:
-    server.answers["tok"] = active()
-    introspector = make()
-    server.fail = failure
+    introspection.answers["tok"] = active()
+    introspector = make_introspector()
+    introspection.fail = failure
     with pytest.raises(IntrospectionUnavailable):
         await check(introspector, "tok")
     assert introspector.state()["failing"] is True
     # Within a second of the failure the endpoint is left alone: no call, still unavailable.
     with pytest.raises(IntrospectionUnavailable):
         await check(introspector, "tok")
-    assert server.calls == 1
-    server.fail = None
+    assert introspection.calls == 1
+    introspection.fail = None
     clock.now += 1
     assert (await check(introspector, "tok")).subject == "user-1"
     assert introspector.state()["failing"] is False
 
 
-async def test_wrong_credentials_are_unavailable(server: Introspection, make: Make) -> None:
-    server.answers["tok"] = active()
+async def test_wrong_credentials_are_unavailable(
+    introspection: Introspection, make_introspector: IntrospectorFactory
+) -> None:
+    introspection.answers["tok"] = active()
     with pytest.raises(IntrospectionUnavailable, match="credentials"):
-        await check(make(client_secret="wrong"), "tok")
+        await check(make_introspector(client_secret="wrong"), "tok")
 
 
 async def test_concurrent_lookups_of_one_token_share_one_call(
-    server: Introspection, make: Make
+    introspection: Introspection, make_introspector: IntrospectorFactory
 ) -> None:
-    server.answers["tok"] = active()
-    server.fail = "gate"
-    introspector = make()
+    introspection.answers["tok"] = active()
+    introspection.fail = "gate"
+    introspector = make_introspector()
     waiters = [asyncio.ensure_future(check(introspector, "tok")) for _ in range(10)]
     await asyncio.sleep(0.05)
     waiters[0].cancel()  # one client goes away: the others' lookup goes on
-    server.fail = None
-    server.release.set()
+    introspection.fail = None
+    introspection.release.set()
     results = await asyncio.gather(*waiters[1:])
     assert {claims.subject for claims in results} == {"user-1"}
-    assert server.calls == 1
+    assert introspection.calls == 1
 
 
 async def test_lookups_queued_behind_a_failing_endpoint_fail_at_once(
-    server: Introspection, make: Make
+    introspection: Introspection, make_introspector: IntrospectorFactory
 ) -> None:
-    server.fail = "hang"
-    introspector = make(timeout=0.3)
+    introspection.fail = "hang"
+    introspector = make_introspector(timeout=0.3)
     started = asyncio.get_running_loop().time()
     outcomes = await asyncio.gather(
         *(check(introspector, f"tok-{i}") for i in range(100)), return_exceptions=True
@@ -210,15 +180,15 @@ async def test_lookups_queued_behind_a_failing_endpoint_fail_at_once(
     elapsed = asyncio.get_running_loop().time() - started
     assert all(isinstance(o, IntrospectionUnavailable) for o in outcomes)
     # The first 32 wait out the timeout; the rest find the endpoint failing and do not call.
-    assert server.calls == 32
+    assert introspection.calls == 32
     assert elapsed < 0.3 * 2.5
 
 
 async def test_oversized_or_non_ascii_tokens_are_never_sent(
-    server: Introspection, make: Make
+    introspection: Introspection, make_introspector: IntrospectorFactory
 ) -> None:
-    introspector = make()
+    introspector = make_introspector()
     for token in ("x" * 8193, "tök", "a b", 'tok"en'):
         with pytest.raises(InvalidToken):
             await check(introspector, token)
-    assert server.calls == 0
+    assert introspection.calls == 0
