@@ -20,7 +20,14 @@ import structlog
 from gateway.breaker import CircuitBreaker
 from gateway.oauth.cache import VerifiedTokens
 from gateway.oauth.fetch import FetchError, read_capped
-from gateway.oauth.tokens import MAX_TOKEN_SIZE, Claims, InvalidToken, _number, _scopes, _string
+from gateway.oauth.tokens import (
+    MAX_TOKEN_SIZE,
+    Claims,
+    InvalidToken,
+    number_claim,
+    scopes_of,
+    string_claim,
+)
 
 log = structlog.get_logger("gateway.oauth")
 
@@ -214,10 +221,10 @@ class Introspector:
     def _claims(self, answer: Mapping[str, Any], now: float) -> Claims:
         if answer.get("active") is not True:
             raise InvalidToken("inactive")
-        exp = _number(answer, "exp")
+        exp = number_claim(answer, "exp")
         if exp is not None and exp <= now - LEEWAY:
             raise InvalidToken("expired")
-        nbf = _number(answer, "nbf")
+        nbf = number_claim(answer, "nbf")
         if nbf is not None and nbf > now + LEEWAY:
             raise InvalidToken("not yet valid")
         issuer = answer.get("iss")
@@ -232,10 +239,10 @@ class Introspector:
         if str(answer.get("token_type", "")).lower() in ("refresh_token", "refresh"):
             raise InvalidToken("a refresh token")
         return Claims(
-            subject=_string(answer, "sub"),
-            client_id=_string(answer, "client_id"),
-            scopes=_scopes(answer, self.scopes_claim),
+            subject=string_claim(answer, "sub"),
+            client_id=string_claim(answer, "client_id"),
+            scopes=scopes_of(answer, self.scopes_claim),
             expires_at=exp if exp is not None else now + self.cache_ttl,
-            token_id=_string(answer, "jti"),
+            token_id=string_claim(answer, "jti"),
             raw=MappingProxyType(dict(answer)),
         )

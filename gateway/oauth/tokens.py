@@ -70,7 +70,7 @@ def _fits(alg: str, key: Any) -> bool:
     return False
 
 
-def _number(payload: Mapping[str, Any], name: str) -> float | None:
+def number_claim(payload: Mapping[str, Any], name: str) -> float | None:
     value = payload.get(name)
     if value is None:
         return None
@@ -86,7 +86,7 @@ def _number(payload: Mapping[str, Any], name: str) -> float | None:
     return number
 
 
-def _string(payload: Mapping[str, Any], *names: str) -> str | None:
+def string_claim(payload: Mapping[str, Any], *names: str) -> str | None:
     for name in names:
         value = payload.get(name)
         if value is not None:
@@ -96,7 +96,7 @@ def _string(payload: Mapping[str, Any], *names: str) -> str | None:
     return None
 
 
-def _scopes(payload: Mapping[str, Any], claim: str | None) -> tuple[str, ...]:
+def scopes_of(payload: Mapping[str, Any], claim: str | None) -> tuple[str, ...]:
     for name in (claim,) if claim else ("scope", "scp"):
         value = payload.get(name)
         if value is None:
@@ -237,22 +237,22 @@ class JwtVerifier:
 
     def _claims(self, payload: dict[str, Any]) -> Claims:
         now = self._clock()
-        exp = _number(payload, "exp")
+        exp = number_claim(payload, "exp")
         if exp is None:
             raise InvalidToken("no exp")
         if exp <= now - self.leeway:
             raise InvalidToken("expired")
-        nbf = _number(payload, "nbf")
+        nbf = number_claim(payload, "nbf")
         if nbf is not None and nbf > now + self.leeway:
             raise InvalidToken("not yet valid")
-        iat = _number(payload, "iat")
+        iat = number_claim(payload, "iat")
         if iat is not None and iat > now + self.leeway:
             raise InvalidToken("issued in the future")
         return Claims(
-            subject=_string(payload, "sub"),
-            client_id=_string(payload, "client_id", "azp"),
-            scopes=_scopes(payload, self.scopes_claim),
+            subject=string_claim(payload, "sub"),
+            client_id=string_claim(payload, "client_id", "azp"),
+            scopes=scopes_of(payload, self.scopes_claim),
             expires_at=exp,
-            token_id=_string(payload, "jti"),
+            token_id=string_claim(payload, "jti"),
             raw=MappingProxyType(payload),  # shared by every cache hit: read-only
         )
