@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable, Coroutine, Hashable
+from functools import partial
+from typing import Any, TypeVar
 
 import structlog
 
 log = structlog.get_logger("gateway")
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
 STOP_GRACE = 5.0  # how long a stop waits for cancelled tasks to finish their cleanup
 _CANCEL_AGAIN_AFTER = 1.0
@@ -40,3 +45,25 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None, grace: float = STOP_
     for task in started:
         if task.done() and not task.cancelled() and (error := task.exception()) is not None:
             log.error("background_task_failed", task=task.get_name(), exc_info=error)
+
+
+def shared_lookup(
+    inflight: dict[K, asyncio.Task[T]], key: K, lookup: Callable[[], Coroutine[Any, Any, T]]
+) -> asyncio.Task[T]:
+    """The lookup of ``key`` in flight, or ``lookup()`` started as a task of its own: one per
+    key, shared by every caller, which awaits it through ``asyncio.shield`` (a caller that is
+    cancelled cancels only its own wait). Done, it leaves ``inflight``, and its failure is read:
+    its callers may all have gone (clients that left during an outage), and asyncio would log
+    it as an exception never retrieved, with a traceback."""
+    task = inflight.get(key)
+    if task is None:
+        task = asyncio.ensure_future(lookup())
+        inflight[key] = task
+        task.add_done_callback(partial(_settled, inflight, key))
+    return task
+
+
+def _settled(inflight: dict[K, asyncio.Task[T]], key: K, task: asyncio.Task[T]) -> None:
+    inflight.pop(key, None)
+    if not task.cancelled():
+        task.exception()

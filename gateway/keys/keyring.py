@@ -28,7 +28,7 @@ from gateway.http.headers import (
 from gateway.keys.scopes import ScopePolicy
 from gateway.keys.secrets import KeyFormat
 from gateway.store import ApiKey, Invalidation, Org, Store, StoreError
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import cancel_and_wait, shared_lookup
 
 log = structlog.get_logger("gateway.identity")
 
@@ -113,14 +113,6 @@ def token_identity(bearer: TokenBearer, org: Org, scopes: frozenset[str]) -> Ide
         rate_limit=None,
         token=bearer,
     )
-
-
-def _settled(inflight: dict[str, Any], name: str, task: asyncio.Task[Any]) -> None:
-    """A shared lookup is over: forget it, and read its failure, which its callers (all gone,
-    if a client left during an outage) may not have: asyncio would log it as never retrieved."""
-    inflight.pop(name, None)
-    if not task.cancelled():
-        task.exception()
 
 
 @dataclass(slots=True)
@@ -311,11 +303,7 @@ class KeyRing:
                 return org
         elif not self._breaker.allow():
             raise StoreError("the store is unavailable; not asking again for a moment")
-        task = self._org_lookups.get(ref)
-        if task is None:
-            task = asyncio.ensure_future(self._lookup_org(ref))
-            self._org_lookups[ref] = task
-            task.add_done_callback(partial(_settled, self._org_lookups, ref))
+        task = shared_lookup(self._org_lookups, ref, partial(self._lookup_org, ref))
         try:
             org = await asyncio.shield(task)
         except StoreError:
@@ -349,11 +337,7 @@ class KeyRing:
 
         The lookup is a task of its own: a caller that is cancelled cancels only its own wait.
         """
-        task = self._inflight.get(key_hash)
-        if task is None:
-            task = asyncio.ensure_future(self._lookup(key_hash))
-            self._inflight[key_hash] = task
-            task.add_done_callback(partial(_settled, self._inflight, key_hash))
+        task = shared_lookup(self._inflight, key_hash, partial(self._lookup, key_hash))
         return await asyncio.shield(task)
 
     async def _lookup(self, key_hash: str) -> Identity | None:

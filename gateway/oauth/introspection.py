@@ -28,6 +28,7 @@ from gateway.oauth.tokens import (
     scopes_of,
     string_claim,
 )
+from gateway.tasks import shared_lookup
 
 log = structlog.get_logger("gateway.oauth")
 
@@ -130,13 +131,9 @@ class Introspector:
             raise InvalidToken("not a bearer token (RFC 6750 b64token) of at most 8 KiB")
         cached = self._cache.get(digest, now=self._clock(), generation=0)
         if cached is None:
-            task = self._inflight.get(digest)
-            if task is None:
-                if not self._breaker.allow():
-                    raise IntrospectionUnavailable(self._last_error or "backing off")
-                task = asyncio.ensure_future(self._lookup(token, digest))
-                self._inflight[digest] = task
-                task.add_done_callback(partial(self._settled, digest))
+            if digest not in self._inflight and not self._breaker.allow():
+                raise IntrospectionUnavailable(self._last_error or "backing off")
+            task = shared_lookup(self._inflight, digest, partial(self._lookup, token, digest))
             # A caller cancelled (its client gone) cancels its own wait, not the call others share.
             cached = await asyncio.shield(task)
         else:
@@ -144,13 +141,6 @@ class Introspector:
         if isinstance(cached, _Refused):
             raise InvalidToken(cached.reason)
         return cached
-
-    def _settled(self, digest: bytes, task: asyncio.Task[Claims | _Refused]) -> None:
-        self._inflight.pop(digest, None)
-        # Retrieved here: a failure whose callers have all gone was logged once, in _lookup, and
-        # must not come back from asyncio as an error "never retrieved" with a traceback.
-        if not task.cancelled():
-            task.exception()
 
     async def _lookup(self, token: str, digest: bytes) -> Claims | _Refused:
         async with self._lookups:
